@@ -1,0 +1,147 @@
+import CRabbitMQ
+import Foundation
+
+/// Owns C memory handed to librabbitmq for the duration of one call (strings, tables).
+/// librabbitmq copies what it sends, so everything is freed when the call returns.
+final class CArena {
+    private var allocations: [UnsafeMutableRawPointer] = []
+
+    deinit { self.reset() }
+
+    func reset() {
+        for pointer in self.allocations { free(pointer) }
+        self.allocations.removeAll(keepingCapacity: true)
+    }
+
+    private func allocate(_ size: Int) -> UnsafeMutableRawPointer {
+        // malloc(0) may return nil; one byte keeps every pointer valid.
+        guard let pointer = malloc(max(size, 1)) else { fatalError("out of memory allocating \(size) bytes") }
+        self.allocations.append(pointer)
+        return pointer
+    }
+
+    func bytes(_ string: String) -> amqp_bytes_t {
+        var utf8 = string.utf8CString
+        return utf8.withUnsafeMutableBytes { source in
+            let count = source.count - 1  // without the trailing NUL
+            let pointer = self.allocate(source.count)
+            pointer.copyMemory(from: source.baseAddress!, byteCount: source.count)
+            return amqp_bytes_t(len: count, bytes: pointer)
+        }
+    }
+
+    func bytes(_ array: [UInt8]) -> amqp_bytes_t {
+        let pointer = self.allocate(array.count)
+        array.withUnsafeBytes { source in
+            if let base = source.baseAddress { pointer.copyMemory(from: base, byteCount: source.count) }
+        }
+        return amqp_bytes_t(len: array.count, bytes: pointer)
+    }
+
+    func cString(_ string: String) -> UnsafePointer<CChar> {
+        let bytes = self.bytes(string)
+        return UnsafePointer(bytes.bytes.assumingMemoryBound(to: CChar.self))
+    }
+
+    func table(_ table: AMQPTable) -> amqp_table_t {
+        guard !table.isEmpty else { return amqp_table_t(num_entries: 0, entries: nil) }
+        let entries = self.allocate(MemoryLayout<amqp_table_entry_t>.stride * table.count)
+            .bindMemory(to: amqp_table_entry_t.self, capacity: table.count)
+        // Sorted so the same table always encodes to the same bytes.
+        for (index, (key, value)) in table.sorted(by: { $0.key < $1.key }).enumerated() {
+            entries[index] = amqp_table_entry_t(key: self.bytes(key), value: self.field(value))
+        }
+        return amqp_table_t(num_entries: Int32(table.count), entries: entries)
+    }
+
+    func field(_ value: AMQPFieldValue) -> amqp_field_value_t {
+        var field = amqp_field_value_t()
+        switch value {
+        case .bool(let flag):
+            field.kind = Self.kind(AMQP_FIELD_KIND_BOOLEAN)
+            field.value.boolean = flag ? 1 : 0
+        case .int(let number):
+            field.kind = Self.kind(AMQP_FIELD_KIND_I64)
+            field.value.i64 = number
+        case .double(let number):
+            field.kind = Self.kind(AMQP_FIELD_KIND_F64)
+            field.value.f64 = number
+        case .string(let text):
+            field.kind = Self.kind(AMQP_FIELD_KIND_UTF8)
+            field.value.bytes = self.bytes(text)
+        case .bytes(let data):
+            field.kind = Self.kind(AMQP_FIELD_KIND_BYTES)
+            field.value.bytes = self.bytes(data)
+        case .timestamp(let seconds):
+            field.kind = Self.kind(AMQP_FIELD_KIND_TIMESTAMP)
+            field.value.u64 = seconds
+        case .array(let values):
+            field.kind = Self.kind(AMQP_FIELD_KIND_ARRAY)
+            let entries = self.allocate(MemoryLayout<amqp_field_value_t>.stride * max(values.count, 1))
+                .bindMemory(to: amqp_field_value_t.self, capacity: max(values.count, 1))
+            for (index, element) in values.enumerated() { entries[index] = self.field(element) }
+            field.value.array = amqp_array_t(num_entries: Int32(values.count), entries: entries)
+        case .table(let nested):
+            field.kind = Self.kind(AMQP_FIELD_KIND_TABLE)
+            field.value.table = self.table(nested)
+        case .void:
+            field.kind = Self.kind(AMQP_FIELD_KIND_VOID)
+        }
+        return field
+    }
+
+    static func kind(_ kind: amqp_field_value_kind_t) -> UInt8 { UInt8(truncatingIfNeeded: kind.rawValue) }
+}
+
+extension amqp_bytes_t {
+    /// A Swift copy of the bytes as text (invalid UTF-8 is repaired, not trapped on).
+    var string: String {
+        guard self.len > 0, let bytes = self.bytes else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: bytes, count: self.len), as: UTF8.self)
+    }
+
+    var array: [UInt8] {
+        guard self.len > 0, let bytes = self.bytes else { return [] }
+        return Array(UnsafeRawBufferPointer(start: bytes, count: self.len))
+    }
+}
+
+enum FieldTableDecoder {
+    static func decode(_ table: amqp_table_t) -> AMQPTable {
+        var result: AMQPTable = [:]
+        guard table.num_entries > 0, let entries = table.entries else { return result }
+        for index in 0..<Int(table.num_entries) {
+            let entry = entries[index]
+            result[entry.key.string] = self.decode(entry.value)
+        }
+        return result
+    }
+
+    static func decode(_ field: amqp_field_value_t) -> AMQPFieldValue {
+        switch field.kind {
+        case CArena.kind(AMQP_FIELD_KIND_BOOLEAN): return .bool(field.value.boolean != 0)
+        case CArena.kind(AMQP_FIELD_KIND_I8): return .int(Int64(field.value.i8))
+        case CArena.kind(AMQP_FIELD_KIND_U8): return .int(Int64(field.value.u8))
+        case CArena.kind(AMQP_FIELD_KIND_I16): return .int(Int64(field.value.i16))
+        case CArena.kind(AMQP_FIELD_KIND_U16): return .int(Int64(field.value.u16))
+        case CArena.kind(AMQP_FIELD_KIND_I32): return .int(Int64(field.value.i32))
+        case CArena.kind(AMQP_FIELD_KIND_U32): return .int(Int64(field.value.u32))
+        case CArena.kind(AMQP_FIELD_KIND_I64): return .int(field.value.i64)
+        case CArena.kind(AMQP_FIELD_KIND_U64): return .int(Int64(truncatingIfNeeded: field.value.u64))
+        case CArena.kind(AMQP_FIELD_KIND_F32): return .double(Double(field.value.f32))
+        case CArena.kind(AMQP_FIELD_KIND_F64): return .double(field.value.f64)
+        case CArena.kind(AMQP_FIELD_KIND_UTF8): return .string(field.value.bytes.string)
+        case CArena.kind(AMQP_FIELD_KIND_BYTES): return .bytes(field.value.bytes.array)
+        case CArena.kind(AMQP_FIELD_KIND_TIMESTAMP): return .timestamp(field.value.u64)
+        case CArena.kind(AMQP_FIELD_KIND_TABLE): return .table(self.decode(field.value.table))
+        case CArena.kind(AMQP_FIELD_KIND_ARRAY):
+            let array = field.value.array
+            guard array.num_entries > 0, let entries = array.entries else { return .array([]) }
+            return .array((0..<Int(array.num_entries)).map { self.decode(entries[$0]) })
+        case CArena.kind(AMQP_FIELD_KIND_DECIMAL):
+            let decimal = field.value.decimal
+            return .double(Double(decimal.value) / pow(10, Double(decimal.decimals)))
+        default: return .void
+        }
+    }
+}

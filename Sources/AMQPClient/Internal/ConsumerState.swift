@@ -1,0 +1,46 @@
+import DequeModule
+
+/// What the connection thread knows about one consumer.
+struct ConsumerState {
+    let registration: ConsumerRegistration
+    let channel: UInt16
+    /// Identifies the open incarnation of `channel`; 0 while it is closed.
+    var epoch: UInt64 = 0
+    var consumerTag: String?
+    var subscribed = false
+    /// Cancelled by this process: no re-subscribe; the channel closes once nothing is unsettled.
+    var cancelled = false
+    var retryAt: ContinuousClock.Instant?
+    var retryAttempt = 0
+    /// Delivery tags handed out and not yet acked or rejected, in delivery order.
+    var unsettled: Deque<UInt64> = []
+    /// The caller of `consume` waiting for the first subscription.
+    var pendingReply: Reply<Void>?
+    var pendingDeadline: ContinuousClock.Instant?
+
+    init(registration: ConsumerRegistration) {
+        self.registration = registration
+        self.channel = ConnectionLoop.firstConsumerChannel + UInt16(registration.id - 1)
+    }
+
+    /// The channel closed: its deliveries can no longer be settled (the broker requeues them).
+    mutating func channelLost() {
+        self.epoch = 0
+        self.subscribed = false
+        self.consumerTag = nil
+        self.unsettled.removeAll()
+    }
+
+    mutating func scheduleRetry(backoff: Backoff) {
+        self.retryAt = .now + backoff.delay(attempt: self.retryAttempt)
+        self.retryAttempt += 1
+    }
+
+    mutating func settled(tag: UInt64, multiple: Bool) {
+        if multiple {
+            while let first = self.unsettled.first, first <= tag { self.unsettled.removeFirst() }
+        } else if let index = self.unsettled.firstIndex(of: tag) {
+            self.unsettled.remove(at: index)
+        }
+    }
+}
