@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Properties of a message; what the broker and consumers see besides the body.
 public struct AMQPProperties: Sendable, Hashable {
@@ -39,7 +40,7 @@ public struct OutgoingMessage: Sendable {
         self.body = body
         self.properties = AMQPProperties(
             contentType: contentType,
-            messageID: messageID ?? UUID().uuidString.lowercased(),
+            messageID: messageID ?? MessageID.next(),
             type: type,
             appID: appID,
             timestamp: UInt64(max(0, Date().timeIntervalSince1970)),
@@ -51,7 +52,18 @@ public struct OutgoingMessage: Sendable {
     public init(body: [UInt8], properties: AMQPProperties) {
         self.body = body
         self.properties = properties
-        if self.properties.messageID == nil { self.properties.messageID = UUID().uuidString.lowercased() }
+        if self.properties.messageID == nil { self.properties.messageID = MessageID.next() }
+    }
+}
+
+/// Unique message ids without a random-number syscall per message: a random 64-bit prefix per
+/// process and a counter.
+enum MessageID {
+    private static let prefix = String(UInt64.random(in: .min ... .max), radix: 16)
+    private static let counter = Atomic<UInt64>(0)
+
+    static func next() -> String {
+        "\(self.prefix)-\(self.counter.wrappingAdd(1, ordering: .relaxed).newValue)"
     }
 }
 

@@ -67,6 +67,7 @@ struct ConsumeTests {
         let fourth = try #require(await iterator.next())
         #expect(!(await held.set).contains(fourth.text))
         try await eventually("6 ready after one ack") { try await connection.queueStatus(scratch.queue).messageCount == 6 }
+        for delivery in unsettled + [fourth] { try await delivery.ack() }
         await consumer.cancel()
         await scratch.remove(on: connection)
         await connection.close()

@@ -2,31 +2,47 @@ import CRabbitMQ
 import Foundation
 
 /// Owns C memory handed to librabbitmq for the duration of one call (strings, tables).
-/// librabbitmq copies what it sends, so everything is freed when the call returns.
+/// librabbitmq copies what it sends, so everything is released by `reset()` after the call.
+/// A bump allocator over reusable chunks: publishing allocates nothing in steady state.
 final class CArena {
-    private var allocations: [UnsafeMutableRawPointer] = []
+    private static let chunkSize = 16 * 1024
+    private var chunks: [(pointer: UnsafeMutableRawPointer, size: Int)] = []
+    private var current = 0
+    private var offset = 0
 
-    deinit { self.reset() }
+    deinit {
+        for chunk in self.chunks { free(chunk.pointer) }
+    }
 
+    /// Releases everything allocated since the last reset; keeps one chunk for reuse.
     func reset() {
-        for pointer in self.allocations { free(pointer) }
-        self.allocations.removeAll(keepingCapacity: true)
+        while self.chunks.count > 1, let last = self.chunks.popLast() { free(last.pointer) }
+        self.current = 0
+        self.offset = 0
     }
 
     private func allocate(_ size: Int) -> UnsafeMutableRawPointer {
-        // malloc(0) may return nil; one byte keeps every pointer valid.
-        guard let pointer = malloc(max(size, 1)) else { fatalError("out of memory allocating \(size) bytes") }
-        self.allocations.append(pointer)
+        let aligned = (size + 7) & ~7
+        if self.current < self.chunks.count, self.offset + aligned <= self.chunks[self.current].size {
+            defer { self.offset += aligned }
+            return self.chunks[self.current].pointer + self.offset
+        }
+        let chunkSize = max(Self.chunkSize, aligned)
+        guard let pointer = malloc(chunkSize) else { fatalError("out of memory allocating \(chunkSize) bytes") }
+        self.chunks.append((pointer, chunkSize))
+        self.current = self.chunks.count - 1
+        self.offset = aligned
         return pointer
     }
 
+    /// A NUL-terminated copy of `string` (the terminator is not counted in `len`).
     func bytes(_ string: String) -> amqp_bytes_t {
-        var utf8 = string.utf8CString
-        return utf8.withUnsafeMutableBytes { source in
-            let count = source.count - 1  // without the trailing NUL
-            let pointer = self.allocate(source.count)
-            pointer.copyMemory(from: source.baseAddress!, byteCount: source.count)
-            return amqp_bytes_t(len: count, bytes: pointer)
+        var string = string
+        return string.withUTF8 { utf8 in
+            let pointer = self.allocate(utf8.count + 1)
+            if let base = utf8.baseAddress { pointer.copyMemory(from: base, byteCount: utf8.count) }
+            pointer.storeBytes(of: 0, toByteOffset: utf8.count, as: UInt8.self)
+            return amqp_bytes_t(len: utf8.count, bytes: pointer)
         }
     }
 

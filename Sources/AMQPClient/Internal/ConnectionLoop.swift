@@ -82,34 +82,39 @@ final class ConnectionLoop {
                 self.resubscribeDueConsumers()
                 self.closeDrainedConsumers()
                 self.flushPublishes()
-                self.readFrames(timeout: timeval(tv_sec: 0, tv_usec: 0))
             }
             self.expireDeadlines()
             self.advanceClosing()
             if self.finished { break }
-            self.sleepUntilWork()
+            self.waitAndRead()
         }
     }
 
-    /// Blocks in poll() on the socket and the wake-up eventfd until there is something to do.
-    private func sleepUntilWork() {
-        if let connection = self.connection {
-            if amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 { return }
-            if self.canSendPublish { return }
+    /// Polls the socket and the wake-up eventfd (without blocking while there is work to do),
+    /// then reads whatever frames arrived. Reading only when poll reports data saves two
+    /// syscalls per pass on the busy publishing path.
+    private func waitAndRead() {
+        if let connection = self.connection,
+           amqp_frames_enqueued(connection) != 0 || amqp_data_in_buffer(connection) != 0 {
+            self.readFrames(timeout: timeval(tv_sec: 0, tv_usec: 0))
+            return
         }
-        guard self.mailbox.prepareToSleep() else { return }
+        let busy = (self.connection != nil && self.canSendPublish) || !self.mailbox.prepareToSleep()
         var descriptors = [pollfd(fd: self.mailbox.wakeDescriptor, events: Int16(POLLIN), revents: 0)]
         if let connection = self.connection {
             descriptors.append(pollfd(fd: amqp_get_sockfd(connection), events: Int16(POLLIN), revents: 0))
         }
-        var timeout = Self.pollInterval
-        if self.connection == nil, self.closing == nil {
+        var timeout: Int32 = busy ? 0 : Self.pollInterval
+        if !busy, self.connection == nil, self.closing == nil {
             let untilReconnect = ContinuousClock.now.duration(to: self.nextReconnectAt)
             timeout = Int32(max(0, min(Double(timeout), Backoff.seconds(untilReconnect) * 1000)))
         }
         let ready = poll(&descriptors, nfds_t(descriptors.count), timeout)
-        self.mailbox.didWake()
-        if ready == 0, self.connection != nil {
+        if !busy { self.mailbox.didWake(drain: descriptors[0].revents != 0) }
+        guard self.connection != nil else { return }
+        if descriptors.count > 1, descriptors[1].revents != 0 {
+            self.readFrames(timeout: timeval(tv_sec: 0, tv_usec: 0))
+        } else if ready == 0, !busy {
             // Idle: let the library send a due heartbeat and notice a missed one. A 1 ms wait is
             // needed for the latter; with a zero timeout it never checks the receive deadline.
             self.readFrames(timeout: timeval(tv_sec: 0, tv_usec: 1000))

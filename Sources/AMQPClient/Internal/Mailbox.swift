@@ -56,8 +56,10 @@ final class Mailbox: Sendable {
         }
     }
 
-    func didWake() {
+    /// Called after poll(); `drain` when the eventfd was signalled and must be reset.
+    func didWake(drain: Bool) {
         self.state.withLock { $0.sleeping = false }
+        guard drain else { return }
         var value: UInt64 = 0
         _ = read(self.wakeDescriptor, &value, 8)
     }
