@@ -18,13 +18,25 @@ enum Command: Sendable {
 
 typealias Reply<Value> = CheckedContinuation<Value, any Error>
 
-struct PublishRequest: Sendable {
-    var exchange: String
-    var routingKey: String
-    var mandatory: Bool
-    var message: OutgoingMessage
-    var deadline: ContinuousClock.Instant
-    var reply: Reply<Void>
+/// A class, not a struct: it is handed from the caller to the send queue to the confirm tracker,
+/// and each hand-off of a struct with several strings retained every one of them.
+final class PublishRequest: Sendable {
+    let exchange: String
+    let routingKey: String
+    let mandatory: Bool
+    let message: OutgoingMessage
+    let deadline: ContinuousClock.Instant
+    let reply: Reply<Void>
+
+    init(exchange: String, routingKey: String, mandatory: Bool, message: OutgoingMessage,
+         deadline: ContinuousClock.Instant, reply: Reply<Void>) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.mandatory = mandatory
+        self.message = message
+        self.deadline = deadline
+        self.reply = reply
+    }
 }
 
 struct ConsumerRegistration: Sendable {

@@ -58,8 +58,7 @@ struct ConfirmTracker<Token> {
         let first = multiple ? 0 : last
         var settled: [(token: Token, outcome: Outcome)] = []
         for index in first...last {
-            guard let entry = self.entries[index] else { continue }
-            self.entries[index] = nil
+            guard let entry = self.entries[index].take() else { continue }
             self.outstanding -= 1
             let outcome: Outcome
             if nack {
