@@ -69,6 +69,8 @@ struct ConsumeTests {
         try await eventually("6 ready after one ack") { try await connection.queueStatus(scratch.queue).messageCount == 6 }
         for delivery in unsettled + [fourth] { try await delivery.ack() }
         await consumer.cancel()
+        // Deliveries that arrived before the cancel took effect are still ours to settle.
+        while let late = await iterator.next() { try await late.reject(requeue: true) }
         await scratch.remove(on: connection)
         await connection.close()
     }

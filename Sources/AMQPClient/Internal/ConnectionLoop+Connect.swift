@@ -203,14 +203,31 @@ extension ConnectionLoop {
         if !self.controlChannelOpen { try self.openControlChannel() }
     }
 
+    /// Re-declares what this connection declared before. An entity that can no longer be declared
+    /// (an operator changed it meanwhile) is logged and skipped, so one bad queue does not keep
+    /// the whole connection down; only a lost connection aborts the replay.
     private func replayTopology() throws(AMQPError) {
         guard self.connectionCount > 1 else { return }
-        for exchange in self.topology.exchanges { try self.declare(exchange) }
-        for queue in self.topology.queues { _ = try self.declare(queue) }
-        for binding in self.topology.bindings { try self.bind(binding) }
+        var failures = 0
+        func attempt(_ what: String, _ body: () throws(AMQPError) -> Void) throws(AMQPError) {
+            do {
+                try body()
+            } catch where error.code == .connectionLost {
+                throw error
+            } catch {
+                failures += 1
+                self.logger.error("amqp could not re-declare after reconnecting",
+                                  metadata: ["amqp.entity": "\(what)", "error": "\(error.message)"])
+            }
+        }
+        for exchange in self.topology.exchanges { try attempt("exchange \(exchange.name)") { () throws(AMQPError) in try self.declare(exchange) } }
+        for queue in self.topology.queues { try attempt("queue \(queue.name)") { () throws(AMQPError) in try self.declare(queue) } }
+        for binding in self.topology.bindings {
+            try attempt("binding \(binding.queue) -> \(binding.exchange)") { () throws(AMQPError) in try self.bind(binding) }
+        }
         let counts = "\(self.topology.exchanges.count) exchanges, \(self.topology.queues.count) queues, "
             + "\(self.topology.bindings.count) bindings"
-        self.logger.info("amqp topology re-declared", metadata: ["amqp.topology": "\(counts)"])
+        self.logger.info("amqp topology re-declared", metadata: ["amqp.topology": "\(counts)", "amqp.failures": "\(failures)"])
     }
 
     /// Runs a synchronous librabbitmq RPC on `channel`. A broker error closes the channel (answered

@@ -67,6 +67,11 @@ final class ConnectionLoop {
             try self.establish()
             initial.resume()
         } catch {
+            if let connection = self.connection {
+                self.watchdog.setSocket(-1)
+                amqp_destroy_connection(connection)
+                self.connection = nil
+            }
             initial.resume(throwing: error)
             self.watchdog.stop()
             for command in self.mailbox.shutDown() { self.refuse(command, with: Self.closedError) }
