@@ -7,13 +7,7 @@ struct ConnectionErrorTests {
     func connectError(_ url: String) async throws -> AMQPError {
         var configuration = try TestBroker.configuration("errors", url: url)
         configuration.connectTimeout = .seconds(5)
-        do {
-            let connection = try await AMQPConnection.connect(configuration, logger: TestBroker.logger("errors"))
-            await connection.close()
-            throw TestFailure("connecting to \(url) succeeded")
-        } catch let error as AMQPError {
-            return error
-        }
+        return try await self.connectError(configuration)
     }
 
     var base: AMQPURL { get throws { try AMQPURL(TestBroker.url ?? "") } }
