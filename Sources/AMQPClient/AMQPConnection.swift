@@ -85,7 +85,24 @@ public final class AMQPConnection: Sendable {
         let deadline = ContinuousClock.now + self.configuration.publishTimeout
         try await self.call { reply in
             .publish(PublishRequest(exchange: exchange, routingKey: routingKey, mandatory: mandatory, message: message,
-                                    deadline: deadline, reply: reply))
+                                    deadline: deadline, completion: .single(reply)))
+        }
+    }
+
+    /// Publishes every message, sent in the given order and pipelined within the confirm window,
+    /// and returns each one's outcome (same errors as `publish`) once all are known.
+    public func publish(_ batch: [PublishItem]) async -> [Result<Void, AMQPError>] {
+        guard !batch.isEmpty else { return [] }
+        let deadline = ContinuousClock.now + self.configuration.publishTimeout
+        return await withCheckedContinuation { reply in
+            let completion = BatchCompletion(count: batch.count, reply: reply)
+            let requests = batch.enumerated().map { index, item in
+                PublishRequest(exchange: item.exchange, routingKey: item.routingKey, mandatory: item.mandatory,
+                               message: item.message, deadline: deadline, completion: .batch(completion, index: index))
+            }
+            if !self.mailbox.post(.publishBatch(requests)) {
+                for request in requests { request.fail(ConnectionLoop.closedError) }
+            }
         }
     }
 
@@ -126,6 +143,21 @@ public final class AMQPConnection: Sendable {
                 reply.resume(throwing: ConnectionLoop.closedError)
             }
         }
+    }
+}
+
+/// One message of a batch publish and where it goes.
+public struct PublishItem: Sendable {
+    public var message: OutgoingMessage
+    public var exchange: String
+    public var routingKey: String
+    public var mandatory: Bool
+
+    public init(_ message: OutgoingMessage, exchange: String, routingKey: String = "", mandatory: Bool = true) {
+        self.message = message
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.mandatory = mandatory
     }
 }
 

@@ -85,6 +85,36 @@ struct PublishTests {
         await connection.close()
     }
 
+    @Test func batchPublishReportsEachOutcomeAndKeepsOrder() async throws {
+        let connection = try await TestBroker.connect("batch")
+        let scratch = Scratch("batch")
+        try await scratch.declare(on: connection)
+        let lonely = TestBroker.uniqueName("batch_lonely")
+        try await connection.declare(ExchangeSpec(name: lonely))
+        var batch = (0..<100).map { PublishItem(message("m\($0)"), exchange: scratch.exchange) }
+        batch[50] = PublishItem(message("returned"), exchange: lonely)
+        let results = await connection.publish(batch)
+        #expect(results.count == 100)
+        for (index, result) in results.enumerated() {
+            switch result {
+            case .success: #expect(index != 50)
+            case .failure(let error): #expect(index == 50 && error.code == .unroutable, "\(index): \(error)")
+            }
+        }
+        let consumer = try await connection.consume(queue: scratch.queue, prefetch: 200)
+        var received: [String] = []
+        for await delivery in consumer.deliveries {
+            received.append(delivery.text)
+            try await delivery.ack()
+            if received.count == 99 { break }
+        }
+        #expect(received == (0..<100).filter { $0 != 50 }.map { "m\($0)" })
+        await consumer.cancel()
+        await scratch.remove(on: connection)
+        try await connection.deleteExchange(lonely)
+        await connection.close()
+    }
+
     @Test func closeWaitsForOutstandingConfirms() async throws {
         let connection = try await TestBroker.connect("close_confirms")
         let scratch = Scratch("close_confirms")

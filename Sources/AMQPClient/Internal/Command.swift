@@ -1,7 +1,11 @@
+import Synchronization
+
 /// A request from the async API to the connection thread. Every command that carries a
 /// continuation is answered exactly once, whatever happens to the connection.
 enum Command: Sendable {
     case publish(PublishRequest)
+    /// Publishes sent in this order; each still confirmed on its own.
+    case publishBatch([PublishRequest])
     case declareExchange(ExchangeSpec, Reply<Void>)
     case declareQueue(QueueSpec, Reply<QueueStatus>)
     case bind(BindingSpec, Reply<Void>)
@@ -26,16 +30,56 @@ final class PublishRequest: Sendable {
     let mandatory: Bool
     let message: OutgoingMessage
     let deadline: ContinuousClock.Instant
-    let reply: Reply<Void>
+    private let completion: PublishCompletion
 
     init(exchange: String, routingKey: String, mandatory: Bool, message: OutgoingMessage,
-         deadline: ContinuousClock.Instant, reply: Reply<Void>) {
+         deadline: ContinuousClock.Instant, completion: PublishCompletion) {
         self.exchange = exchange
         self.routingKey = routingKey
         self.mandatory = mandatory
         self.message = message
         self.deadline = deadline
+        self.completion = completion
+    }
+
+    /// Called exactly once, by the connection thread.
+    func complete(_ result: Result<Void, AMQPError>) {
+        switch self.completion {
+        case .single(let reply): reply.resume(with: result.mapError { $0 as any Error })
+        case .batch(let batch, let index): batch.complete(index, result)
+        }
+    }
+
+    func fail(_ error: AMQPError) { self.complete(.failure(error)) }
+}
+
+enum PublishCompletion: Sendable {
+    case single(Reply<Void>)
+    case batch(BatchCompletion, index: Int)
+}
+
+/// Collects the outcome of every publish of a batch and answers the caller once all are known.
+final class BatchCompletion: Sendable {
+    private struct State {
+        var results: [Result<Void, AMQPError>?]
+        var remaining: Int
+    }
+    private let state: Mutex<State>
+    private let reply: CheckedContinuation<[Result<Void, AMQPError>], Never>
+
+    init(count: Int, reply: CheckedContinuation<[Result<Void, AMQPError>], Never>) {
+        self.state = Mutex(State(results: Array(repeating: nil, count: count), remaining: count))
         self.reply = reply
+    }
+
+    func complete(_ index: Int, _ result: Result<Void, AMQPError>) {
+        let finished = self.state.withLock { state -> [Result<Void, AMQPError>]? in
+            guard state.results[index] == nil else { return nil }
+            state.results[index] = result
+            state.remaining -= 1
+            return state.remaining == 0 ? state.results.map { $0 ?? .failure(ConnectionLoop.closedError) } : nil
+        }
+        if let finished { self.reply.resume(returning: finished) }
     }
 }
 

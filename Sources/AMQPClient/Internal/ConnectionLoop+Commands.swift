@@ -18,6 +18,8 @@ extension ConnectionLoop {
         switch command {
         case .publish(let request):
             self.unsent.append(request)
+        case .publishBatch(let requests):
+            self.unsent.append(contentsOf: requests)
         case .settle(let settlement, let tag, let channel, let reply):
             self.settle(settlement, tag: tag, channel: channel, reply: reply)
         case .status(let reply):
@@ -274,14 +276,14 @@ extension ConnectionLoop {
     func expireDeadlines() {
         let now = ContinuousClock.now
         for request in self.confirms.expire(where: { $0.deadline <= now }) {
-            request.reply.resume(throwing: AMQPError(.confirmTimeout,
+            request.fail(AMQPError(.confirmTimeout,
                 "the broker did not confirm the publish to exchange '\(request.exchange)' within "
                 + "\(self.configuration.publishTimeout); it may still be delivered. Retry it: consumers must treat "
                 + "duplicates as normal."))
         }
         while let first = self.unsent.first, first.deadline <= now {
             self.unsent.removeFirst()
-            first.reply.resume(throwing: self.unsentTimeout(first))
+            first.fail(self.unsentTimeout(first))
         }
         while let first = self.pendingOperations.first, first.deadline <= now {
             self.pendingOperations.removeFirst()
@@ -306,8 +308,8 @@ extension ConnectionLoop {
         guard drained || self.connection == nil || ContinuousClock.now >= closing.deadline else { return }
         let abandoned = AMQPError(.closed, "the connection was closed before the broker confirmed this publish; it may "
                                   + "or may not have been delivered")
-        for request in self.confirms.reset() { request.reply.resume(throwing: abandoned) }
-        while let request = self.unsent.popFirst() { request.reply.resume(throwing: Self.closedError) }
+        for request in self.confirms.reset() { request.fail(abandoned) }
+        while let request = self.unsent.popFirst() { request.fail(Self.closedError) }
         while let operation = self.pendingOperations.popFirst() { self.refuse(operation.command, with: Self.closedError) }
         for state in self.consumers.values {
             state.registration.continuation.finish()

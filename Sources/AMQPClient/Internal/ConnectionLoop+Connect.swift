@@ -171,7 +171,7 @@ extension ConnectionLoop {
         let lost = AMQPError(.connectionLost, "the connection to the broker was lost (\(error.message)) before the broker "
                              + "confirmed this publish; it may or may not have been delivered. Retry it: consumers "
                              + "must treat duplicates as normal.", underlying: error)
-        for request in self.confirms.reset() { request.reply.resume(throwing: lost) }
+        for request in self.confirms.reset() { request.fail(lost) }
         for id in self.consumers.keys {
             self.consumers[id]?.channelLost()
             if self.consumers[id]?.cancelled == true { self.consumers[id] = nil }
@@ -287,12 +287,12 @@ extension ConnectionLoop {
             let missingExchange = Self.missingExchange(in: error)
             for request in self.confirms.reset() {
                 if error.code == .notFound, let missingExchange, request.exchange == missingExchange {
-                    request.reply.resume(throwing: AMQPError(.notFound,
+                    request.fail(AMQPError(.notFound,
                         "could not publish to exchange '\(request.exchange)': it does not exist in vhost "
                         + "'\(self.configuration.url.virtualHost)'. Declare it first (the producer declares the "
                         + "topology at startup).", replyCode: error.replyCode))
                 } else {
-                    request.reply.resume(throwing: AMQPError(.channelClosed,
+                    request.fail(AMQPError(.channelClosed,
                         "the broker closed the publishing channel (\(error.message)) before confirming this "
                         + "publish to '\(request.exchange)'; retry it.", underlying: error))
                 }

@@ -118,15 +118,15 @@ extension ConnectionLoop {
         for (request, outcome) in self.confirms.settle(tag: tag, multiple: multiple, nack: nack) {
             switch outcome {
             case .confirmed:
-                request.reply.resume()
+                request.complete(.success(()))
             case .returned(let info):
-                request.reply.resume(throwing: AMQPError(.unroutable,
+                request.fail(AMQPError(.unroutable,
                     "the broker returned the message published to exchange '\(info.exchange)' with routing key "
                     + "'\(info.routingKey)' (\(info.replyCode) \(info.replyText)): no queue is bound to receive it. "
                     + "The topology is incomplete: declare the consumer queues and bind them to the exchange "
                     + "(the producer declares them at startup).", replyCode: info.replyCode))
             case .nacked:
-                request.reply.resume(throwing: AMQPError(.nacked,
+                request.fail(AMQPError(.nacked,
                     "the broker refused responsibility for the message published to exchange '\(request.exchange)' "
                     + "(basic.nack: a queue rejected it, e.g. overflow reject-publish, or the broker failed "
                     + "internally); retry it later."))
@@ -168,7 +168,7 @@ extension ConnectionLoop {
         while self.connection != nil, self.confirms.outstanding < self.configuration.confirmWindow,
               let request = self.unsent.popFirst() {
             if request.deadline <= now {
-                request.reply.resume(throwing: self.unsentTimeout(request))
+                request.fail(self.unsentTimeout(request))
                 continue
             }
             self.send(request)

@@ -141,7 +141,8 @@ final class ConnectionLoop {
     /// Answers a command that cannot be carried out with `error`.
     func refuse(_ command: Command, with error: AMQPError) {
         switch command {
-        case .publish(let request): request.reply.resume(throwing: error)
+        case .publish(let request): request.fail(error)
+        case .publishBatch(let requests): for request in requests { request.fail(error) }
         case .declareExchange(_, let reply), .bind(_, let reply), .deleteExchange(_, let reply),
              .consume(_, let reply), .cancelConsumer(_, let reply), .settle(_, _, _, let reply):
             reply.resume(throwing: error)
