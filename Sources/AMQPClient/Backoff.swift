@@ -36,7 +36,8 @@ public struct Backoff: Sendable, Hashable {
         self.delay(attempt: attempt, random: Double.random(in: 0...1))
     }
 
-    static func seconds(_ duration: Duration) -> Double {
+    /// A duration in seconds as a floating-point number.
+    public static func seconds(_ duration: Duration) -> Double {
         let parts = duration.components
         return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
     }

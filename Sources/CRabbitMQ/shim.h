@@ -54,6 +54,7 @@ static const amqp_flags_t CRMQ_FLAG_TYPE = AMQP_BASIC_TYPE_FLAG;
 static const amqp_flags_t CRMQ_FLAG_CORRELATION_ID = AMQP_BASIC_CORRELATION_ID_FLAG;
 static const amqp_flags_t CRMQ_FLAG_APP_ID = AMQP_BASIC_APP_ID_FLAG;
 static const amqp_flags_t CRMQ_FLAG_CONTENT_ENCODING = AMQP_BASIC_CONTENT_ENCODING_FLAG;
+static const amqp_flags_t CRMQ_FLAG_EXPIRATION = AMQP_BASIC_EXPIRATION_FLAG;
 
 /// A non-blocking eventfd, used to wake a connection thread sleeping in poll().
 static inline int crmq_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }

@@ -26,7 +26,7 @@ import Testing
 
     @Test func propertiesRoundTrip() {
         let properties = AMQPProperties(contentType: "application/x-protobuf", contentEncoding: "gzip", messageID: "m-1",
-                                        correlationID: "c", type: "user", appID: "producer", timestamp: 1_700_000_000,
+                                        correlationID: "c", type: "user", appID: "producer", timestamp: 1_700_000_000, expiration: "1500",
                                         deliveryMode: 2, headers: ["x-delivery-count": 3])
         let arena = CArena()
         #expect(AMQPProperties(properties.cValue(arena: arena)) == properties)

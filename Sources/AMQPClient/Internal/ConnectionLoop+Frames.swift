@@ -221,6 +221,7 @@ extension AMQPProperties {
             type: has(CRMQ_FLAG_TYPE) ? properties.type.string : nil,
             appID: has(CRMQ_FLAG_APP_ID) ? properties.app_id.string : nil,
             timestamp: has(CRMQ_FLAG_TIMESTAMP) ? properties.timestamp : nil,
+            expiration: has(CRMQ_FLAG_EXPIRATION) ? properties.expiration.string : nil,
             deliveryMode: has(CRMQ_FLAG_DELIVERY_MODE) ? properties.delivery_mode : nil,
             headers: has(CRMQ_FLAG_HEADERS) ? FieldTableDecoder.decode(properties.headers) : [:]
         )
@@ -239,6 +240,7 @@ extension AMQPProperties {
         if let type { flags |= CRMQ_FLAG_TYPE; properties.type = arena.bytes(type) }
         if let appID { flags |= CRMQ_FLAG_APP_ID; properties.app_id = arena.bytes(appID) }
         if let timestamp { flags |= CRMQ_FLAG_TIMESTAMP; properties.timestamp = timestamp }
+        if let expiration { flags |= CRMQ_FLAG_EXPIRATION; properties.expiration = arena.bytes(expiration) }
         if let deliveryMode { flags |= CRMQ_FLAG_DELIVERY_MODE; properties.delivery_mode = deliveryMode }
         if !headers.isEmpty { flags |= CRMQ_FLAG_HEADERS; properties.headers = arena.table(headers) }
         properties._flags = flags

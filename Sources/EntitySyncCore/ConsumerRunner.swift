@@ -1,0 +1,167 @@
+import AMQPClient
+import Foundation
+import Logging
+
+/// Consumes one consumer group's queues and applies every change to the group's store.
+///
+/// Per delivery: decode and validate; apply in one store transaction (newer versions only); ack
+/// after the commit. A poison message (undecodable, unknown type or content type, invalid
+/// fields) is copied to the queue's dead-letter queue with the reason in a header and acked at
+/// once. A transient failure (store busy, I/O error) is copied to the queue's retry queue with a
+/// per-message TTL that grows with each attempt, after which the broker routes it back; past
+/// `maxAttempts` it is dead-lettered with the last error. Nothing spins while the store is down.
+public final class ConsumerRunner: Sendable {
+    public struct Configuration: Sendable {
+        public var prefetch: UInt16 = 64
+        /// Attempts for a transiently failing event before it is dead-lettered.
+        public var maxAttempts = 5
+        /// Delay before retry n is `retryBackoff.ceiling(attempt: n - 1)`.
+        public var retryBackoff = Backoff(initial: .seconds(1), maximum: .seconds(60), multiplier: 4)
+
+        public init() {}
+    }
+
+    /// Header with the poison reason or the last transient error of a dead-lettered message.
+    public static let reasonHeader = "x-entitysync-reason"
+    /// Header counting transient failures of a message.
+    public static let attemptHeader = "x-entitysync-attempt"
+    /// Header naming the queue a dead-lettered or retried message came from.
+    public static let sourceQueueHeader = "x-entitysync-source-queue"
+
+    public let group: String
+    private let topology: SyncTopology
+    private let connection: AMQPConnection
+    private let store: any ReplicaStore
+    private let configuration: Configuration
+    private let logger: Logger
+
+    public init(group: String, topology: SyncTopology, connection: AMQPConnection, store: any ReplicaStore,
+                configuration: Configuration = Configuration(), logger: Logger) {
+        self.group = group
+        self.topology = topology
+        self.connection = connection
+        self.store = store
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "consumer.group"] = "\(group)"
+        self.logger = logger
+    }
+
+    /// Declares the group's queues (so it can start before the producer), then consumes until the
+    /// task is cancelled. On cancellation it stops new deliveries, finishes and acks the ones it
+    /// holds, and returns.
+    public func run() async throws {
+        let queues = self.topology.queues(forGroup: self.group)
+        guard !queues.isEmpty else {
+            throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type; "
+                            + "add it to the topology's routes")
+        }
+        try await self.topology.declarations(forGroup: self.group).declare(on: self.connection)
+        var subscribed: [(EntityKind, AMQPConsumer)] = []
+        for (kind, queue) in queues {
+            subscribed.append((kind, try await self.connection.consume(queue: queue, prefetch: self.configuration.prefetch)))
+        }
+        let consumers = subscribed
+        self.logger.info("consumer started", metadata: ["consumer.queues": "\(queues.map(\.queue))"])
+        // Workers are unstructured so cancelling run() does not cancel the handling (and the
+        // store writes) of deliveries already received; it only stops new ones.
+        let workers = consumers.map { kind, consumer in
+            Task { for await delivery in consumer.deliveries { await self.handle(delivery, kind: kind) } }
+        }
+        await withTaskCancellationHandler {
+            for worker in workers { await worker.value }
+        } onCancel: {
+            Task { for (_, consumer) in consumers { await consumer.cancel() } }
+        }
+        self.logger.info("consumer stopped")
+    }
+
+    func handle(_ delivery: Delivery, kind: EntityKind) async {
+        switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
+        case .failure(let poison):
+            self.logger.error("poison message dead-lettered", metadata: [
+                "amqp.queue": "\(delivery.queue)", "amqp.message_id": "\(delivery.properties.messageID ?? "")",
+                "reason": "\(poison)",
+            ])
+            await self.deadLetter(delivery, kind: kind, reason: poison.description)
+        case .success(let change):
+            do {
+                let decision = try await self.store.apply(change)
+                self.logger.debug("change handled", metadata: [
+                    "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
+                    "entity.version": "\(change.version)", "decision": "\(decision)",
+                ])
+            } catch {
+                await self.retry(delivery, kind: kind, error: error)
+                return
+            }
+            await self.settle(delivery) { try await delivery.ack() }
+        }
+    }
+
+    private func retry(_ delivery: Delivery, kind: EntityKind, error: any Error) async {
+        let attempt = Int(delivery.properties.headers[Self.attemptHeader]?.intValue ?? 0) + 1
+        guard attempt < self.configuration.maxAttempts else {
+            self.logger.error("change failed too often; dead-lettered", metadata: [
+                "amqp.queue": "\(delivery.queue)", "attempts": "\(attempt)", "error": "\(error)",
+            ])
+            await self.deadLetter(delivery, kind: kind, reason: "failed \(attempt) times; last error: \(error)")
+            return
+        }
+        let delay = self.configuration.retryBackoff.ceiling(attempt: attempt - 1)
+        var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
+        copy.properties.headers[Self.attemptHeader] = .int(Int64(attempt))
+        copy.properties.headers[Self.reasonHeader] = .string("\(error)")
+        copy.properties.headers[Self.sourceQueueHeader] = .string(delivery.queue)
+        copy.properties.expiration = String(Int64(Backoff.seconds(delay) * 1000))
+        self.logger.warning("change failed; retrying later", metadata: [
+            "amqp.queue": "\(delivery.queue)", "attempt": "\(attempt)", "retry_in": "\(delay)", "error": "\(error)",
+        ])
+        await self.forward(delivery, copy: copy, routingKey: SyncTopology.retryQueue(forQueue: delivery.queue),
+                           fallbackDelay: delay)
+    }
+
+    private func deadLetter(_ delivery: Delivery, kind: EntityKind, reason: String) async {
+        var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
+        copy.properties.headers[Self.reasonHeader] = .string(reason)
+        copy.properties.headers[Self.sourceQueueHeader] = .string(delivery.queue)
+        copy.properties.expiration = nil
+        do {
+            try await self.store.recordDeadLetter(kind)
+        } catch {
+            self.logger.warning("could not count a dead letter", metadata: ["error": "\(error)"])
+        }
+        await self.forward(delivery, copy: copy, routingKey: SyncTopology.deadLetterQueue(forQueue: delivery.queue),
+                           fallbackDelay: nil)
+    }
+
+    /// Publishes `copy` to a queue (through the default exchange) and acks the original once the
+    /// copy is confirmed, so the message is in exactly one place or, after a crash, in both.
+    private func forward(_ delivery: Delivery, copy: OutgoingMessage, routingKey: String, fallbackDelay: Duration?) async {
+        do {
+            try await self.connection.publish(copy, exchange: "", routingKey: routingKey)
+            await self.settle(delivery) { try await delivery.ack() }
+        } catch {
+            self.logger.warning("could not forward message; handing it back to the broker", metadata: [
+                "amqp.queue": "\(delivery.queue)", "target": "\(routingKey)", "error": "\(error)",
+            ])
+            if let fallbackDelay {
+                // Transient failure and the broker is unhappy too: wait instead of spinning.
+                try? await Task.sleep(for: fallbackDelay)
+                await self.settle(delivery) { try await delivery.reject(requeue: true) }
+            } else {
+                // Poison: the queue's own dead-letter exchange takes it (without our reason header).
+                await self.settle(delivery) { try await delivery.reject(requeue: false) }
+            }
+        }
+    }
+
+    private func settle(_ delivery: Delivery, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+        } catch {
+            // The channel closed meanwhile; the broker redelivers and the version rule absorbs it.
+            self.logger.info("could not settle a delivery; it will be redelivered", metadata: ["error": "\(error)"])
+        }
+    }
+}

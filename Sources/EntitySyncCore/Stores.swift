@@ -1,0 +1,118 @@
+import EntitySyncProto
+import Foundation
+
+/// The whole new state of a user as a mutation gives it; the store assigns the version.
+public struct UserDraft: Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var email: String
+    public var status: UserStatus
+    public var attributes: [String: String]
+
+    public init(id: String, name: String, email: String, status: UserStatus = .active, attributes: [String: String] = [:]) {
+        self.id = id
+        self.name = name
+        self.email = email
+        self.status = status
+        self.attributes = attributes
+    }
+}
+
+/// The whole new state of a group as a mutation gives it; the store assigns the version.
+public struct GroupDraft: Sendable, Equatable {
+    public var id: String
+    public var name: String
+    public var description: String
+    public var memberIDs: [String]
+
+    public init(id: String, name: String, description: String = "", memberIDs: [String] = []) {
+        self.id = id
+        self.name = name
+        self.description = description
+        self.memberIDs = memberIDs
+    }
+}
+
+/// An entity's version and whether it is a tombstone.
+public struct EntityVersion: Sendable, Hashable, CustomStringConvertible {
+    public var version: UInt64
+    public var deleted: Bool
+
+    public init(version: UInt64, deleted: Bool) {
+        self.version = version
+        self.deleted = deleted
+    }
+
+    public var description: String { "v\(self.version)\(self.deleted ? " (deleted)" : "")" }
+}
+
+/// A change event waiting in the producer's outbox to be published.
+public struct OutboxRecord: Sendable, Equatable {
+    public var sequence: Int64
+    public var kind: EntityKind
+    public var entityID: String
+    public var version: UInt64
+    public var messageID: String
+    /// The serialized `EntityChange`.
+    public var payload: [UInt8]
+
+    public init(sequence: Int64, kind: EntityKind, entityID: String, version: UInt64, messageID: String, payload: [UInt8]) {
+        self.sequence = sequence
+        self.kind = kind
+        self.entityID = entityID
+        self.version = version
+        self.messageID = messageID
+        self.payload = payload
+    }
+}
+
+/// The producer's source of truth. Every mutation changes the entity, increments its version and
+/// inserts its change event into the outbox in one transaction.
+public protocol SourceStore: Sendable {
+    func createUser(_ draft: UserDraft) async throws -> User
+    func updateUser(_ draft: UserDraft, expectedVersion: UInt64?) async throws -> User
+    /// Deletes the user (leaving a tombstone) and removes it from every group it was in, each
+    /// such group getting a new version and its own event. Returns the tombstone's version.
+    func deleteUser(id: String, expectedVersion: UInt64?) async throws -> UInt64
+    func createGroup(_ draft: GroupDraft) async throws -> Group
+    func updateGroup(_ draft: GroupDraft, expectedVersion: UInt64?) async throws -> Group
+    func deleteGroup(id: String, expectedVersion: UInt64?) async throws -> UInt64
+    func addGroupMembers(groupID: String, userIDs: [String], expectedVersion: UInt64?) async throws -> Group
+    func removeGroupMembers(groupID: String, userIDs: [String], expectedVersion: UInt64?) async throws -> Group
+    func user(id: String) async throws -> User?
+    func group(id: String) async throws -> Group?
+    /// Every entity of a kind with its version, tombstones included.
+    func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
+
+    /// Up to `limit` outbox records in commit order, if `owner` holds (or can take) the relay
+    /// lease; empty while another relay holds it. Several producers on one store never publish
+    /// the same rows concurrently.
+    func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord]
+    func removeOutbox(_ sequences: [Int64]) async throws
+    func outboxCount() async throws -> Int
+    /// Signalled after every committed mutation in this process.
+    var commits: WakeSignal { get }
+}
+
+/// What a consumer group knows about one entity type.
+public struct ReplicaStatistics: Sendable, Equatable {
+    public var entities: Int = 0
+    public var highestVersion: UInt64 = 0
+    public var applied: Int = 0
+    public var stale: Int = 0
+    public var deadLettered: Int = 0
+    public var lastAppliedAt: Date?
+
+    public init() {}
+}
+
+/// A consumer group's copy, shared by all its instances.
+public protocol ReplicaStore: Sendable {
+    /// Applies the change in one transaction if it is newer than what is held (`VersionRule`).
+    func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision
+    func recordDeadLetter(_ kind: EntityKind) async throws
+    func user(id: String) async throws -> User?
+    func group(id: String) async throws -> Group?
+    func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
+    func statistics() async throws -> [EntityKind: ReplicaStatistics]
+}
