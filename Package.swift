@@ -63,6 +63,8 @@ let package = Package(
             name: "EntitySyncSQLite",
             dependencies: [
                 "EntitySyncCore",
+                "EntitySyncProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings

@@ -1,0 +1,130 @@
+import EntitySyncCore
+import Foundation
+import GRDB
+
+/// Opens a SQLite file in WAL mode, shared safely by several processes on one host, and maps
+/// SQLite failures to `SyncError.storeUnavailable` with the file's path.
+struct SQLiteDatabase: Sendable {
+    let pool: DatabasePool
+    let path: String
+
+    init(path: String, migrations: (inout DatabaseMigrator) -> Void) throws {
+        var configuration = Configuration()
+        // Several instances write the same file: wait for the lock rather than fail at once.
+        configuration.busyMode = .timeout(10)
+        configuration.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        do {
+            let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            self.pool = try DatabasePool(path: path, configuration: configuration)
+            var migrator = DatabaseMigrator()
+            migrations(&migrator)
+            try migrator.migrate(self.pool)
+        } catch {
+            throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)': \(error). Check that the "
+                            + "directory exists and is writable, and that the file is an EntitySync store.")
+        }
+        self.path = path
+    }
+
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await self.pool.write(body)
+        } catch let error as SyncError {
+            throw error
+        } catch {
+            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
+        }
+    }
+
+    func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await self.pool.read(body)
+        } catch let error as SyncError {
+            throw error
+        } catch {
+            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
+        }
+    }
+}
+
+/// The table both stores keep entities in: one row per entity, tombstones included, the state
+/// as serialized protobuf.
+enum EntityTable {
+    static func create(_ db: Database) throws {
+        try db.execute(sql: """
+            CREATE TABLE entities (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                deleted INTEGER NOT NULL DEFAULT 0,
+                state BLOB NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (kind, id)
+            ) WITHOUT ROWID;
+            CREATE TABLE group_members (
+                group_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                PRIMARY KEY (group_id, user_id)
+            ) WITHOUT ROWID;
+            CREATE INDEX group_members_by_user ON group_members (user_id);
+            """)
+    }
+
+    struct Stored {
+        var version: UInt64
+        var deleted: Bool
+        var state: [UInt8]
+    }
+
+    static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?",
+                                         arguments: [kind.rawValue, id]) else { return nil }
+        let version: Int64 = row["version"]
+        let deleted: Bool = row["deleted"]
+        let state: Data = row["state"]
+        return Stored(version: UInt64(version), deleted: deleted, state: [UInt8](state))
+    }
+
+    static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
+        try db.execute(sql: """
+            INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+                state = excluded.state, updated_at = excluded.updated_at
+            """, arguments: [kind.rawValue, id, Int64(version), deleted, Data(state), Date().timeIntervalSince1970])
+    }
+
+    static func replaceMembers(_ db: Database, groupID: String, memberIDs: [String]) throws {
+        try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [groupID])
+        for member in memberIDs {
+            try db.execute(sql: "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                           arguments: [groupID, member])
+        }
+    }
+
+    static func groupIDs(_ db: Database, containing userID: String) throws -> [String] {
+        try String.fetchAll(db, sql: "SELECT group_id FROM group_members WHERE user_id = ? ORDER BY group_id",
+                            arguments: [userID])
+    }
+
+    static func versions(_ db: Database, kind: EntityKind) throws -> [String: EntityVersion] {
+        var result: [String: EntityVersion] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT id, version, deleted FROM entities WHERE kind = ?", arguments: [kind.rawValue]) {
+            let version: Int64 = row["version"]
+            result[row["id"]] = EntityVersion(version: UInt64(version), deleted: row["deleted"])
+        }
+        return result
+    }
+
+    static func user(_ db: Database, id: String) throws -> User? {
+        guard let stored = try self.fetch(db, kind: .user, id: id), !stored.deleted else { return nil }
+        return try User(serializedBytes: stored.state)
+    }
+
+    static func group(_ db: Database, id: String) throws -> Group? {
+        guard let stored = try self.fetch(db, kind: .group, id: id), !stored.deleted else { return nil }
+        return try Group(serializedBytes: stored.state)
+    }
+}
