@@ -1,0 +1,80 @@
+import AMQPClient
+import EntitySyncCore
+import Testing
+
+@Suite struct TopologyTests {
+    @Test func defaultNamesAreExactlyTheArticles() {
+        let topology = SyncTopology()
+        let declarations = topology.declarations(forGroup: nil)
+        #expect(Set(declarations.exchanges.map(\.name)) == ["exchange_user", "exchange_group", "entitysync.dlx"])
+        let mainQueues = declarations.bindings.filter { $0.exchange != SyncTopology.deadLetterExchange }
+        #expect(Set(mainQueues.map(\.queue)) == [
+            "exchange_user_consumer_user_rpc", "exchange_user_consumer_org_rpc",
+            "exchange_group_consumer_user_rpc", "exchange_group_consumer_org_rpc",
+        ])
+        for binding in mainQueues {
+            #expect(binding.queue.hasPrefix(binding.exchange + "_"))
+        }
+        #expect(declarations.exchanges.first { $0.name == "exchange_user" }?.kind == .fanout)
+        #expect(declarations.exchanges.allSatisfy { $0.durable })
+        #expect(declarations.queues.allSatisfy { $0.durable })
+    }
+
+    @Test func everyQueueHasADeadLetterQueueAndARetryQueue() {
+        let declarations = SyncTopology().declarations(forGroup: nil)
+        let queue = try? #require(declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc" })
+        #expect(queue?.arguments.queueType == .quorum)
+        #expect(queue?.arguments.deadLetterExchange == "entitysync.dlx")
+        #expect(queue?.arguments.deadLetterRoutingKey == "exchange_user_consumer_org_rpc.dlq")
+        #expect(queue?.arguments.deliveryLimit == 5)
+        #expect(declarations.queues.contains { $0.name == "exchange_user_consumer_org_rpc.dlq" })
+        let retry = declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc.retry" }
+        #expect(retry?.arguments.deadLetterExchange == "")
+        #expect(retry?.arguments.deadLetterRoutingKey == "exchange_user_consumer_org_rpc")
+        #expect(declarations.bindings.contains(BindingSpec(queue: "exchange_user_consumer_org_rpc.dlq",
+                                                           exchange: "entitysync.dlx",
+                                                           routingKey: "exchange_user_consumer_org_rpc.dlq")))
+    }
+
+    @Test func classicQueuesHaveNoDeliveryLimit() {
+        let declarations = SyncTopology(queueType: .classic).declarations(forGroup: nil)
+        let main = declarations.queues.first { $0.name == "exchange_group_consumer_user_rpc" }
+        #expect(main?.arguments.queueType == .classic)
+        #expect(main?.arguments.deliveryLimit == nil)
+    }
+
+    @Test func aGroupDeclaresOnlyItsOwnQueuesWithTheSameArguments() {
+        let topology = SyncTopology()
+        let all = topology.declarations(forGroup: nil)
+        let org = topology.declarations(forGroup: "consumer_org_rpc")
+        #expect(org.queues.allSatisfy { $0.name.contains("consumer_org_rpc") })
+        #expect(org.queues.count == 6)
+        for queue in org.queues { #expect(all.queues.contains(queue)) }
+        #expect(topology.queues(forGroup: "consumer_user_rpc").map(\.queue)
+                == ["exchange_group_consumer_user_rpc", "exchange_user_consumer_user_rpc"])
+    }
+
+    @Test func serviceNamesMapToGroups() {
+        #expect(SyncTopology.groupName(forService: "user-rpc") == "consumer_user_rpc")
+        #expect(SyncTopology.groupName(forService: "org-rpc") == "consumer_org_rpc")
+    }
+
+    @Test func invalidGroupNamesAreRejected() throws {
+        #expect(throws: SyncError.self) { try SyncTopology(routes: [.user: ["Bad-Name"]]).validate() }
+        #expect(throws: SyncError.self) { try SyncTopology(routes: [.user: [""]]).validate() }
+        try SyncTopology().validate()
+    }
+}
+
+@Suite struct VersionRuleTests {
+    @Test(arguments: [
+        (UInt64(1), UInt64?.none, VersionRule.Decision.apply),
+        (2, 1, .apply),
+        (1, 1, .stale),
+        (1, 2, .stale),
+        (10, 9, .apply),
+    ])
+    func decides(incoming: UInt64, stored: UInt64?, expected: VersionRule.Decision) {
+        #expect(VersionRule.decide(incoming: incoming, stored: stored) == expected)
+    }
+}
