@@ -34,6 +34,10 @@ public final class ConsumerRunner: Sendable {
     private let store: any ReplicaStore
     private let configuration: Configuration
     private let logger: Logger
+    private let handledCount = MutexBox(0)
+
+    /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
+    public var handled: Int { self.handledCount.read { $0 } }
 
     public init(group: String, topology: SyncTopology, connection: AMQPConnection, store: any ReplicaStore,
                 configuration: Configuration = Configuration(), logger: Logger) {
@@ -77,6 +81,7 @@ public final class ConsumerRunner: Sendable {
     }
 
     func handle(_ delivery: Delivery, kind: EntityKind) async {
+        defer { self.handledCount.update { $0 += 1 } }
         switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
         case .failure(let poison):
             self.logger.error("poison message dead-lettered", metadata: [
