@@ -74,19 +74,16 @@ final class SyncHarness: Sendable {
 
     func path(_ file: String) -> String { "\(self.directory)/\(file).sqlite" }
 
-    /// A producer: source store, topology declared, outbox relay running.
+    /// A producer: source store, topology declared, outbox relay running (unless `relay` is false).
     func startProducer(_ name: String = "producer", relay: Bool = true) async throws -> Producer {
         let store = try SQLiteSourceStore(path: self.path("source"), producer: name)
         let connection = try await self.connect(name)
-        try await self.topology.declarations(forGroup: nil).declare(on: connection)
-        var relayTask: Task<Void, Never>?
-        if relay {
-            var configuration = OutboxRelay.Configuration()
-            configuration.backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(1))
-            let outboxRelay = OutboxRelay(store: store, connection: connection, owner: name, configuration: configuration,
-                                          logger: Broker.logger(name))
-            relayTask = Task { await outboxRelay.run() }
-        }
+        var configuration = OutboxRelay.Configuration()
+        configuration.backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(1))
+        let producer = SyncProducer(topology: self.topology, store: store, connection: connection, name: name,
+                                    relayConfiguration: configuration, logger: Broker.logger(name))
+        try await producer.declareTopology()
+        let relayTask = relay ? Task { await producer.relay.run() } : nil
         return Producer(store: store, connection: connection, relay: relayTask)
     }
 

@@ -1,0 +1,32 @@
+import AMQPClient
+import Logging
+
+/// The producer side of a process: declares the whole topology (every exchange and every
+/// group's queues) before anything is published, so groups that start later still find their
+/// history waiting, then relays the outbox until cancelled.
+public struct SyncProducer: Sendable {
+    public let topology: SyncTopology
+    public let relay: OutboxRelay
+    private let connection: AMQPConnection
+
+    public init(topology: SyncTopology, store: any SourceStore, connection: AMQPConnection, name: String,
+                relayConfiguration: OutboxRelay.Configuration = OutboxRelay.Configuration(), logger: Logger) {
+        self.topology = topology
+        self.connection = connection
+        self.relay = OutboxRelay(store: store, connection: connection, owner: name, configuration: relayConfiguration,
+                                 logger: logger)
+    }
+
+    /// Declares the topology; throws (for example a queue argument mismatch, naming the queue
+    /// and the argument) before anything is published.
+    public func declareTopology() async throws {
+        try self.topology.validate()
+        try await self.topology.declarations(forGroup: nil).declare(on: self.connection)
+    }
+
+    /// Declares the topology, then relays the outbox until the task is cancelled.
+    public func run() async throws {
+        try await self.declareTopology()
+        await self.relay.run()
+    }
+}

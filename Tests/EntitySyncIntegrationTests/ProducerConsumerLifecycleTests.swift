@@ -1,0 +1,64 @@
+import AMQPClient
+import EntitySyncCore
+import EntitySyncSQLite
+import Testing
+
+@Suite(.enabled(if: Broker.isAvailable, "needs a private broker (scripts/test starts one)"))
+struct ProducerConsumerLifecycleTests {
+    /// Two producer processes on one store: the relay lease lets only one publish at a time, so
+    /// no event is published twice and nothing is missed.
+    @Test func twoProducersOnOneStorePublishEachEventOnce() async throws {
+        let harness = try SyncHarness("two_producers")
+        defer { harness.tearDown() }
+        let consumer = try await harness.startConsumer(group: "consumer_user_rpc", instance: "a")
+        let first = try await harness.startProducer("producer-a")
+        let second = try await harness.startProducer("producer-b")
+        try await makeHistory(first.store, users: 20, prefix: "a")
+        try await makeHistory(second.store, users: 20, prefix: "b")
+        try await first.outboxDrained()
+        try await converge(consumer.store, with: first.store)
+        let statistics = try await consumer.store.statistics()
+        #expect(statistics[.user]?.stale == 0 && statistics[.group]?.stale == 0, "an event was published twice")
+        try await consumer.stop()
+        await first.stop()
+        await second.stop()
+    }
+
+    /// A queue that exists with other arguments stops the producer before it publishes, with the
+    /// client's error naming the queue and the argument.
+    @Test func topologyMismatchStopsStartup() async throws {
+        let harness = try SyncHarness("mismatch", topology: SyncTopology(queueType: .classic))
+        defer { harness.tearDown() }
+        let connection = try await harness.connect("operator")
+        // An older deployment's queue: classic, without dead-lettering.
+        try await connection.declare(QueueSpec(name: "exchange_user_consumer_user_rpc",
+                                               arguments: QueueArguments(queueType: .classic)))
+        do {
+            _ = try await harness.startProducer()
+            Issue.record("the producer started over a mismatching queue")
+        } catch let error as AMQPError {
+            #expect(error.code == .preconditionFailed)
+            #expect(error.message.contains("exchange_user_consumer_user_rpc"))
+            #expect(error.message.contains("'x-dead-letter-exchange'"))
+        }
+        await connection.close()
+    }
+
+    /// A consumer stopped in the middle of a stream finishes and acks what it holds; a restarted
+    /// instance picks up the rest and the replica converges.
+    @Test func gracefulStopAndRestartConverges() async throws {
+        let harness = try SyncHarness("restart")
+        defer { harness.tearDown() }
+        let producer = try await harness.startProducer()
+        let consumer = try await harness.startConsumer(group: "consumer_org_rpc", instance: "a")
+        let making = Task { try await makeHistory(producer.store, users: 80) }
+        try await eventually("consuming under way") { consumer.runner.handled >= 20 }
+        try await consumer.stop()
+        try await making.value
+        try await producer.outboxDrained()
+        let restarted = try await harness.startConsumer(group: "consumer_org_rpc", instance: "b")
+        try await converge(restarted.store, with: producer.store)
+        try await restarted.stop()
+        await producer.stop()
+    }
+}
