@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
         .library(name: "EntitySyncCore", targets: ["EntitySyncCore"]),
         .library(name: "EntitySyncSQLite", targets: ["EntitySyncSQLite"]),
+        .executable(name: "entity-sync", targets: ["EntitySync"]),
         .executable(name: "amqp-publish-bench", targets: ["AMQPPublishBench"]),
         .executable(name: "amqp-publish-bench-c", targets: ["AMQPPublishBenchC"]),
     ],
@@ -22,6 +23,14 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/grpc/grpc-swift-2.git", from: "2.4.3"),
+        .package(url: "https://github.com/grpc/grpc-swift-nio-transport.git", from: "2.9.2"),
+        .package(url: "https://github.com/grpc/grpc-swift-protobuf.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
     ],
     targets: [
         // librabbitmq from the system (Debian: librabbitmq-dev), plus a header-only shim.
@@ -69,6 +78,57 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // gRPC stubs generated from proto/ (services and the standard health service).
+        .target(
+            name: "EntitySyncGRPC",
+            dependencies: [
+                "EntitySyncProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The gRPC services and the wiring of each process kind (producer, user-rpc, org-rpc).
+        .target(
+            name: "EntitySyncServices",
+            dependencies: [
+                "AMQPClient",
+                "EntitySyncCore",
+                "EntitySyncSQLite",
+                "EntitySyncGRPC",
+                "EntitySyncProto",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // The `entity-sync` command: argument parsing and nothing else.
+        .executableTarget(
+            name: "EntitySync",
+            dependencies: [
+                "EntitySyncServices",
+                "EntitySyncCore",
+                "EntitySyncGRPC",
+                "EntitySyncProto",
+                "AMQPClient",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "AMQPPublishBench",
             dependencies: ["AMQPClient"],
@@ -94,6 +154,15 @@ let package = Package(
         .testTarget(
             name: "EntitySyncCoreTests",
             dependencies: ["EntitySyncCore", "EntitySyncSQLite"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EntitySyncServicesTests",
+            dependencies: [
+                "EntitySyncServices",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(

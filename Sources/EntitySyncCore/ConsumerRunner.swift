@@ -38,6 +38,8 @@ public final class ConsumerRunner: Sendable {
 
     /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
     public var handled: Int { self.handledCount.read { $0 } }
+    /// Signalled after every change this instance applies (for read-your-writes waits).
+    public let applied = WakeSignal()
 
     public init(group: String, topology: SyncTopology, connection: AMQPConnection, store: any ReplicaStore,
                 configuration: Configuration = Configuration(), logger: Logger) {
@@ -92,6 +94,7 @@ public final class ConsumerRunner: Sendable {
         case .success(let change):
             do {
                 let decision = try await self.store.apply(change)
+                if decision == .apply { self.applied.signal() }
                 self.logger.debug("change handled", metadata: [
                     "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
                     "entity.version": "\(change.version)", "decision": "\(decision)",

@@ -83,6 +83,12 @@ public protocol SourceStore: Sendable {
     func group(id: String) async throws -> Group?
     /// Every entity of a kind with its version, tombstones included.
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
+    /// Live users with ids after `after` (exclusive), in id order.
+    func listUsers(after: String?, limit: Int) async throws -> [User]
+    func listGroups(after: String?, limit: Int) async throws -> [Group]
+    /// Entities of a kind after `after` in id order, tombstones included, each as the change
+    /// event that produces its current state (for bootstrapping a new consumer group).
+    func snapshot(of kind: EntityKind, after: String?, limit: Int) async throws -> [EntityChange]
 
     /// Up to `limit` outbox records in commit order, if `owner` holds (or can take) the relay
     /// lease; empty while another relay holds it. Several producers on one store never publish
@@ -114,5 +120,15 @@ public protocol ReplicaStore: Sendable {
     func user(id: String) async throws -> User?
     func group(id: String) async throws -> Group?
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
+    /// One entity's version (nil if never seen).
+    func version(of kind: EntityKind, id: String) async throws -> EntityVersion?
     func statistics() async throws -> [EntityKind: ReplicaStatistics]
+    func listUsers(after: String?, limit: Int) async throws -> [User]
+    func listGroups(after: String?, limit: Int) async throws -> [Group]
+    /// The live users among `ids`, in the order asked for.
+    func users(ids: [String]) async throws -> [User]
+    /// Live groups `userID` belongs to, in id order after `after`.
+    func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group]
+    /// Live member users of a group, in id order after `after`.
+    func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User]
 }

@@ -109,6 +109,10 @@ enum EntityTable {
                             arguments: [userID])
     }
 
+    static func version(_ db: Database, kind: EntityKind, id: String) throws -> EntityVersion? {
+        try self.fetch(db, kind: kind, id: id).map { EntityVersion(version: $0.version, deleted: $0.deleted) }
+    }
+
     static func versions(_ db: Database, kind: EntityKind) throws -> [String: EntityVersion] {
         var result: [String: EntityVersion] = [:]
         for row in try Row.fetchAll(db, sql: "SELECT id, version, deleted FROM entities WHERE kind = ?", arguments: [kind.rawValue]) {
@@ -116,6 +120,13 @@ enum EntityTable {
             result[row["id"]] = EntityVersion(version: UInt64(version), deleted: row["deleted"])
         }
         return result
+    }
+
+    /// Live entities' states after `after` in id order.
+    static func states(_ db: Database, kind: EntityKind, after: String?, limit: Int) throws -> [[UInt8]] {
+        try Data.fetchAll(db, sql: """
+            SELECT state FROM entities WHERE kind = ? AND deleted = 0 AND id > ? ORDER BY id LIMIT ?
+            """, arguments: [kind.rawValue, after ?? "", limit]).map { [UInt8]($0) }
     }
 
     static func user(_ db: Database, id: String) throws -> User? {

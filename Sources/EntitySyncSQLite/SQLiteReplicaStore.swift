@@ -75,6 +75,44 @@ public final class SQLiteReplicaStore: ReplicaStore {
         try await self.database.read { db in try EntityTable.versions(db, kind: kind) }
     }
 
+    public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
+        try await self.database.read { db in try EntityTable.version(db, kind: kind, id: id) }
+    }
+
+    public func listUsers(after: String?, limit: Int) async throws -> [User] {
+        try await self.database.read { db in
+            try EntityTable.states(db, kind: .user, after: after, limit: limit).map { try User(serializedBytes: $0) }
+        }
+    }
+
+    public func listGroups(after: String?, limit: Int) async throws -> [Group] {
+        try await self.database.read { db in
+            try EntityTable.states(db, kind: .group, after: after, limit: limit).map { try Group(serializedBytes: $0) }
+        }
+    }
+
+    public func users(ids: [String]) async throws -> [User] {
+        try await self.database.read { db in try ids.compactMap { try EntityTable.user(db, id: $0) } }
+    }
+
+    public func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group] {
+        try await self.database.read { db in
+            try Data.fetchAll(db, sql: """
+                SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
+                WHERE m.user_id = ? AND e.deleted = 0 AND m.group_id > ? ORDER BY m.group_id LIMIT ?
+                """, arguments: [userID, after ?? "", limit]).map { try Group(serializedBytes: [UInt8]($0)) }
+        }
+    }
+
+    public func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User] {
+        try await self.database.read { db in
+            try Data.fetchAll(db, sql: """
+                SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'user' AND e.id = m.user_id
+                WHERE m.group_id = ? AND e.deleted = 0 AND m.user_id > ? ORDER BY m.user_id LIMIT ?
+                """, arguments: [groupID, after ?? "", limit]).map { try User(serializedBytes: [UInt8]($0)) }
+        }
+    }
+
     public func statistics() async throws -> [EntityKind: ReplicaStatistics] {
         try await self.database.read { db in
             var result: [EntityKind: ReplicaStatistics] = [:]

@@ -191,6 +191,46 @@ public final class SQLiteSourceStore: SourceStore {
         try await self.database.read { db in try EntityTable.versions(db, kind: kind) }
     }
 
+    public func listUsers(after: String?, limit: Int) async throws -> [User] {
+        try await self.database.read { db in
+            try EntityTable.states(db, kind: .user, after: after, limit: limit).map { try User(serializedBytes: $0) }
+        }
+    }
+
+    public func listGroups(after: String?, limit: Int) async throws -> [Group] {
+        try await self.database.read { db in
+            try EntityTable.states(db, kind: .group, after: after, limit: limit).map { try Group(serializedBytes: $0) }
+        }
+    }
+
+    public func snapshot(of kind: EntityKind, after: String?, limit: Int) async throws -> [EntityChange] {
+        let producer = self.producer
+        return try await self.database.read { db in
+            try Row.fetchAll(db, sql: """
+                SELECT id, version, deleted, state FROM entities WHERE kind = ? AND id > ? ORDER BY id LIMIT ?
+                """, arguments: [kind.rawValue, after ?? "", limit]).map { row in
+                let id: String = row["id"]
+                let version = UInt64(row["version"] as Int64)
+                let deleted: Bool = row["deleted"]
+                let state = [UInt8](row["state"] as Data)
+                var change = EntityChange()
+                change.messageID = "snapshot:\(kind.rawValue):\(id):\(version)"
+                change.entityType = kind.protoType
+                change.entityID = id
+                change.version = version
+                change.operation = deleted ? .delete : .upsert
+                change.producer = producer
+                if !deleted {
+                    switch kind {
+                    case .user: change.user = try User(serializedBytes: state)
+                    case .group: change.group = try Group(serializedBytes: state)
+                    }
+                }
+                return change
+            }
+        }
+    }
+
     // MARK: Outbox
 
     public func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord] {

@@ -239,4 +239,14 @@ actor FlakyStore: ReplicaStore {
     func group(id: String) async throws -> Group? { try await self.wrapped.group(id: id) }
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion] { try await self.wrapped.versions(of: kind) }
     func statistics() async throws -> [EntityKind: ReplicaStatistics] { try await self.wrapped.statistics() }
+    func version(of kind: EntityKind, id: String) async throws -> EntityVersion? { try await self.wrapped.version(of: kind, id: id) }
+    func listUsers(after: String?, limit: Int) async throws -> [User] { try await self.wrapped.listUsers(after: after, limit: limit) }
+    func listGroups(after: String?, limit: Int) async throws -> [Group] { try await self.wrapped.listGroups(after: after, limit: limit) }
+    func users(ids: [String]) async throws -> [User] { try await self.wrapped.users(ids: ids) }
+    func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group] {
+        try await self.wrapped.groups(ofUser: userID, after: after, limit: limit)
+    }
+    func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User] {
+        try await self.wrapped.members(ofGroup: groupID, after: after, limit: limit)
+    }
 }

@@ -1,0 +1,77 @@
+import AMQPClient
+import ArgumentParser
+import EntitySyncCore
+import EntitySyncServices
+import Foundation
+import Logging
+
+/// Reads a setting: the flag if given, else the environment variable, else the default.
+func setting(_ flag: String?, _ variable: String, _ fallback: String) -> String {
+    flag ?? ProcessInfo.processInfo.environment[variable].flatMap { $0.isEmpty ? nil : $0 } ?? fallback
+}
+
+func optionalSetting(_ flag: String?, _ variable: String) -> String? {
+    flag ?? ProcessInfo.processInfo.environment[variable].flatMap { $0.isEmpty ? nil : $0 }
+}
+
+/// Options every service process takes.
+struct ServiceOptions: ParsableArguments {
+    @Option(help: "Broker URL, amqp:// or amqps:// (env: ENTITY_SYNC_AMQP_URL; default: amqp://guest:guest@127.0.0.1:5672/).")
+    var amqpURL: String?
+
+    @Option(help: "host:port the gRPC server listens on (env: ENTITY_SYNC_LISTEN; default: 127.0.0.1 and the service's port).")
+    var listen: String?
+
+    @Option(help: "Path of the SQLite store file (env: ENTITY_SYNC_DB; default: data/<service>.sqlite).")
+    var db: String?
+
+    @Option(help: "Queue type for declared queues: quorum or classic (env: ENTITY_SYNC_QUEUE_TYPE; default: quorum).")
+    var queueType: String?
+
+    @Option(help: "host:port serving Prometheus metrics at /metrics (env: ENTITY_SYNC_METRICS_LISTEN; default: off).")
+    var metricsListen: String?
+
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (env: ENTITY_SYNC_LOG_LEVEL; default: info).")
+    var logLevel: String?
+
+    @Option(help: "Instance name in logs, events and the broker's connection list (env: ENTITY_SYNC_NAME; default: <service>@<host>).")
+    var name: String?
+
+    func configuration(service: String, defaultPort: Int) throws -> ServiceConfiguration {
+        let queueTypeText = setting(self.queueType, "ENTITY_SYNC_QUEUE_TYPE", "quorum")
+        guard let queueType = QueueArguments.QueueType(rawValue: queueTypeText), queueType != .stream else {
+            throw ValidationError("--queue-type must be quorum or classic, not '\(queueTypeText)'")
+        }
+        let amqpURL = setting(self.amqpURL, "ENTITY_SYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+        do {
+            _ = try AMQPURL(amqpURL)
+        } catch {
+            throw ValidationError(error.message)
+        }
+        let listen = try HostPort(setting(self.listen, "ENTITY_SYNC_LISTEN", "127.0.0.1:\(defaultPort)"))
+        let host = ProcessInfo.processInfo.hostName
+        return ServiceConfiguration(
+            amqpURL: amqpURL, listen: listen,
+            databasePath: setting(self.db, "ENTITY_SYNC_DB", "data/\(service).sqlite"),
+            topology: SyncTopology(queueType: queueType),
+            instanceName: setting(self.name, "ENTITY_SYNC_NAME", "\(service)@\(host)")
+        )
+    }
+
+    func makeLogger(_ label: String) throws -> Logger {
+        let levelText = setting(self.logLevel, "ENTITY_SYNC_LOG_LEVEL", "info")
+        guard let level = Logger.Level(rawValue: levelText) else {
+            throw ValidationError("--log-level must be one of trace, debug, info, notice, warning, error, critical")
+        }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        return Logger(label: label)
+    }
+
+    var metricsAddress: HostPort? {
+        get throws { try optionalSetting(self.metricsListen, "ENTITY_SYNC_METRICS_LISTEN").map { try HostPort($0) } }
+    }
+}

@@ -1,0 +1,96 @@
+import AMQPClient
+import ArgumentParser
+import EntitySyncCore
+import Foundation
+import Logging
+
+struct Topology: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Declare the exchanges and queues, or show them with their depths.",
+        subcommands: [Declare.self, Show.self], defaultSubcommand: Show.self)
+
+    struct BrokerOptions: ParsableArguments {
+        @Option(help: "Broker URL (env: ENTITY_SYNC_AMQP_URL; default: amqp://guest:guest@127.0.0.1:5672/).")
+        var amqpURL: String?
+
+        @Option(help: "Queue type: quorum or classic (env: ENTITY_SYNC_QUEUE_TYPE; default: quorum).")
+        var queueType: String?
+
+        func connect() async throws -> (AMQPConnection, SyncTopology) {
+            let queueTypeText = setting(self.queueType, "ENTITY_SYNC_QUEUE_TYPE", "quorum")
+            guard let queueType = QueueArguments.QueueType(rawValue: queueTypeText), queueType != .stream else {
+                throw ValidationError("--queue-type must be quorum or classic")
+            }
+            var logger = Logger(label: "entity-sync.topology")
+            logger.logLevel = .error
+            let url = setting(self.amqpURL, "ENTITY_SYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+            let connection = try await AMQPConnection.connect(try AMQPConfiguration(url: url, connectionName: "entity-sync topology"),
+                                                              logger: logger)
+            return (connection, SyncTopology(queueType: queueType))
+        }
+    }
+
+    struct Declare: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Declare every exchange and queue (idempotent), as the producer does at startup.")
+        @OptionGroup var broker: BrokerOptions
+
+        func run() async throws {
+            let (connection, topology) = try await self.broker.connect()
+            let declarations = topology.declarations(forGroup: nil)
+            do {
+                try await declarations.declare(on: connection)
+            } catch {
+                await connection.close()
+                throw error
+            }
+            await connection.close()
+            print("declared \(declarations.exchanges.count) exchanges, \(declarations.queues.count) queues, "
+                  + "\(declarations.bindings.count) bindings")
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show every group's queues with ready messages, consumers, dead letters and retries.")
+        @OptionGroup var broker: BrokerOptions
+        @Flag(help: "Print JSON instead of a table.") var json = false
+
+        func run() async throws {
+            let (connection, topology) = try await self.broker.connect()
+            var rows: [[String]] = []
+            for group in topology.groups {
+                for (kind, queue) in topology.queues(forGroup: group) {
+                    let main = try? await connection.queueStatus(queue)
+                    let dead = try? await connection.queueStatus(SyncTopology.deadLetterQueue(forQueue: queue))
+                    let retry = try? await connection.queueStatus(SyncTopology.retryQueue(forQueue: queue))
+                    rows.append([SyncTopology.exchange(for: kind), group, queue,
+                                 main.map { "\($0.messageCount)" } ?? "missing", main.map { "\($0.consumerCount)" } ?? "-",
+                                 dead.map { "\($0.messageCount)" } ?? "-", retry.map { "\($0.messageCount)" } ?? "-"])
+                }
+            }
+            await connection.close()
+            let header = ["exchange", "group", "queue", "ready", "consumers", "dead letters", "retrying"]
+            if self.json {
+                let objects = rows.map { Dictionary(uniqueKeysWithValues: zip(header, $0)) }
+                let data = try JSONSerialization.data(withJSONObject: objects, options: [.prettyPrinted, .sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else {
+                print(Table.render(header: header, rows: rows))
+            }
+        }
+    }
+}
+
+/// Plain-text tables for people.
+enum Table {
+    static func render(header: [String], rows: [[String]]) -> String {
+        var widths = header.map(\.count)
+        for row in rows {
+            for (index, cell) in row.enumerated() where index < widths.count { widths[index] = max(widths[index], cell.count) }
+        }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { $1.padding(toLength: widths[$0], withPad: " ", startingAt: 0) }.joined(separator: "  ")
+                .trimmingCharacters(in: .whitespaces)
+        }
+        return ([line(header), line(widths.map { String(repeating: "-", count: $0) })] + rows.map(line)).joined(separator: "\n")
+    }
+}

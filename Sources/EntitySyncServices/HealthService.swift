@@ -1,0 +1,63 @@
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncProto
+import GRPCCore
+import Synchronization
+
+/// Whether a process is ready to serve: NOT_SERVING until its broker connection and topology are
+/// ready, and again while it drains.
+public final class HealthStatus: Sendable {
+    private let serving = Mutex(false)
+    let changes = WakeSignal()
+
+    public init() {}
+
+    public var isServing: Bool { self.serving.withLock { $0 } }
+
+    public func set(serving: Bool) {
+        let changed = self.serving.withLock { state -> Bool in
+            defer { state = serving }
+            return state != serving
+        }
+        if changed { self.changes.signal() }
+    }
+}
+
+/// The standard `grpc.health.v1.Health` service. The overall status is asked for with the
+/// empty service name; each served service can also be asked for by its full name.
+struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
+    let status: HealthStatus
+    let services: Set<String>
+
+    func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws -> Grpc_Health_V1_HealthCheckResponse {
+        guard request.service.isEmpty || self.services.contains(request.service) else {
+            throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
+        }
+        return self.response()
+    }
+
+    func watch(request: Grpc_Health_V1_HealthCheckRequest, response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,
+               context: ServerContext) async throws {
+        guard request.service.isEmpty || self.services.contains(request.service) else {
+            var unknown = Grpc_Health_V1_HealthCheckResponse()
+            unknown.status = .serviceUnknown
+            try await response.write(unknown)
+            return
+        }
+        var last: Bool?
+        while !Task.isCancelled {
+            let serving = self.status.isServing
+            if serving != last {
+                try await response.write(self.response())
+                last = serving
+            }
+            await self.status.changes.wait(timeout: .seconds(1))
+        }
+    }
+
+    private func response() -> Grpc_Health_V1_HealthCheckResponse {
+        var response = Grpc_Health_V1_HealthCheckResponse()
+        response.status = self.status.isServing ? .serving : .notServing
+        return response
+    }
+}

@@ -1,0 +1,65 @@
+import AMQPClient
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncSQLite
+import GRPCCore
+import Logging
+import ServiceLifecycle
+
+/// The producer process: source store, topology declared at startup, outbox relay, and the
+/// EntityAdmin gRPC API. NOT_SERVING until the broker connection and topology are ready, and
+/// again while it shuts down.
+public final class ProducerService: Service {
+    public let configuration: ServiceConfiguration
+    public let health = HealthStatus()
+    public let address = ListeningAddress()
+    private let logger: Logger
+
+    public init(configuration: ServiceConfiguration, logger: Logger) {
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "service"] = "producer"
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        try self.configuration.topology.validate()
+        let store = try SQLiteSourceStore(path: self.configuration.databasePath, producer: self.configuration.instanceName)
+        let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
+        let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
+            EntityAdminService(store: store),
+            HealthService(status: self.health, services: names),
+        ], interceptors: [
+            RPCMetricsInterceptor(),
+            BearerTokenInterceptor(token: self.configuration.token, protectedMethods: EntityAdminService.mutations),
+        ])
+        self.address.set(transport)
+        let shutdown = ShutdownActions()
+        shutdown.add { [health] in health.set(serving: false) }
+        shutdown.add { server.beginGracefulShutdown() }
+
+        try await withGracefulShutdownHandler {
+            try await withThrowingDiscardingTaskGroup { group in
+                group.addTask { try await server.serve() }
+                let connection = try await ServiceRuntime.connect(self.configuration, role: "producer", logger: self.logger)
+                let producer = SyncProducer(topology: self.configuration.topology, store: store, connection: connection,
+                                            name: self.configuration.instanceName, logger: self.logger)
+                try await producer.declareTopology()
+                let relay = Task { await producer.relay.run() }
+                shutdown.add { relay.cancel() }
+                self.health.set(serving: true)
+                let port = try await self.address.port()
+                self.logger.info("producer ready", metadata: [
+                    "grpc.port": "\(port)", "store": "\(self.configuration.databasePath)",
+                ])
+                group.addTask {
+                    await relay.value
+                    await connection.close()
+                }
+            }
+        } onGracefulShutdown: {
+            self.logger.info("producer shutting down")
+            shutdown.run()
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import AMQPClient
+import EntitySyncCore
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Logging
+import Synchronization
+
+/// Pieces every service process shares: the gRPC server on HTTP/2, and a broker connection
+/// that waits out a broker that is not up yet but fails fast on configuration errors.
+enum ServiceRuntime {
+    static func makeServer(_ configuration: ServiceConfiguration, services: [any RegistrableRPCService],
+                           interceptors: [any ServerInterceptor]) -> (GRPCServer<HTTP2ServerTransport.Posix>, HTTP2ServerTransport.Posix) {
+        let transport = HTTP2ServerTransport.Posix(
+            address: .ipv4(host: configuration.listen.host, port: configuration.listen.port),
+            transportSecurity: .plaintext,
+            config: .defaults { config in
+                // Unlimited by default: bound what one client connection can open at once.
+                config.http2.maxConcurrentStreams = configuration.maxConcurrentStreams
+                config.rpc.maxRequestPayloadSize = configuration.maxRequestBytes
+            }
+        )
+        return (GRPCServer(transport: transport, services: services, interceptors: interceptors), transport)
+    }
+
+    static func connect(_ configuration: ServiceConfiguration, role: String, logger: Logger) async throws -> AMQPConnection {
+        let amqp = try AMQPConfiguration(url: configuration.amqpURL, connectionName: "\(role):\(configuration.instanceName)")
+        var attempt = 0
+        while true {
+            do {
+                return try await AMQPConnection.connect(amqp, logger: logger)
+            } catch let error as AMQPError where error.isRetryable || error.code == .hostNotFound {
+                let delay = amqp.reconnectBackoff.delay(attempt: attempt)
+                attempt += 1
+                logger.warning("broker not reachable yet; retrying", metadata: [
+                    "error": "\(error.message)", "retry_in": "\(delay)", "attempt": "\(attempt)",
+                ])
+                try await Task.sleep(for: delay)
+            }
+        }
+    }
+}
+
+/// Runs closures once when a process starts shutting down.
+final class ShutdownActions: Sendable {
+    private let actions = Mutex<[@Sendable () -> Void]>([])
+    private let triggered = Mutex(false)
+
+    func add(_ action: @escaping @Sendable () -> Void) {
+        let already = self.triggered.withLock { $0 }
+        if already { action() } else { self.actions.withLock { $0.append(action) } }
+    }
+
+    func run() {
+        self.triggered.withLock { $0 = true }
+        let actions = self.actions.withLock { actions -> [@Sendable () -> Void] in
+            defer { actions.removeAll() }
+            return actions
+        }
+        for action in actions { action() }
+    }
+}
+
+/// Where a process's gRPC server listens, once it does (port 0 picks a free port).
+public final class ListeningAddress: Sendable {
+    private let transport = Mutex<HTTP2ServerTransport.Posix?>(nil)
+
+    func set(_ transport: HTTP2ServerTransport.Posix) { self.transport.withLock { $0 = transport } }
+
+    /// Waits until the server is bound and returns its port.
+    public func port() async throws -> Int {
+        while true {
+            if let transport = self.transport.withLock({ $0 }) {
+                let address = try await transport.listeningAddress
+                if let ipv4 = address.ipv4 { return ipv4.port }
+                if let ipv6 = address.ipv6 { return ipv6.port }
+                throw SyncError(.configuration, "the server listens on a non-IP address \(address)")
+            }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+    }
+}

@@ -1,0 +1,84 @@
+import AMQPClient
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncProto
+import GRPCCore
+import SwiftProtobuf
+
+/// What a consumer service has applied and how deep its queues are, and read-your-writes:
+/// `WaitForVersion` returns once an entity has reached a version here.
+struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
+    let group: String
+    let topology: SyncTopology
+    let store: any ReplicaStore
+    let connection: AMQPConnection
+    /// Signalled whenever this process applies a change; other instances' applies are seen by
+    /// re-reading the shared store at short intervals.
+    let applied: WakeSignal
+
+    func getSyncStatus(request: Entitysync_V1_GetSyncStatusRequest, context: ServerContext) async throws -> Entitysync_V1_SyncStatus {
+        try await RPCErrors.mapping {
+            var status = Entitysync_V1_SyncStatus()
+            status.consumerGroup = self.group
+            let statistics = try await self.store.statistics()
+            for (kind, _) in self.topology.queues(forGroup: self.group) {
+                let values = statistics[kind] ?? ReplicaStatistics()
+                var entity = Entitysync_V1_EntitySyncStatus()
+                entity.entityType = kind.protoType
+                entity.entitiesHeld = UInt64(values.entities)
+                entity.highestVersion = values.highestVersion
+                entity.eventsApplied = UInt64(values.applied)
+                entity.eventsStale = UInt64(values.stale)
+                entity.eventsDeadLettered = UInt64(values.deadLettered)
+                if let last = values.lastAppliedAt { entity.lastAppliedAt = Google_Protobuf_Timestamp(date: last) }
+                status.entities.append(entity)
+            }
+            // Queue depths are best effort: with the broker down the store's figures still help.
+            for (_, queue) in self.topology.queues(forGroup: self.group) {
+                var depth = Entitysync_V1_QueueStatus()
+                depth.queue = queue
+                if let main = try? await self.connection.queueStatus(queue) {
+                    depth.messages = UInt64(main.messageCount)
+                    depth.consumers = UInt64(main.consumerCount)
+                }
+                if let dead = try? await self.connection.queueStatus(SyncTopology.deadLetterQueue(forQueue: queue)) {
+                    depth.deadLetterMessages = UInt64(dead.messageCount)
+                }
+                if let retry = try? await self.connection.queueStatus(SyncTopology.retryQueue(forQueue: queue)) {
+                    depth.retryMessages = UInt64(retry.messageCount)
+                }
+                status.queues.append(depth)
+            }
+            return status
+        }
+    }
+
+    func waitForVersion(request: Entitysync_V1_WaitForVersionRequest, context: ServerContext) async throws -> Entitysync_V1_WaitForVersionResponse {
+        guard let kind = EntityKind(request.entityType) else {
+            throw RPCErrors.invalid("entity_type must be ENTITY_TYPE_USER or ENTITY_TYPE_GROUP")
+        }
+        guard self.topology.queues(forGroup: self.group).contains(where: { $0.kind == kind }) else {
+            throw RPCError(code: .failedPrecondition, message: "consumer group '\(self.group)' does not receive \(kind.rawValue) events")
+        }
+        guard request.version > 0 else { throw RPCErrors.invalid("version must be at least 1") }
+        guard request.timeoutMs <= 60_000 else { throw RPCErrors.invalid("timeout_ms must be at most 60000") }
+        let timeout = Duration.milliseconds(request.timeoutMs == 0 ? 5000 : Int64(request.timeoutMs))
+        return try await RPCErrors.mapping {
+            try DraftValidation.validateID(request.entityID, field: "entity_id")
+            let deadline = ContinuousClock.now + timeout
+            while true {
+                if let held = try await self.store.version(of: kind, id: request.entityID), held.version >= request.version {
+                    var response = Entitysync_V1_WaitForVersionResponse()
+                    response.version = held.version
+                    response.deleted = held.deleted
+                    return response
+                }
+                guard ContinuousClock.now < deadline, !Task.isCancelled else {
+                    throw RPCError(code: .deadlineExceeded, message: "\(kind.rawValue) '\(request.entityID)' has not "
+                                   + "reached version \(request.version) here within \(timeout)")
+                }
+                await self.applied.wait(timeout: .milliseconds(25))
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncProto
+import GRPCCore
+
+/// user-rpc's read API over its group's replica.
+struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
+    let store: any ReplicaStore
+
+    func getUser(request: Entitysync_V1_GetRequest, context: ServerContext) async throws -> Entitysync_V1_UserWithGroups {
+        try await RPCErrors.mapping {
+            try DraftValidation.validateID(request.id, field: "id")
+            guard let user = try await self.store.user(id: request.id) else {
+                throw SyncError(.notFound, "user '\(request.id)' does not exist here (yet): if it was just created, "
+                                + "wait for its version with SyncInfo.WaitForVersion")
+            }
+            var response = Entitysync_V1_UserWithGroups()
+            response.user = user
+            response.groups = try await self.store.groups(ofUser: request.id, after: nil, limit: Page.maximumSize)
+            return response
+        }
+    }
+
+    func batchGetUsers(request: Entitysync_V1_BatchGetUsersRequest, context: ServerContext) async throws -> Entitysync_V1_BatchGetUsersResponse {
+        guard request.ids.count <= Page.maximumSize else {
+            throw RPCErrors.invalid("ids has \(request.ids.count) entries; ask for at most \(Page.maximumSize) at a time")
+        }
+        return try await RPCErrors.mapping {
+            for id in request.ids { try DraftValidation.validateID(id, field: "ids") }
+            let users = try await self.store.users(ids: request.ids)
+            let found = Set(users.map(\.id))
+            var response = Entitysync_V1_BatchGetUsersResponse()
+            response.users = users
+            response.missingIds = request.ids.filter { !found.contains($0) }
+            return response
+        }
+    }
+
+    func listUsers(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListUsersResponse {
+        let page = try Page(size: request.pageSize, token: request.pageToken)
+        return try await RPCErrors.mapping {
+            let (users, next) = try await page.load(id: \.id) { try await self.store.listUsers(after: $0, limit: $1) }
+            var response = Entitysync_V1_ListUsersResponse()
+            response.users = users
+            response.nextPageToken = next
+            return response
+        }
+    }
+
+    func listUserGroups(request: Entitysync_V1_ListUserGroupsRequest, context: ServerContext) async throws -> Entitysync_V1_ListGroupsResponse {
+        let page = try Page(size: request.pageSize, token: request.pageToken)
+        return try await RPCErrors.mapping {
+            try DraftValidation.validateID(request.userID, field: "user_id")
+            let (groups, next) = try await page.load(id: \.id) {
+                try await self.store.groups(ofUser: request.userID, after: $0, limit: $1)
+            }
+            var response = Entitysync_V1_ListGroupsResponse()
+            response.groups = groups
+            response.nextPageToken = next
+            return response
+        }
+    }
+}
+
+/// org-rpc's read API over its group's replica.
+struct OrgQueryService: Entitysync_V1_OrgQuery.SimpleServiceProtocol {
+    let store: any ReplicaStore
+
+    func getGroup(request: Entitysync_V1_GetRequest, context: ServerContext) async throws -> Entitysync_V1_GroupWithMembers {
+        try await RPCErrors.mapping {
+            try DraftValidation.validateID(request.id, field: "id")
+            guard let group = try await self.store.group(id: request.id) else {
+                throw SyncError(.notFound, "group '\(request.id)' does not exist here (yet): if it was just created, "
+                                + "wait for its version with SyncInfo.WaitForVersion")
+            }
+            var response = Entitysync_V1_GroupWithMembers()
+            response.group = group
+            response.members = try await self.store.users(ids: group.memberIds)
+            return response
+        }
+    }
+
+    func listGroups(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListGroupsResponse {
+        let page = try Page(size: request.pageSize, token: request.pageToken)
+        return try await RPCErrors.mapping {
+            let (groups, next) = try await page.load(id: \.id) { try await self.store.listGroups(after: $0, limit: $1) }
+            var response = Entitysync_V1_ListGroupsResponse()
+            response.groups = groups
+            response.nextPageToken = next
+            return response
+        }
+    }
+
+    func listGroupMembers(request: Entitysync_V1_ListGroupMembersRequest, context: ServerContext) async throws -> Entitysync_V1_ListUsersResponse {
+        let page = try Page(size: request.pageSize, token: request.pageToken)
+        return try await RPCErrors.mapping {
+            try DraftValidation.validateID(request.groupID, field: "group_id")
+            guard try await self.store.group(id: request.groupID) != nil else {
+                throw SyncError(.notFound, "group '\(request.groupID)' does not exist here")
+            }
+            let (users, next) = try await page.load(id: \.id) {
+                try await self.store.members(ofGroup: request.groupID, after: $0, limit: $1)
+            }
+            var response = Entitysync_V1_ListUsersResponse()
+            response.users = users
+            response.nextPageToken = next
+            return response
+        }
+    }
+}
