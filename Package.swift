@@ -156,10 +156,22 @@ let package = Package(
             dependencies: ["EntitySyncCore", "EntitySyncSQLite"],
             swiftSettings: swiftSettings
         ),
+        // Broker, vhost and waiting helpers shared by the sync and service tests.
+        .target(
+            name: "EntitySyncTestSupport",
+            dependencies: ["AMQPClient", .product(name: "Logging", package: "swift-log")],
+            path: "Tests/EntitySyncTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "EntitySyncServicesTests",
             dependencies: [
                 "EntitySyncServices",
+                "EntitySyncTestSupport",
+                "EntitySyncGRPC",
+                "EntitySyncProto",
+                "EntitySyncCore",
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
@@ -167,7 +179,7 @@ let package = Package(
         ),
         .testTarget(
             name: "EntitySyncIntegrationTests",
-            dependencies: ["EntitySyncCore", "EntitySyncSQLite", "AMQPClient"],
+            dependencies: ["EntitySyncCore", "EntitySyncSQLite", "AMQPClient", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

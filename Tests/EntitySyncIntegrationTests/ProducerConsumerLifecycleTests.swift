@@ -1,6 +1,7 @@
 import AMQPClient
 import EntitySyncCore
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Testing
 
 @Suite(.enabled(if: Broker.isAvailable, "needs a private broker (scripts/test starts one)"))

@@ -4,75 +4,25 @@ import EntitySyncSQLite
 import Foundation
 import Logging
 import Testing
-
-/// Broker settings from scripts/test (see AMQPClientIntegrationTests/TestBroker.swift).
-enum Broker {
-    static let environment = ProcessInfo.processInfo.environment
-    static let url = environment["ENTITY_SYNC_TEST_AMQP_URL"]
-    static let control = environment["ENTITY_SYNC_TEST_BROKER_CTL"]
-    /// These tests need their own vhost each (topology names are fixed), so rabbitmqctl too.
-    static var isAvailable: Bool { url != nil && control != nil }
-
-    @discardableResult
-    static func ctl(_ arguments: String...) throws -> String {
-        guard let control else { throw HarnessError("ENTITY_SYNC_TEST_BROKER_CTL is not set") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", ([control] + arguments.map { "'\($0)'" }).joined(separator: " ")]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw HarnessError("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(String(decoding: data, as: UTF8.self))")
-        }
-        return String(decoding: data, as: UTF8.self)
-    }
-
-    static func logger(_ label: String) -> Logger {
-        var logger = Logger(label: label)
-        logger.logLevel = environment["ENTITY_SYNC_TEST_LOG_LEVEL"].flatMap(Logger.Level.init(rawValue:)) ?? .critical
-        return logger
-    }
-}
-
-struct HarnessError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
-}
+import EntitySyncTestSupport
 
 /// A private vhost for one test, with its own data folder; everything is removed at `tearDown`.
 final class SyncHarness: Sendable {
-    let vhost: String
-    let url: String
-    let directory: String
+    let host: TestVirtualHost
     let topology: SyncTopology
 
     init(_ name: String, topology: SyncTopology = SyncTopology()) throws {
-        let suffix = UUID().uuidString.prefix(8).lowercased()
-        self.vhost = "test_\(name)_\(suffix)"
-        let base = try AMQPURL(Broker.url ?? "")
-        self.url = "amqp://\(base.user):\(base.password)@\(base.host):\(base.port)/\(self.vhost)"
-        self.directory = FileManager.default.temporaryDirectory.appendingPathComponent("entitysync-\(self.vhost)").path
+        self.host = try TestVirtualHost(name)
         self.topology = topology
-        try Broker.ctl("add_vhost", self.vhost)
-        try Broker.ctl("set_permissions", "-p", self.vhost, base.user, ".*", ".*", ".*")
     }
 
-    func tearDown() {
-        _ = try? Broker.ctl("delete_vhost", self.vhost)
-        try? FileManager.default.removeItem(atPath: self.directory)
-    }
+    var vhost: String { self.host.name }
 
-    func connect(_ name: String) async throws -> AMQPConnection {
-        var configuration = try AMQPConfiguration(url: self.url, connectionName: "\(self.vhost)-\(name)")
-        configuration.reconnectBackoff = Backoff(initial: .milliseconds(50), maximum: .seconds(1))
-        return try await AMQPConnection.connect(configuration, logger: Broker.logger(name))
-    }
+    func tearDown() { self.host.tearDown() }
 
-    func path(_ file: String) -> String { "\(self.directory)/\(file).sqlite" }
+    func connect(_ name: String) async throws -> AMQPConnection { try await self.host.connect(name) }
+
+    func path(_ file: String) -> String { self.host.path(file) }
 
     /// A producer: source store, topology declared, outbox relay running (unless `relay` is false).
     func startProducer(_ name: String = "producer", relay: Bool = true) async throws -> Producer {
@@ -154,15 +104,6 @@ func converge(_ replica: any ReplicaStore, with source: any SourceStore, kinds: 
     } catch {
         throw HarnessError("\(error); first differences: \(difference)")
     }
-}
-
-func eventually(_ what: String, timeout: Duration = .seconds(30), _ condition: () async throws -> Bool) async throws {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if try await condition() { return }
-        try await Task.sleep(for: .milliseconds(50))
-    }
-    throw HarnessError("timed out after \(timeout) waiting for: \(what)")
 }
 
 /// A realistic history: users created, updated and deleted, groups with changing membership.

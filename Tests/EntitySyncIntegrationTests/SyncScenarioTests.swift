@@ -2,6 +2,7 @@ import AMQPClient
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import SwiftProtobuf
 import Testing
