@@ -1,6 +1,7 @@
 import AMQPClient
 import Foundation
 import Logging
+import Metrics
 
 /// Consumes one consumer group's queues and applies every change to the group's store.
 ///
@@ -95,6 +96,8 @@ public final class ConsumerRunner: Sendable {
             do {
                 let decision = try await self.store.apply(change)
                 if decision == .apply { self.applied.signal() }
+                Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
+                        dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
                 self.logger.debug("change handled", metadata: [
                     "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
                     "entity.version": "\(change.version)", "decision": "\(decision)",
@@ -117,6 +120,8 @@ public final class ConsumerRunner: Sendable {
             return
         }
         let delay = self.configuration.retryBackoff.ceiling(attempt: attempt - 1)
+        Counter(label: "entitysync_events_retried_total", dimensions: [("group", self.group), ("entity", kind.rawValue)])
+            .increment()
         var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
         copy.properties.headers[Self.attemptHeader] = .int(Int64(attempt))
         copy.properties.headers[Self.reasonHeader] = .string("\(error)")
@@ -130,6 +135,8 @@ public final class ConsumerRunner: Sendable {
     }
 
     private func deadLetter(_ delivery: Delivery, kind: EntityKind, reason: String) async {
+        Counter(label: "entitysync_events_dead_lettered_total", dimensions: [("group", self.group), ("entity", kind.rawValue)])
+            .increment()
         var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
         copy.properties.headers[Self.reasonHeader] = .string(reason)
         copy.properties.headers[Self.sourceQueueHeader] = .string(delivery.queue)

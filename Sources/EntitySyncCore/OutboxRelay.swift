@@ -1,5 +1,6 @@
 import AMQPClient
 import Logging
+import Metrics
 
 /// Publishes the producer's outbox in commit order through the pipelined confirming publisher
 /// and removes each record once the broker confirmed it. A crash anywhere between commit and
@@ -51,6 +52,7 @@ public final class OutboxRelay: Sendable {
                 let records = try await self.store.claimOutbox(owner: self.owner, lease: self.configuration.lease,
                                                                limit: self.configuration.batchSize)
                 guard !records.isEmpty else {
+                    self.counters.backlog.record(0)
                     await self.store.commits.wait(timeout: self.configuration.idleCheck)
                     continue
                 }
@@ -87,6 +89,7 @@ public final class OutboxRelay: Sendable {
                                      exchange: SyncTopology.exchange(for: record.kind)))
         }
         self.counters.add(published: records.count)
+        self.counters.backlog.record(try await self.store.outboxCount())
         let results = await self.connection.publish(items)
         var confirmed: [Int64] = []
         var firstError: AMQPError?
@@ -121,8 +124,14 @@ public struct RelayStatistics: Sendable, Equatable {
     public var retried = 0
 }
 
+/// Counts in memory (for `statistics`) and reports to swift-metrics.
 private final class RelayCounters: Sendable {
     private let state = MutexBox(RelayStatistics())
+    private let published = Counter(label: "entitysync_outbox_published_total")
+    private let confirmed = Counter(label: "entitysync_outbox_confirmed_total")
+    private let returned = Counter(label: "entitysync_outbox_returned_total")
+    private let retried = Counter(label: "entitysync_outbox_retried_total")
+    let backlog = Gauge(label: "entitysync_outbox_backlog")
 
     var snapshot: RelayStatistics { self.state.read { $0 } }
 
@@ -133,5 +142,9 @@ private final class RelayCounters: Sendable {
             $0.returned += returned
             $0.retried += retried
         }
+        if published > 0 { self.published.increment(by: published) }
+        if confirmed > 0 { self.confirmed.increment(by: confirmed) }
+        if returned > 0 { self.returned.increment(by: returned) }
+        if retried > 0 { self.retried.increment(by: retried) }
     }
 }

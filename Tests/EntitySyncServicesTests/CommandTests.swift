@@ -1,0 +1,120 @@
+import EntitySyncGRPC
+import EntitySyncProto
+import EntitySyncTestSupport
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Testing
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
+
+/// The built `entity-sync` executable, next to the test bundle.
+let entitySyncBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    .appendingPathComponent("entity-sync").path
+
+func freePort() throws -> Int {
+    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(descriptor) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let result = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic -> Int32 in
+            guard bind(descriptor, generic, length) == 0 else { return -1 }
+            return getsockname(descriptor, generic, &length)
+        }
+    }
+    guard result == 0 else { throw HarnessError("no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// Runs the command to completion; returns its exit status and combined output.
+func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
+    let process = Process()
+    process.executableURL = URL(fileURLWithPath: entitySyncBinary)
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+    let output = Pipe()
+    process.standardOutput = output
+    process.standardError = output
+    try process.run()
+    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    process.waitUntilExit()
+    return (process.terminationStatus, text)
+}
+
+@Suite(.enabled(if: Broker.isAvailable && FileManager.default.isExecutableFile(atPath: entitySyncBinary),
+                "needs the private broker and the built entity-sync"))
+struct CommandTests {
+    @Test func producerRunsServesMetricsAndStopsGracefullyOnSIGTERM() async throws {
+        let host = try TestVirtualHost("command")
+        defer { host.tearDown() }
+        let grpcPort = try freePort()
+        let metricsPort = try freePort()
+        let log = host.directory + "/producer.log"
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: log, contents: nil)
+        let producer = Process()
+        producer.executableURL = URL(fileURLWithPath: entitySyncBinary)
+        // Flags and environment mixed, as a deployment would.
+        producer.arguments = ["producer", "--listen", "127.0.0.1:\(grpcPort)", "--db", host.path("producer"),
+                              "--metrics-listen", "127.0.0.1:\(metricsPort)"]
+        producer.environment = ProcessInfo.processInfo.environment.merging([
+            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": "cmd-token", "ENTITY_SYNC_LOG_LEVEL": "info",
+        ]) { $1 }
+        producer.standardOutput = FileHandle(forWritingAtPath: log)
+        producer.standardError = FileHandle(forWritingAtPath: log)
+        try producer.run()
+
+        try await eventually("producer SERVING") {
+            let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(host: "127.0.0.1", port: grpcPort),
+                                                                             transportSecurity: .plaintext)) { client in
+                try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
+            }
+            return status == .serving
+        }
+
+        let (denied, deniedOutput) = try run(["ctl", "user", "create", "--id", "ada", "--name", "Ada", "--email", "ada@example.com",
+                                              "--producer", "127.0.0.1:\(grpcPort)"])
+        #expect(denied != 0)
+        #expect(deniedOutput.contains("unauthenticated"), "\(deniedOutput)")
+        let (status, output) = try run(["ctl", "user", "create", "--id", "ada", "--name", "Ada", "--email", "ada@example.com",
+                                        "--producer", "127.0.0.1:\(grpcPort)", "--token", "cmd-token"])
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("ada") && output.contains("ada@example.com"))
+        let (jsonStatus, json) = try run(["ctl", "user", "get", "ada", "--from", "producer", "--json",
+                                          "--producer", "127.0.0.1:\(grpcPort)"])
+        #expect(jsonStatus == 0 && json.contains("\"email\":\"ada@example.com\""), "\(json)")
+
+        let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(metricsPort)/metrics")!)
+        let metrics = String(decoding: data, as: UTF8.self)
+        #expect(metrics.contains("entitysync_rpc_requests_total"))
+        #expect(metrics.contains("unauthenticated"), "failed RPCs are counted by status")
+        try await eventually("outbox metrics") {
+            let (data, _) = try await URLSession.shared.data(from: URL(string: "http://127.0.0.1:\(metricsPort)/metrics")!)
+            return String(decoding: data, as: UTF8.self).contains("entitysync_outbox_confirmed_total")
+        }
+
+        producer.terminate()  // SIGTERM
+        try await eventually("producer exited", timeout: .seconds(20)) { !producer.isRunning }
+        #expect(producer.terminationReason == .exit && producer.terminationStatus == 0)
+        let logText = try String(contentsOfFile: log, encoding: .utf8)
+        #expect(logText.contains("producer shutting down"))
+        #expect(logText.contains("amqp connection closed"))
+        #expect(!logText.contains("cmd-token"), "the token must never be logged")
+    }
+
+    @Test func badConfigurationIsAClearError() throws {
+        let (status, output) = try run(["producer", "--queue-type", "lazy"])
+        #expect(status != 0)
+        #expect(output.contains("--queue-type must be quorum or classic"))
+        let (urlStatus, urlOutput) = try run(["producer", "--amqp-url", "http://nope"])
+        #expect(urlStatus != 0)
+        #expect(urlOutput.contains("amqp://"))
+        let (help, helpText) = try run(["producer", "--help"])
+        #expect(help == 0)
+        #expect(helpText.contains("ENTITY_SYNC_AMQP_URL") && helpText.contains("default: quorum"))
+    }
+}
