@@ -149,7 +149,7 @@ let package = Package(
         ),
         .testTarget(
             name: "AMQPClientIntegrationTests",
-            dependencies: ["AMQPClient"],
+            dependencies: ["AMQPClient", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -21,12 +21,28 @@ struct SQLiteDatabase: Sendable {
             self.pool = try DatabasePool(path: path, configuration: configuration)
             var migrator = DatabaseMigrator()
             migrations(&migrator)
-            try migrator.migrate(self.pool)
+            try Self.migrate(migrator, self.pool)
         } catch {
             throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)': \(error). Check that the "
                             + "directory exists and is writable, and that the file is an EntitySync store.")
         }
         self.path = path
+    }
+
+    /// Instances of one group may open a new file at the same moment; the one that loses the
+    /// race to create the schema fails ("table already exists", or SQLITE_BUSY when its read
+    /// cannot become a write). Tried again, it finds the winner's migration applied.
+    private static func migrate(_ migrator: DatabaseMigrator, _ pool: DatabasePool) throws {
+        var attempt = 0
+        while true {
+            do {
+                try migrator.migrate(pool)
+                return
+            } catch is DatabaseError where attempt < 20 {
+                attempt += 1
+                usleep(useconds_t(10_000 * attempt))
+            }
+        }
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
@@ -127,6 +143,14 @@ enum EntityTable {
         try Data.fetchAll(db, sql: """
             SELECT state FROM entities WHERE kind = ? AND deleted = 0 AND id > ? ORDER BY id LIMIT ?
             """, arguments: [kind.rawValue, after ?? "", limit]).map { [UInt8]($0) }
+    }
+
+    static func users(_ db: Database, after: String?, limit: Int) throws -> [User] {
+        try self.states(db, kind: .user, after: after, limit: limit).map { try User(serializedBytes: $0) }
+    }
+
+    static func groups(_ db: Database, after: String?, limit: Int) throws -> [Group] {
+        try self.states(db, kind: .group, after: after, limit: limit).map { try Group(serializedBytes: $0) }
     }
 
     static func user(_ db: Database, id: String) throws -> User? {

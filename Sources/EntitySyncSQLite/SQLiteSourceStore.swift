@@ -192,15 +192,11 @@ public final class SQLiteSourceStore: SourceStore {
     }
 
     public func listUsers(after: String?, limit: Int) async throws -> [User] {
-        try await self.database.read { db in
-            try EntityTable.states(db, kind: .user, after: after, limit: limit).map { try User(serializedBytes: $0) }
-        }
+        try await self.database.read { db in try EntityTable.users(db, after: after, limit: limit) }
     }
 
     public func listGroups(after: String?, limit: Int) async throws -> [Group] {
-        try await self.database.read { db in
-            try EntityTable.states(db, kind: .group, after: after, limit: limit).map { try Group(serializedBytes: $0) }
-        }
+        try await self.database.read { db in try EntityTable.groups(db, after: after, limit: limit) }
     }
 
     public func snapshot(of kind: EntityKind, after: String?, limit: Int) async throws -> [EntityChange] {

@@ -2,6 +2,7 @@ import AMQPClient
 import Foundation
 import Logging
 import Testing
+import EntitySyncTestSupport
 
 /// The broker the integration tests run against, described by the environment that
 /// `scripts/test` sets up (or that a developer sets to use a broker of their own).
@@ -44,21 +45,7 @@ enum TestBroker {
     /// Runs rabbitmqctl with `arguments` against the test broker; returns its output.
     @discardableResult
     static func ctl(_ arguments: String...) throws -> String {
-        guard let control else { throw TestFailure("ENTITY_SYNC_TEST_BROKER_CTL is not set") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", ([control] + arguments.map { "'\($0)'" }).joined(separator: " ")]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
-        guard process.terminationStatus == 0 else {
-            throw TestFailure("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(text)")
-        }
-        return text
+        try Broker.ctl(arguments: arguments)
     }
 }
 

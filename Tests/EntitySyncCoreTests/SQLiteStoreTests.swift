@@ -153,6 +153,18 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
         #expect(statistics?.lastAppliedAt != nil)
     }
 
+    /// Instances of a group starting together on a new file race to create the schema; every
+    /// one of them must open it.
+    @Test func instancesOpeningAFreshFileTogetherAllSucceed() async throws {
+        for _ in 0..<10 {
+            let path = temporaryDatabasePath("race")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 { group.addTask { _ = try SQLiteReplicaStore(path: path) } }
+                try await group.waitForAll()
+            }
+        }
+    }
+
     @Test func twoInstancesOnOneFileConverge() async throws {
         let path = temporaryDatabasePath("shared")
         let first = try SQLiteReplicaStore(path: path)

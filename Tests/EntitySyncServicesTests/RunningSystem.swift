@@ -7,6 +7,7 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
 import ServiceLifecycle
+import Synchronization
 
 /// A producer, two user-rpc and two org-rpc instances (each pair sharing its group's store),
 /// running in-process on free ports in a private vhost, as one service group.
@@ -47,10 +48,19 @@ final class RunningSystem: Sendable {
         let services: [any Service] = [producer] + userRPC + orgRPC
         let group = ServiceGroup(configuration: ServiceGroupConfiguration(
             services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) }, logger: logger))
-        let task = Task { try await group.run() }
+        let failure = Mutex<String?>(nil)
+        let task = Task {
+            do {
+                try await group.run()
+            } catch {
+                failure.withLock { $0 = "\(error)" }
+                throw error
+            }
+        }
         let system = RunningSystem(host: host, producer: producer, userRPC: userRPC, orgRPC: orgRPC, group: group, task: task)
         try await eventually("every service SERVING") {
-            producer.health.isServing && (userRPC + orgRPC).allSatisfy { $0.health.isServing }
+            if let failure = failure.withLock({ $0 }) { throw HarnessError("a service failed to start: \(failure)") }
+            return producer.health.isServing && (userRPC + orgRPC).allSatisfy { $0.health.isServing }
         }
         return system
     }

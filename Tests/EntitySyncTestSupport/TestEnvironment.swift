@@ -12,6 +12,12 @@ public enum Broker {
 
     @discardableResult
     public static func ctl(_ arguments: String...) throws -> String {
+        try self.ctl(arguments: arguments)
+    }
+
+    /// Runs rabbitmqctl with `arguments` against the test broker; returns its output.
+    @discardableResult
+    public static func ctl(arguments: [String]) throws -> String {
         guard let control else { throw HarnessError("ENTITY_SYNC_TEST_BROKER_CTL is not set") }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/bin/sh")
