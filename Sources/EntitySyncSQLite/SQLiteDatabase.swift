@@ -18,10 +18,9 @@ struct SQLiteDatabase: Sendable {
         do {
             let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            self.pool = try DatabasePool(path: path, configuration: configuration)
             var migrator = DatabaseMigrator()
             migrations(&migrator)
-            try Self.migrate(migrator, self.pool)
+            self.pool = try Self.open(path: path, configuration: configuration, migrator: migrator)
         } catch {
             throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)': \(error). Check that the "
                             + "directory exists and is writable, and that the file is an EntitySync store.")
@@ -29,15 +28,16 @@ struct SQLiteDatabase: Sendable {
         self.path = path
     }
 
-    /// Instances of one group may open a new file at the same moment; the one that loses the
-    /// race to create the schema fails ("table already exists", or SQLITE_BUSY when its read
-    /// cannot become a write). Tried again, it finds the winner's migration applied.
-    private static func migrate(_ migrator: DatabaseMigrator, _ pool: DatabasePool) throws {
+    /// Instances of one group may open a new file at the same moment. Switching it to WAL and
+    /// creating the schema race: the losers fail ("database is locked", "table already exists").
+    /// Tried again, they find WAL on and the winner's migration applied.
+    private static func open(path: String, configuration: Configuration, migrator: DatabaseMigrator) throws -> DatabasePool {
         var attempt = 0
         while true {
             do {
+                let pool = try DatabasePool(path: path, configuration: configuration)
                 try migrator.migrate(pool)
-                return
+                return pool
             } catch is DatabaseError where attempt < 20 {
                 attempt += 1
                 usleep(useconds_t(10_000 * attempt))
