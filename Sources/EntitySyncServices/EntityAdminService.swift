@@ -52,13 +52,8 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func listUsers(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListUsersResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
-            let (users, next) = try await page.load(id: \.id) { try await self.store.listUsers(after: $0, limit: $1) }
-            var response = Entitysync_V1_ListUsersResponse()
-            response.users = users
-            response.nextPageToken = next
-            return response
+        try await Page.users(size: request.pageSize, token: request.pageToken) {
+            try await self.store.listUsers(after: $0, limit: $1)
         }
     }
 
@@ -94,13 +89,8 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func listGroups(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListGroupsResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
-            let (groups, next) = try await page.load(id: \.id) { try await self.store.listGroups(after: $0, limit: $1) }
-            var response = Entitysync_V1_ListGroupsResponse()
-            response.groups = groups
-            response.nextPageToken = next
-            return response
+        try await Page.groups(size: request.pageSize, token: request.pageToken) {
+            try await self.store.listGroups(after: $0, limit: $1)
         }
     }
 

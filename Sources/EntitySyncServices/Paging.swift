@@ -1,4 +1,6 @@
 import Foundation
+import EntitySyncCore
+import EntitySyncProto
 import GRPCCore
 
 /// Page sizes and opaque page tokens (the last id of the previous page, base64url-encoded).
@@ -35,5 +37,33 @@ struct Page {
             .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
             .replacingOccurrences(of: "=", with: "")
         return (Array(items.prefix(self.size)), token)
+    }
+}
+
+extension Page {
+    /// One page of users, from `fetch(after, limit)`, as a list response.
+    static func users(size: Int32, token: String,
+                      _ fetch: (_ after: String?, _ limit: Int) async throws -> [User]) async throws -> Entitysync_V1_ListUsersResponse {
+        let page = try Page(size: size, token: token)
+        return try await RPCErrors.mapping {
+            let (users, next) = try await page.load(id: \.id, fetch)
+            var response = Entitysync_V1_ListUsersResponse()
+            response.users = users
+            response.nextPageToken = next
+            return response
+        }
+    }
+
+    /// One page of groups, from `fetch(after, limit)`, as a list response.
+    static func groups(size: Int32, token: String,
+                       _ fetch: (_ after: String?, _ limit: Int) async throws -> [Group]) async throws -> Entitysync_V1_ListGroupsResponse {
+        let page = try Page(size: size, token: token)
+        return try await RPCErrors.mapping {
+            let (groups, next) = try await page.load(id: \.id, fetch)
+            var response = Entitysync_V1_ListGroupsResponse()
+            response.groups = groups
+            response.nextPageToken = next
+            return response
+        }
     }
 }

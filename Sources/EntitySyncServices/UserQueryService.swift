@@ -37,27 +37,15 @@ struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
     }
 
     func listUsers(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListUsersResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
-            let (users, next) = try await page.load(id: \.id) { try await self.store.listUsers(after: $0, limit: $1) }
-            var response = Entitysync_V1_ListUsersResponse()
-            response.users = users
-            response.nextPageToken = next
-            return response
+        try await Page.users(size: request.pageSize, token: request.pageToken) {
+            try await self.store.listUsers(after: $0, limit: $1)
         }
     }
 
     func listUserGroups(request: Entitysync_V1_ListUserGroupsRequest, context: ServerContext) async throws -> Entitysync_V1_ListGroupsResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
-            try DraftValidation.validateID(request.userID, field: "user_id")
-            let (groups, next) = try await page.load(id: \.id) {
-                try await self.store.groups(ofUser: request.userID, after: $0, limit: $1)
-            }
-            var response = Entitysync_V1_ListGroupsResponse()
-            response.groups = groups
-            response.nextPageToken = next
-            return response
+        try await RPCErrors.mapping { try DraftValidation.validateID(request.userID, field: "user_id") }
+        return try await Page.groups(size: request.pageSize, token: request.pageToken) {
+            try await self.store.groups(ofUser: request.userID, after: $0, limit: $1)
         }
     }
 }
@@ -81,30 +69,20 @@ struct OrgQueryService: Entitysync_V1_OrgQuery.SimpleServiceProtocol {
     }
 
     func listGroups(request: Entitysync_V1_ListRequest, context: ServerContext) async throws -> Entitysync_V1_ListGroupsResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
-            let (groups, next) = try await page.load(id: \.id) { try await self.store.listGroups(after: $0, limit: $1) }
-            var response = Entitysync_V1_ListGroupsResponse()
-            response.groups = groups
-            response.nextPageToken = next
-            return response
+        try await Page.groups(size: request.pageSize, token: request.pageToken) {
+            try await self.store.listGroups(after: $0, limit: $1)
         }
     }
 
     func listGroupMembers(request: Entitysync_V1_ListGroupMembersRequest, context: ServerContext) async throws -> Entitysync_V1_ListUsersResponse {
-        let page = try Page(size: request.pageSize, token: request.pageToken)
-        return try await RPCErrors.mapping {
+        try await RPCErrors.mapping {
             try DraftValidation.validateID(request.groupID, field: "group_id")
             guard try await self.store.group(id: request.groupID) != nil else {
                 throw SyncError(.notFound, "group '\(request.groupID)' does not exist here")
             }
-            let (users, next) = try await page.load(id: \.id) {
-                try await self.store.members(ofGroup: request.groupID, after: $0, limit: $1)
-            }
-            var response = Entitysync_V1_ListUsersResponse()
-            response.users = users
-            response.nextPageToken = next
-            return response
+        }
+        return try await Page.users(size: request.pageSize, token: request.pageToken) {
+            try await self.store.members(ofGroup: request.groupID, after: $0, limit: $1)
         }
     }
 }
