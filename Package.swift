@@ -112,12 +112,19 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // Reading users and groups from JSON Lines and CSV files for `entity-sync ctl import`.
+        .target(
+            name: "EntitySyncImport",
+            dependencies: ["EntitySyncCore"],
+            swiftSettings: swiftSettings
+        ),
         // The `entity-sync` command: argument parsing and nothing else.
         .executableTarget(
             name: "EntitySync",
             dependencies: [
                 "EntitySyncServices",
                 "EntitySyncCore",
+                "EntitySyncImport",
                 "EntitySyncGRPC",
                 "EntitySyncProto",
                 "AMQPClient",
@@ -150,6 +157,11 @@ let package = Package(
         .testTarget(
             name: "AMQPClientIntegrationTests",
             dependencies: ["AMQPClient", "EntitySyncTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EntitySyncImportTests",
+            dependencies: ["EntitySyncImport", "EntitySyncCore"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

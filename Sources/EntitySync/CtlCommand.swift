@@ -11,7 +11,8 @@ import SwiftProtobuf
 struct Ctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A client for people: create, read and list users and groups, and show sync status.",
-        subcommands: [UserCommands.self, GroupCommands.self, Status.self, Wait.self])
+        subcommands: [UserCommands.self, GroupCommands.self, Status.self, Wait.self, Health.self, Demo.self,
+                      Import.self, DeadLetters.self])
 }
 
 struct CtlOptions: ParsableArguments {
@@ -53,10 +54,13 @@ struct CtlOptions: ParsableArguments {
     }
 
     func print(_ message: some SwiftProtobuf.Message, table: () -> String) throws {
+        try self.print([message], table: table)
+    }
+
+    /// With --json, one JSON object per line; otherwise the table.
+    func print(_ messages: [some SwiftProtobuf.Message], table: () -> String) throws {
         if self.json {
-            var options = JSONEncodingOptions()
-            options.alwaysPrintEnumsAsInts = false
-            Swift.print(try message.jsonString(options: options))
+            for message in messages { Swift.print(try message.jsonString()) }
         } else {
             Swift.print(table())
         }
@@ -285,57 +289,5 @@ struct GroupCommands: AsyncParsableCommand {
             }
             try self.options.print(group) { Render.groups([group]) }
         }
-    }
-}
-
-struct Status: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show what user-rpc and org-rpc have applied and their queue depths.")
-    @OptionGroup var options: CtlOptions
-
-    func run() async throws {
-        for address in [try self.options.userRPCAddress, try self.options.orgRPCAddress] {
-            let status = try await self.options.withClient(address) { client in
-                try await Entitysync_V1_SyncInfo.Client(wrapping: client).getSyncStatus(Entitysync_V1_GetSyncStatusRequest())
-            }
-            try self.options.print(status) {
-                let entities = Table.render(header: ["entity", "held", "highest version", "applied", "stale", "dead-lettered", "last applied"],
-                                            rows: status.entities.map { entity in
-                    [entity.entityType == .user ? "user" : "group", "\(entity.entitiesHeld)", "\(entity.highestVersion)",
-                     "\(entity.eventsApplied)", "\(entity.eventsStale)", "\(entity.eventsDeadLettered)",
-                     entity.hasLastAppliedAt ? "\(entity.lastAppliedAt.date)" : "never"]
-                })
-                let queues = Table.render(header: ["queue", "ready", "consumers", "dead letters", "retrying"], rows: status.queues.map {
-                    [$0.queue, "\($0.messages)", "\($0.consumers)", "\($0.deadLetterMessages)", "\($0.retryMessages)"]
-                })
-                return "\(status.consumerGroup) at \(address)\n\(entities)\n\n\(queues)\n"
-            }
-        }
-    }
-}
-
-struct Wait: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Wait until user-rpc or org-rpc has applied an entity's version.")
-    @OptionGroup var options: CtlOptions
-    @Option(help: "user or group.") var type: String
-    @Option var id: String
-    @Option var version: UInt64
-    @Option(help: "Which service to ask: user-rpc or org-rpc.") var service: Source = .userRPC
-    @Option(help: "Milliseconds to wait at most.") var timeoutMs: UInt32 = 5000
-
-    func run() async throws {
-        var request = Entitysync_V1_WaitForVersionRequest()
-        guard let kind = ["user": Entitysync_V1_EntityType.user, "group": .group][self.type] else {
-            throw ValidationError("--type must be user or group")
-        }
-        request.entityType = kind
-        request.entityID = self.id
-        request.version = self.version
-        request.timeoutMs = self.timeoutMs
-        let address = self.service == .orgRPC ? try self.options.orgRPCAddress : try self.options.userRPCAddress
-        let sent = request
-        let response = try await self.options.withClient(address) { client in
-            try await Entitysync_V1_SyncInfo.Client(wrapping: client).waitForVersion(sent)
-        }
-        try self.options.print(response) { "\(self.type) \(self.id) is at version \(response.version) on \(address)" }
     }
 }

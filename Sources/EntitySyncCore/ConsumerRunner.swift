@@ -30,11 +30,11 @@ public final class ConsumerRunner: Sendable {
     public static let sourceQueueHeader = "x-entitysync-source-queue"
 
     public let group: String
-    private let topology: SyncTopology
-    private let connection: AMQPConnection
-    private let store: any ReplicaStore
+    let topology: SyncTopology
+    let connection: AMQPConnection
+    let store: any ReplicaStore
     private let configuration: Configuration
-    private let logger: Logger
+    let logger: Logger
     private let handledCount = MutexBox(0)
 
     /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
@@ -85,13 +85,34 @@ public final class ConsumerRunner: Sendable {
 
     func handle(_ delivery: Delivery, kind: EntityKind) async {
         defer { self.handledCount.update { $0 += 1 } }
-        switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
-        case .failure(let poison):
+        switch await self.apply(delivery, kind: kind) {
+        case .poison(let poison):
             self.logger.error("poison message dead-lettered", metadata: [
                 "amqp.queue": "\(delivery.queue)", "amqp.message_id": "\(delivery.properties.messageID ?? "")",
                 "reason": "\(poison)",
             ])
             await self.deadLetter(delivery, kind: kind, reason: poison.description)
+        case .failed(let error):
+            await self.retry(delivery, kind: kind, error: error)
+        case .applied, .stale:
+            await self.settle(delivery) { try await delivery.ack() }
+        }
+    }
+
+    /// What became of one delivery's change.
+    enum ApplyOutcome {
+        case applied
+        case stale
+        case poison(PoisonReason)
+        case failed(any Error)
+    }
+
+    /// Decodes and applies one delivery under the version rule: the one apply path for consumed
+    /// and re-driven events alike. Settling the delivery is the caller's business.
+    func apply(_ delivery: Delivery, kind: EntityKind) async -> ApplyOutcome {
+        switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
+        case .failure(let poison):
+            return .poison(poison)
         case .success(let change):
             do {
                 let decision = try await self.store.apply(change)
@@ -102,11 +123,10 @@ public final class ConsumerRunner: Sendable {
                     "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
                     "entity.version": "\(change.version)", "decision": "\(decision)",
                 ])
+                return decision == .apply ? .applied : .stale
             } catch {
-                await self.retry(delivery, kind: kind, error: error)
-                return
+                return .failed(error)
             }
-            await self.settle(delivery) { try await delivery.ack() }
         }
     }
 
@@ -134,7 +154,7 @@ public final class ConsumerRunner: Sendable {
                            fallbackDelay: delay)
     }
 
-    private func deadLetter(_ delivery: Delivery, kind: EntityKind, reason: String) async {
+    func deadLetter(_ delivery: Delivery, kind: EntityKind, reason: String) async {
         Counter(label: "entitysync_events_dead_lettered_total", dimensions: [("group", self.group), ("entity", kind.rawValue)])
             .increment()
         var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
@@ -171,7 +191,7 @@ public final class ConsumerRunner: Sendable {
         }
     }
 
-    private func settle(_ delivery: Delivery, _ body: () async throws -> Void) async {
+    func settle(_ delivery: Delivery, _ body: () async throws -> Void) async {
         do {
             try await body()
         } catch {

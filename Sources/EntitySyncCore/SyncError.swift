@@ -3,7 +3,7 @@
 public struct SyncError: Error, CustomStringConvertible, Sendable, Equatable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Wrapped: String, Hashable, Sendable {
-            case invalidArgument, notFound, alreadyExists, versionMismatch, storeUnavailable, configuration
+            case invalidArgument, notFound, alreadyExists, versionMismatch, storeUnavailable, brokerUnavailable, configuration
         }
         private let wrapped: Wrapped
         private init(_ wrapped: Wrapped) { self.wrapped = wrapped }
@@ -16,6 +16,8 @@ public struct SyncError: Error, CustomStringConvertible, Sendable, Equatable {
         public static let versionMismatch = Code(.versionMismatch)
         /// The store could not be read or written (busy, I/O error); retrying may succeed.
         public static let storeUnavailable = Code(.storeUnavailable)
+        /// The broker could not be reached or dropped the connection; retrying may succeed.
+        public static let brokerUnavailable = Code(.brokerUnavailable)
         public static let configuration = Code(.configuration)
 
         public var description: String { self.wrapped.rawValue }

@@ -58,9 +58,12 @@ public final class ConsumerService: Service {
         let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
             query,
             SyncInfoService(group: self.group, topology: self.configuration.topology, store: store, connection: connection,
-                            applied: runner.applied),
+                            runner: runner),
             HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService]),
-        ], interceptors: [RPCMetricsInterceptor()])
+        ], interceptors: [
+            RPCMetricsInterceptor(),
+            BearerTokenInterceptor(token: self.configuration.token, protectedMethods: SyncInfoService.mutations),
+        ])
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }

@@ -122,6 +122,14 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
         }
     }
 
+    func getOutboxStatus(request: Entitysync_V1_GetOutboxStatusRequest, context: ServerContext) async throws -> Entitysync_V1_OutboxStatus {
+        try await RPCErrors.mapping {
+            var status = Entitysync_V1_OutboxStatus()
+            status.pendingEvents = UInt64(try await self.store.outboxCount())
+            return status
+        }
+    }
+
     static func expected(_ version: UInt64) -> UInt64? { version == 0 ? nil : version }
 
     static func draft(_ user: User) -> UserDraft {

@@ -15,7 +15,7 @@ enum RPCErrors {
             case .notFound: return RPCError(code: .notFound, message: error.message)
             case .alreadyExists: return RPCError(code: .alreadyExists, message: error.message)
             case .versionMismatch: return RPCError(code: .aborted, message: error.message)
-            case .storeUnavailable: return RPCError(code: .unavailable, message: error.message)
+            case .storeUnavailable, .brokerUnavailable: return RPCError(code: .unavailable, message: error.message)
             default: return RPCError(code: .failedPrecondition, message: error.message)
             }
         case let error as AMQPError:

@@ -12,9 +12,13 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     let topology: SyncTopology
     let store: any ReplicaStore
     let connection: AMQPConnection
-    /// Signalled whenever this process applies a change; other instances' applies are seen by
-    /// re-reading the shared store at short intervals.
-    let applied: WakeSignal
+    /// Applies events; its `applied` signal fires whenever this process applies a change (other
+    /// instances' applies are seen by re-reading the shared store at short intervals).
+    let runner: ConsumerRunner
+    var applied: WakeSignal { self.runner.applied }
+
+    /// The methods that need the bearer token when one is configured.
+    static let mutations: Set<MethodDescriptor> = [Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor]
 
     func getSyncStatus(request: Entitysync_V1_GetSyncStatusRequest, context: ServerContext) async throws -> Entitysync_V1_SyncStatus {
         try await RPCErrors.mapping {
@@ -80,5 +84,56 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
                 await self.applied.wait(timeout: .milliseconds(25))
             }
         }
+    }
+
+    func listDeadLetters(request: Entitysync_V1_ListDeadLettersRequest, context: ServerContext) async throws -> Entitysync_V1_ListDeadLettersResponse {
+        let kinds = try self.kinds(request.entityType)
+        guard request.limit <= 1000 else { throw RPCErrors.invalid("limit must be at most 1000 (got \(request.limit))") }
+        return try await RPCErrors.mapping {
+            let (letters, total) = try await self.runner.listDeadLetters(kinds: kinds, limit: request.limit == 0 ? 100 : Int(request.limit))
+            var response = Entitysync_V1_ListDeadLettersResponse()
+            response.deadLetters = letters.map(Self.message)
+            response.total = UInt64(total)
+            return response
+        }
+    }
+
+    func redriveDeadLetters(request: Entitysync_V1_RedriveDeadLettersRequest, context: ServerContext) async throws -> Entitysync_V1_RedriveDeadLettersResponse {
+        let kinds = try self.kinds(request.entityType)
+        return try await RPCErrors.mapping {
+            let report = try await self.runner.redriveDeadLetters(kinds: kinds, limit: request.limit == 0 ? nil : Int(request.limit))
+            var response = Entitysync_V1_RedriveDeadLettersResponse()
+            response.applied = UInt64(report.applied)
+            response.stale = UInt64(report.stale)
+            response.failed = UInt64(report.failed)
+            response.failures = report.failures.map(Self.message)
+            return response
+        }
+    }
+
+    /// The entity types a dead-letter call covers: the one asked for, or all this group consumes.
+    private func kinds(_ type: Entitysync_V1_EntityType) throws -> Set<EntityKind> {
+        let consumed = Set(self.topology.queues(forGroup: self.group).map(\.kind))
+        guard type != .unspecified else { return consumed }
+        guard let kind = EntityKind(type) else {
+            throw RPCErrors.invalid("entity_type must be ENTITY_TYPE_USER, ENTITY_TYPE_GROUP or unspecified (both)")
+        }
+        guard consumed.contains(kind) else {
+            throw RPCError(code: .failedPrecondition, message: "consumer group '\(self.group)' does not receive \(kind.rawValue) events")
+        }
+        return [kind]
+    }
+
+    private static func message(_ info: DeadLetterInfo) -> Entitysync_V1_DeadLetter {
+        var letter = Entitysync_V1_DeadLetter()
+        letter.queue = info.queue
+        letter.entityType = info.kind.protoType
+        letter.entityID = info.entityID ?? ""
+        letter.version = info.version ?? 0
+        letter.messageID = info.messageID ?? ""
+        letter.reason = info.reason
+        letter.contentType = info.contentType ?? ""
+        letter.sizeBytes = UInt64(info.size)
+        return letter
     }
 }

@@ -55,7 +55,7 @@ struct CommandTests {
         let metricsPort = try freePort()
         let log = host.directory + "/producer.log"
         try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: log, contents: nil)
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
         let producer = Process()
         producer.executableURL = URL(fileURLWithPath: entitySyncBinary)
         // Flags and environment mixed, as a deployment would.
@@ -69,7 +69,7 @@ struct CommandTests {
         try producer.run()
 
         try await eventually("producer SERVING") {
-            let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(host: "127.0.0.1", port: grpcPort),
+            let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: grpcPort),
                                                                              transportSecurity: .plaintext)) { client in
                 try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
             }

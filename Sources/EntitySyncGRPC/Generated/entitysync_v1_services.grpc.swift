@@ -193,6 +193,19 @@ public enum Entitysync_V1_EntityAdmin: Sendable {
                 type: .serverStreaming
             )
         }
+        /// Namespace for "GetOutboxStatus" metadata.
+        public enum GetOutboxStatus: Sendable {
+            /// Request type for "GetOutboxStatus".
+            public typealias Input = Entitysync_V1_GetOutboxStatusRequest
+            /// Response type for "GetOutboxStatus".
+            public typealias Output = Entitysync_V1_OutboxStatus
+            /// Descriptor for "GetOutboxStatus".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "entitysync.v1.EntityAdmin"),
+                method: "GetOutboxStatus",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "entitysync.v1.EntityAdmin" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             CreateUser.descriptor,
@@ -207,7 +220,8 @@ public enum Entitysync_V1_EntityAdmin: Sendable {
             ListGroups.descriptor,
             AddGroupMembers.descriptor,
             RemoveGroupMembers.descriptor,
-            Snapshot.descriptor
+            Snapshot.descriptor,
+            GetOutboxStatus.descriptor
         ]
     }
 }
@@ -424,6 +438,24 @@ extension Entitysync_V1_EntityAdmin {
             request: GRPCCore.StreamingServerRequest<Entitysync_V1_SnapshotRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_EntityChange>
+
+        /// Handle the "GetOutboxStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Entitysync_V1_GetOutboxStatusRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Entitysync_V1_OutboxStatus` messages.
+        func getOutboxStatus(
+            request: GRPCCore.StreamingServerRequest<Entitysync_V1_GetOutboxStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_OutboxStatus>
     }
 
     /// Service protocol for the "entitysync.v1.EntityAdmin" service.
@@ -624,6 +656,24 @@ extension Entitysync_V1_EntityAdmin {
             request: GRPCCore.ServerRequest<Entitysync_V1_SnapshotRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_EntityChange>
+
+        /// Handle the "GetOutboxStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_GetOutboxStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Entitysync_V1_OutboxStatus` message.
+        func getOutboxStatus(
+            request: GRPCCore.ServerRequest<Entitysync_V1_GetOutboxStatusRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_OutboxStatus>
     }
 
     /// Simple service protocol for the "entitysync.v1.EntityAdmin" service.
@@ -823,6 +873,24 @@ extension Entitysync_V1_EntityAdmin {
             response: GRPCCore.RPCWriter<Entitysync_V1_EntityChange>,
             context: GRPCCore.ServerContext
         ) async throws
+
+        /// Handle the "GetOutboxStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+        ///
+        /// - Parameters:
+        ///   - request: A `Entitysync_V1_GetOutboxStatusRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Entitysync_V1_OutboxStatus` to respond with.
+        func getOutboxStatus(
+            request: Entitysync_V1_GetOutboxStatusRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Entitysync_V1_OutboxStatus
     }
 }
 
@@ -968,6 +1036,17 @@ extension Entitysync_V1_EntityAdmin.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_EntityChange>(),
             handler: { request, context in
                 try await self.snapshot(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Entitysync_V1_EntityAdmin.Method.GetOutboxStatus.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_GetOutboxStatusRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_OutboxStatus>(),
+            handler: { request, context in
+                try await self.getOutboxStatus(
                     request: request,
                     context: context
                 )
@@ -1120,6 +1199,17 @@ extension Entitysync_V1_EntityAdmin.ServiceProtocol {
             context: context
         )
         return response
+    }
+
+    public func getOutboxStatus(
+        request: GRPCCore.StreamingServerRequest<Entitysync_V1_GetOutboxStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_OutboxStatus> {
+        let response = try await self.getOutboxStatus(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
     }
 }
 
@@ -1296,6 +1386,19 @@ extension Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
                 )
                 return [:]
             }
+        )
+    }
+
+    public func getOutboxStatus(
+        request: GRPCCore.ServerRequest<Entitysync_V1_GetOutboxStatusRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_OutboxStatus> {
+        return GRPCCore.ServerResponse<Entitysync_V1_OutboxStatus>(
+            message: try await self.getOutboxStatus(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
         )
     }
 }
@@ -1563,6 +1666,29 @@ extension Entitysync_V1_EntityAdmin {
             deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_EntityChange>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.StreamingClientResponse<Entitysync_V1_EntityChange>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "GetOutboxStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_GetOutboxStatusRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_GetOutboxStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_OutboxStatus` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func getOutboxStatus<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_GetOutboxStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_GetOutboxStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_OutboxStatus>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_OutboxStatus>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -1978,6 +2104,40 @@ extension Entitysync_V1_EntityAdmin {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "GetOutboxStatus" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_GetOutboxStatusRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_GetOutboxStatusRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_OutboxStatus` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func getOutboxStatus<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_GetOutboxStatusRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_GetOutboxStatusRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_OutboxStatus>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_OutboxStatus>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Entitysync_V1_EntityAdmin.Method.GetOutboxStatus.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -2306,6 +2466,35 @@ extension Entitysync_V1_EntityAdmin.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_SnapshotRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_EntityChange>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetOutboxStatus" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Entitysync_V1_GetOutboxStatusRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getOutboxStatus<Result>(
+        request: GRPCCore.ClientRequest<Entitysync_V1_GetOutboxStatusRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_OutboxStatus>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.getOutboxStatus(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_GetOutboxStatusRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_OutboxStatus>(),
             options: options,
             onResponse: handleResponse
         )
@@ -2688,6 +2877,39 @@ extension Entitysync_V1_EntityAdmin.ClientProtocol {
             metadata: metadata
         )
         return try await self.snapshot(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "GetOutboxStatus" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Changes committed but not yet confirmed by the broker (they wait in the outbox).
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func getOutboxStatus<Result>(
+        _ message: Entitysync_V1_GetOutboxStatusRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_OutboxStatus>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Entitysync_V1_GetOutboxStatusRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.getOutboxStatus(
             request: request,
             options: options,
             onResponse: handleResponse
@@ -4340,10 +4562,38 @@ public enum Entitysync_V1_SyncInfo: Sendable {
                 type: .unary
             )
         }
+        /// Namespace for "ListDeadLetters" metadata.
+        public enum ListDeadLetters: Sendable {
+            /// Request type for "ListDeadLetters".
+            public typealias Input = Entitysync_V1_ListDeadLettersRequest
+            /// Response type for "ListDeadLetters".
+            public typealias Output = Entitysync_V1_ListDeadLettersResponse
+            /// Descriptor for "ListDeadLetters".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "entitysync.v1.SyncInfo"),
+                method: "ListDeadLetters",
+                type: .unary
+            )
+        }
+        /// Namespace for "RedriveDeadLetters" metadata.
+        public enum RedriveDeadLetters: Sendable {
+            /// Request type for "RedriveDeadLetters".
+            public typealias Input = Entitysync_V1_RedriveDeadLettersRequest
+            /// Response type for "RedriveDeadLetters".
+            public typealias Output = Entitysync_V1_RedriveDeadLettersResponse
+            /// Descriptor for "RedriveDeadLetters".
+            public static let descriptor = GRPCCore.MethodDescriptor(
+                service: GRPCCore.ServiceDescriptor(fullyQualifiedService: "entitysync.v1.SyncInfo"),
+                method: "RedriveDeadLetters",
+                type: .unary
+            )
+        }
         /// Descriptors for all methods in the "entitysync.v1.SyncInfo" service.
         public static let descriptors: [GRPCCore.MethodDescriptor] = [
             GetSyncStatus.descriptor,
-            WaitForVersion.descriptor
+            WaitForVersion.descriptor,
+            ListDeadLetters.descriptor,
+            RedriveDeadLetters.descriptor
         ]
     }
 }
@@ -4405,6 +4655,44 @@ extension Entitysync_V1_SyncInfo {
             request: GRPCCore.StreamingServerRequest<Entitysync_V1_WaitForVersionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_WaitForVersionResponse>
+
+        /// Handle the "ListDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > This group's dead-lettered events, oldest first; they stay where they are.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Entitysync_V1_ListDeadLettersRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Entitysync_V1_ListDeadLettersResponse` messages.
+        func listDeadLetters(
+            request: GRPCCore.StreamingServerRequest<Entitysync_V1_ListDeadLettersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_ListDeadLettersResponse>
+
+        /// Handle the "RedriveDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+        /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+        /// > the service has one.
+        ///
+        /// - Parameters:
+        ///   - request: A streaming request of `Entitysync_V1_RedriveDeadLettersRequest` messages.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A streaming response of `Entitysync_V1_RedriveDeadLettersResponse` messages.
+        func redriveDeadLetters(
+            request: GRPCCore.StreamingServerRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_RedriveDeadLettersResponse>
     }
 
     /// Service protocol for the "entitysync.v1.SyncInfo" service.
@@ -4450,6 +4738,44 @@ extension Entitysync_V1_SyncInfo {
             request: GRPCCore.ServerRequest<Entitysync_V1_WaitForVersionRequest>,
             context: GRPCCore.ServerContext
         ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_WaitForVersionResponse>
+
+        /// Handle the "ListDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > This group's dead-lettered events, oldest first; they stay where they are.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_ListDeadLettersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Entitysync_V1_ListDeadLettersResponse` message.
+        func listDeadLetters(
+            request: GRPCCore.ServerRequest<Entitysync_V1_ListDeadLettersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_ListDeadLettersResponse>
+
+        /// Handle the "RedriveDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+        /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+        /// > the service has one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_RedriveDeadLettersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A response containing a single `Entitysync_V1_RedriveDeadLettersResponse` message.
+        func redriveDeadLetters(
+            request: GRPCCore.ServerRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+            context: GRPCCore.ServerContext
+        ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_RedriveDeadLettersResponse>
     }
 
     /// Simple service protocol for the "entitysync.v1.SyncInfo" service.
@@ -4493,6 +4819,44 @@ extension Entitysync_V1_SyncInfo {
             request: Entitysync_V1_WaitForVersionRequest,
             context: GRPCCore.ServerContext
         ) async throws -> Entitysync_V1_WaitForVersionResponse
+
+        /// Handle the "ListDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > This group's dead-lettered events, oldest first; they stay where they are.
+        ///
+        /// - Parameters:
+        ///   - request: A `Entitysync_V1_ListDeadLettersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Entitysync_V1_ListDeadLettersResponse` to respond with.
+        func listDeadLetters(
+            request: Entitysync_V1_ListDeadLettersRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Entitysync_V1_ListDeadLettersResponse
+
+        /// Handle the "RedriveDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+        /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+        /// > the service has one.
+        ///
+        /// - Parameters:
+        ///   - request: A `Entitysync_V1_RedriveDeadLettersRequest` message.
+        ///   - context: Context providing information about the RPC.
+        /// - Throws: Any error which occurred during the processing of the request. Thrown errors
+        ///     of type `RPCError` are mapped to appropriate statuses. All other errors are converted
+        ///     to an internal error.
+        /// - Returns: A `Entitysync_V1_RedriveDeadLettersResponse` to respond with.
+        func redriveDeadLetters(
+            request: Entitysync_V1_RedriveDeadLettersRequest,
+            context: GRPCCore.ServerContext
+        ) async throws -> Entitysync_V1_RedriveDeadLettersResponse
     }
 }
 
@@ -4517,6 +4881,28 @@ extension Entitysync_V1_SyncInfo.StreamingServiceProtocol {
             serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_WaitForVersionResponse>(),
             handler: { request, context in
                 try await self.waitForVersion(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Entitysync_V1_SyncInfo.Method.ListDeadLetters.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_ListDeadLettersRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_ListDeadLettersResponse>(),
+            handler: { request, context in
+                try await self.listDeadLetters(
+                    request: request,
+                    context: context
+                )
+            }
+        )
+        router.registerHandler(
+            forMethod: Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor,
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_RedriveDeadLettersRequest>(),
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_RedriveDeadLettersResponse>(),
+            handler: { request, context in
+                try await self.redriveDeadLetters(
                     request: request,
                     context: context
                 )
@@ -4549,6 +4935,28 @@ extension Entitysync_V1_SyncInfo.ServiceProtocol {
         )
         return GRPCCore.StreamingServerResponse(single: response)
     }
+
+    public func listDeadLetters(
+        request: GRPCCore.StreamingServerRequest<Entitysync_V1_ListDeadLettersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_ListDeadLettersResponse> {
+        let response = try await self.listDeadLetters(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
+
+    public func redriveDeadLetters(
+        request: GRPCCore.StreamingServerRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.StreamingServerResponse<Entitysync_V1_RedriveDeadLettersResponse> {
+        let response = try await self.redriveDeadLetters(
+            request: GRPCCore.ServerRequest(stream: request),
+            context: context
+        )
+        return GRPCCore.StreamingServerResponse(single: response)
+    }
 }
 
 // Default implementation of methods from 'ServiceProtocol'.
@@ -4573,6 +4981,32 @@ extension Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_WaitForVersionResponse> {
         return GRPCCore.ServerResponse<Entitysync_V1_WaitForVersionResponse>(
             message: try await self.waitForVersion(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func listDeadLetters(
+        request: GRPCCore.ServerRequest<Entitysync_V1_ListDeadLettersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_ListDeadLettersResponse> {
+        return GRPCCore.ServerResponse<Entitysync_V1_ListDeadLettersResponse>(
+            message: try await self.listDeadLetters(
+                request: request.message,
+                context: context
+            ),
+            metadata: [:]
+        )
+    }
+
+    public func redriveDeadLetters(
+        request: GRPCCore.ServerRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+        context: GRPCCore.ServerContext
+    ) async throws -> GRPCCore.ServerResponse<Entitysync_V1_RedriveDeadLettersResponse> {
+        return GRPCCore.ServerResponse<Entitysync_V1_RedriveDeadLettersResponse>(
+            message: try await self.redriveDeadLetters(
                 request: request.message,
                 context: context
             ),
@@ -4634,6 +5068,54 @@ extension Entitysync_V1_SyncInfo {
             deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_WaitForVersionResponse>,
             options: GRPCCore.CallOptions,
             onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_WaitForVersionResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "ListDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > This group's dead-lettered events, oldest first; they stay where they are.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_ListDeadLettersRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_ListDeadLettersRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_ListDeadLettersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func listDeadLetters<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_ListDeadLettersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_ListDeadLettersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_ListDeadLettersResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_ListDeadLettersResponse>) async throws -> Result
+        ) async throws -> Result where Result: Sendable
+
+        /// Call the "RedriveDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+        /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+        /// > the service has one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_RedriveDeadLettersRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_RedriveDeadLettersRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_RedriveDeadLettersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        func redriveDeadLetters<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_RedriveDeadLettersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_RedriveDeadLettersResponse>,
+            options: GRPCCore.CallOptions,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_RedriveDeadLettersResponse>) async throws -> Result
         ) async throws -> Result where Result: Sendable
     }
 
@@ -4720,6 +5202,76 @@ extension Entitysync_V1_SyncInfo {
                 onResponse: handleResponse
             )
         }
+
+        /// Call the "ListDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > This group's dead-lettered events, oldest first; they stay where they are.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_ListDeadLettersRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_ListDeadLettersRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_ListDeadLettersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func listDeadLetters<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_ListDeadLettersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_ListDeadLettersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_ListDeadLettersResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_ListDeadLettersResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Entitysync_V1_SyncInfo.Method.ListDeadLetters.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
+
+        /// Call the "RedriveDeadLetters" method.
+        ///
+        /// > Source IDL Documentation:
+        /// >
+        /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+        /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+        /// > the service has one.
+        ///
+        /// - Parameters:
+        ///   - request: A request containing a single `Entitysync_V1_RedriveDeadLettersRequest` message.
+        ///   - serializer: A serializer for `Entitysync_V1_RedriveDeadLettersRequest` messages.
+        ///   - deserializer: A deserializer for `Entitysync_V1_RedriveDeadLettersResponse` messages.
+        ///   - options: Options to apply to this RPC.
+        ///   - handleResponse: A closure which handles the response and returns its result to
+        ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+        ///       already finished.
+        /// - Returns: The result of `handleResponse`.
+        public func redriveDeadLetters<Result>(
+            request: GRPCCore.ClientRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+            serializer: some GRPCCore.MessageSerializer<Entitysync_V1_RedriveDeadLettersRequest>,
+            deserializer: some GRPCCore.MessageDeserializer<Entitysync_V1_RedriveDeadLettersResponse>,
+            options: GRPCCore.CallOptions = .defaults,
+            onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_RedriveDeadLettersResponse>) async throws -> Result = { response in
+                try response.message
+            }
+        ) async throws -> Result where Result: Sendable {
+            try await self.client.unary(
+                request: request,
+                descriptor: Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor,
+                serializer: serializer,
+                deserializer: deserializer,
+                options: options,
+                onResponse: handleResponse
+            )
+        }
     }
 }
 
@@ -4775,6 +5327,66 @@ extension Entitysync_V1_SyncInfo.ClientProtocol {
             request: request,
             serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_WaitForVersionRequest>(),
             deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_WaitForVersionResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListDeadLetters" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > This group's dead-lettered events, oldest first; they stay where they are.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Entitysync_V1_ListDeadLettersRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listDeadLetters<Result>(
+        request: GRPCCore.ClientRequest<Entitysync_V1_ListDeadLettersRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_ListDeadLettersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.listDeadLetters(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_ListDeadLettersRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_ListDeadLettersResponse>(),
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RedriveDeadLetters" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+    /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+    /// > the service has one.
+    ///
+    /// - Parameters:
+    ///   - request: A request containing a single `Entitysync_V1_RedriveDeadLettersRequest` message.
+    ///   - options: Options to apply to this RPC.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func redriveDeadLetters<Result>(
+        request: GRPCCore.ClientRequest<Entitysync_V1_RedriveDeadLettersRequest>,
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_RedriveDeadLettersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        try await self.redriveDeadLetters(
+            request: request,
+            serializer: GRPCProtobuf.ProtobufSerializer<Entitysync_V1_RedriveDeadLettersRequest>(),
+            deserializer: GRPCProtobuf.ProtobufDeserializer<Entitysync_V1_RedriveDeadLettersResponse>(),
             options: options,
             onResponse: handleResponse
         )
@@ -4840,6 +5452,74 @@ extension Entitysync_V1_SyncInfo.ClientProtocol {
             metadata: metadata
         )
         return try await self.waitForVersion(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "ListDeadLetters" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > This group's dead-lettered events, oldest first; they stay where they are.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func listDeadLetters<Result>(
+        _ message: Entitysync_V1_ListDeadLettersRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_ListDeadLettersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Entitysync_V1_ListDeadLettersRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.listDeadLetters(
+            request: request,
+            options: options,
+            onResponse: handleResponse
+        )
+    }
+
+    /// Call the "RedriveDeadLetters" method.
+    ///
+    /// > Source IDL Documentation:
+    /// >
+    /// > Applies dead-lettered events through the normal apply path (the version rule holds); those
+    /// > that fail again go back to the dead-letter queue with the new reason. Needs the token, when
+    /// > the service has one.
+    ///
+    /// - Parameters:
+    ///   - message: request message to send.
+    ///   - metadata: Additional metadata to send, defaults to empty.
+    ///   - options: Options to apply to this RPC, defaults to `.defaults`.
+    ///   - handleResponse: A closure which handles the response and returns its result to
+    ///       the caller. Returning from the closure will cancel the RPC if it hasn't
+    ///       already finished.
+    /// - Returns: The result of `handleResponse`.
+    public func redriveDeadLetters<Result>(
+        _ message: Entitysync_V1_RedriveDeadLettersRequest,
+        metadata: GRPCCore.Metadata = [:],
+        options: GRPCCore.CallOptions = .defaults,
+        onResponse handleResponse: @Sendable @escaping (GRPCCore.ClientResponse<Entitysync_V1_RedriveDeadLettersResponse>) async throws -> Result = { response in
+            try response.message
+        }
+    ) async throws -> Result where Result: Sendable {
+        let request = GRPCCore.ClientRequest<Entitysync_V1_RedriveDeadLettersRequest>(
+            message: message,
+            metadata: metadata
+        )
+        return try await self.redriveDeadLetters(
             request: request,
             options: options,
             onResponse: handleResponse
