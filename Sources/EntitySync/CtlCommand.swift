@@ -48,6 +48,9 @@ struct CtlOptions: ParsableArguments {
                                                                        transportSecurity: .plaintext)) { client in
                 try await body(client)
             }
+        } catch let error as RPCError where error.code == .unavailable {
+            throw CtlError(description: "could not reach \(address) (\(error.message)). Is the service running there? "
+                           + "scripts/run starts them all; --producer, --user-rpc and --org-rpc point ctl elsewhere")
         } catch let error as RPCError {
             throw CtlError(description: "\(address) answered \(error.code): \(error.message)")
         }

@@ -31,6 +31,9 @@ struct ConsumerOptions: ParsableArguments {
 
     @Option(help: "Unacknowledged deliveries per queue at most (env: ENTITY_SYNC_PREFETCH; default: 64).")
     var prefetch: UInt16?
+
+    @Option(help: "Bearer token required to re-drive dead letters (env: ENTITY_SYNC_TOKEN; default: none). Set one in production.")
+    var token: String?
 }
 
 func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer: ConsumerOptions, defaultPort: Int) async throws {
@@ -41,6 +44,7 @@ func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer
         throw ValidationError("--prefetch must be a number from 1 to 65535, not '\(prefetchText)'")
     }
     configuration.prefetch = prefetch
+    configuration.token = optionalSetting(consumer.token, "ENTITY_SYNC_TOKEN")
     let logger = try options.makeLogger("entity-sync.\(kind.rawValue)")
     try await runServices([ConsumerService(kind: kind, configuration: configuration, logger: logger)],
                           metrics: try options.metricsAddress, logger: logger)

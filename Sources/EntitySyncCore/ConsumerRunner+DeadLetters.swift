@@ -118,8 +118,9 @@ extension ConsumerRunner {
                 try? await delivery.reject(requeue: true)
             }
             if seen == count || failure != nil {
-                // Put back what was only looked at, in reverse so the queue keeps its order.
-                for delivery in kept.reversed() { try? await delivery.reject(requeue: true) }
+                // Put back what was only looked at, in the order received: quorum queues return
+                // messages to the head in that order, classic queues to their old positions.
+                for delivery in kept { try? await delivery.reject(requeue: true) }
                 kept.removeAll()
                 await consumer.cancel()
             }

@@ -37,6 +37,14 @@ public final class ConsumerService: Service {
     }
 
     public func run() async throws {
+        do {
+            try await self.runUntilShutdown()
+        } catch where ServiceRuntime.isShutdownBeforeReady(error) {
+            self.logger.notice("stopped before it was ready")
+        }
+    }
+
+    private func runUntilShutdown() async throws {
         try self.configuration.topology.validate()
         guard !self.configuration.topology.queues(forGroup: self.group).isEmpty else {
             throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type in the topology")

@@ -23,6 +23,14 @@ public final class ProducerService: Service {
     }
 
     public func run() async throws {
+        do {
+            try await self.runUntilShutdown()
+        } catch where ServiceRuntime.isShutdownBeforeReady(error) {
+            self.logger.notice("stopped before it was ready")
+        }
+    }
+
+    private func runUntilShutdown() async throws {
         try self.configuration.topology.validate()
         let store = try SQLiteSourceStore(path: self.configuration.databasePath, producer: self.configuration.instanceName)
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]

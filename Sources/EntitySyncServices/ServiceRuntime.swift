@@ -3,6 +3,7 @@ import EntitySyncCore
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
+import ServiceLifecycle
 import Synchronization
 
 /// Pieces every service process shares: the gRPC server on HTTP/2, and a broker connection
@@ -24,6 +25,18 @@ enum ServiceRuntime {
 
     static func connect(_ configuration: ServiceConfiguration, role: String, logger: Logger) async throws -> AMQPConnection {
         let amqp = try AMQPConfiguration(url: configuration.amqpURL, connectionName: "\(role):\(configuration.instanceName)")
+        // SIGTERM while the broker is still unreachable must stop the process, not wait for the broker.
+        return try await cancelWhenGracefulShutdown {
+            try await self.connectRetrying(amqp, logger: logger)
+        }
+    }
+
+    /// True when `error` is how a service's startup ends because it was asked to stop.
+    static func isShutdownBeforeReady(_ error: any Error) -> Bool {
+        error is CancellationError && Task.isShuttingDownGracefully
+    }
+
+    private static func connectRetrying(_ amqp: AMQPConfiguration, logger: Logger) async throws -> AMQPConnection {
         var attempt = 0
         while true {
             do {

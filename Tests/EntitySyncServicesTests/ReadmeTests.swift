@@ -1,0 +1,165 @@
+import EntitySyncTestSupport
+import Foundation
+import Testing
+
+/// The README's promises, followed literally: its run command and demo line, and the container
+/// files it describes.
+@Suite(.serialized) struct ReadmeTests {
+    static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// The one-line command in the first sh block after `<!-- readme-test: NAME -->` in README.md.
+    static func command(_ name: String) throws -> String {
+        let readme = try String(contentsOf: self.root.appendingPathComponent("README.md"), encoding: .utf8)
+        guard let marker = readme.range(of: "<!-- readme-test: \(name) -->"),
+              let open = readme.range(of: "```sh\n", range: marker.upperBound..<readme.endIndex),
+              let close = readme.range(of: "\n```", range: open.upperBound..<readme.endIndex) else {
+            throw HarnessError("README.md has no sh block after <!-- readme-test: \(name) -->")
+        }
+        let command = String(readme[open.upperBound..<close.lowerBound])
+        guard !command.contains("\n") else { throw HarnessError("the README's \(name) command must be one line: \(command)") }
+        return command
+    }
+
+    static func portIsFree(_ port: Int) -> Bool {
+        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(descriptor) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = in_port_t(UInt16(port).bigEndian)
+        return withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+    }
+
+    /// A base port with the five service ports and their metrics ports free.
+    static func freeBasePort() throws -> Int {
+        for _ in 0..<50 {
+            let base = Int.random(in: 20_000...28_000)
+            if (0..<5).allSatisfy({ self.portIsFree(base + $0) && self.portIsFree(base + 1000 + $0) }) { return base }
+        }
+        throw HarnessError("no free range of ports for the run command")
+    }
+
+    /// The run command in the background, its output in a file.
+    final class Run: Sendable {
+        let process: Process
+        let output: String
+
+        init(_ command: String, environment: [String: String], output: String) throws {
+            self.output = output
+            FileManager.default.createFile(atPath: output, contents: nil)
+            self.process = Process()
+            self.process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            self.process.arguments = ["-c", command]
+            self.process.currentDirectoryURL = ReadmeTests.root
+            self.process.environment = environment
+            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+            self.process.standardOutput = handle
+            self.process.standardError = handle
+            try self.process.run()
+        }
+
+        var text: String { (try? String(contentsOfFile: self.output, encoding: .utf8)) ?? "" }
+
+        func waitUntilServing() async throws {
+            try await eventually("the run command reports every service SERVING", timeout: .seconds(240)) {
+                if !self.process.isRunning { throw HarnessError("the run command exited early:\n\(self.text)") }
+                return self.text.contains("all services SERVING")
+            }
+        }
+
+        /// Ctrl-C, then waits for the command to finish; returns its exit status.
+        func interrupt() async throws -> Int32 {
+            self.process.interrupt()
+            try await eventually("the run command exits after SIGINT", timeout: .seconds(90)) { !self.process.isRunning }
+            return self.process.terminationStatus
+        }
+    }
+
+    static func shell(_ command: String, environment: [String: String]) throws -> (Int32, String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", command]
+        process.currentDirectoryURL = self.root
+        process.environment = environment
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        return (process.terminationStatus, text)
+    }
+
+    @Test func runCommandServesTheDemoStopsOnCtrlCAndResumesItsData() async throws {
+        let runCommand = try Self.command("run")
+        let demoCommand = try Self.command("demo")
+        let data = FileManager.default.temporaryDirectory.appendingPathComponent("entitysync-readme-\(UUID().uuidString)").path
+        let base = try Self.freeBasePort()
+        var environment = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("ENTITY_SYNC_") }
+        environment["ENTITY_SYNC_DATA"] = data
+        environment["ENTITY_SYNC_BASE_PORT"] = "\(base)"
+        // The test run already holds SwiftPM's build lock; use the binary it built.
+        environment["ENTITY_SYNC_BINARY"] = entitySyncBinary
+        var client = environment
+        client["ENTITY_SYNC_PRODUCER"] = "127.0.0.1:\(base)"
+        client["ENTITY_SYNC_USER_RPC"] = "127.0.0.1:\(base + 1)"
+        client["ENTITY_SYNC_ORG_RPC"] = "127.0.0.1:\(base + 2)"
+        defer {
+            // Whatever happened, leave nothing running.
+            if let pids = try? String(contentsOfFile: "\(data)/run.pids", encoding: .utf8) {
+                for pid in pids.split(separator: " ").compactMap({ Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) {
+                    kill(pid, SIGKILL)
+                }
+            }
+            _ = try? Self.shell("scripts/rabbitmq-private stop '\(data)/broker'", environment: environment)
+            try? FileManager.default.removeItem(atPath: data)
+        }
+
+        let first = try Run(runCommand, environment: environment, output: "\(data).first.log")
+        defer { if first.process.isRunning { first.process.terminate() } }
+        try await first.waitUntilServing()
+        #expect(first.text.contains("127.0.0.1:\(base + 3)") && first.text.contains("127.0.0.1:\(base + 4)"),
+                "it must print where every instance listens:\n\(first.text)")
+
+        let (demoStatus, demo) = try Self.shell(demoCommand, environment: client)
+        #expect(demoStatus == 0, "the demo failed:\n\(demo)")
+        #expect(demo.contains("==> 7/7"))
+        #expect(demo.contains("alice,bob,carol"), "org-rpc must show carol added to engineering:\n\(demo)")
+        #expect(demo.contains("consumer_user_rpc") && demo.contains("consumer_org_rpc"))
+
+        let firstStatus = try await first.interrupt()
+        #expect(firstStatus == 0, "the run command must exit cleanly on Ctrl-C:\n\(first.text)")
+        for name in ["producer", "user-rpc-1", "user-rpc-2", "org-rpc-1", "org-rpc-2"] {
+            #expect(first.text.contains("    \(name) stopped"), "\(name) did not stop cleanly:\n\(first.text)")
+        }
+        #expect(first.text.contains("stopping the private broker"))
+        #expect(!FileManager.default.fileExists(atPath: "\(data)/run.pids"))
+        #expect(!FileManager.default.fileExists(atPath: "\(data)/broker/server.pid"), "the broker must be stopped")
+        #expect((0..<5).allSatisfy { Self.portIsFree(base + $0) }, "a service still holds its port")
+
+        // Again: the same data comes back, from the broker and the stores.
+        let second = try Run(runCommand, environment: environment, output: "\(data).second.log")
+        defer { if second.process.isRunning { second.process.terminate() } }
+        try await second.waitUntilServing()
+        let (getStatus, alice) = try Self.shell("'\(entitySyncBinary)' ctl group get engineering --json", environment: client)
+        #expect(getStatus == 0, "\(alice)")
+        #expect(alice.contains("\"carol\""), "the second run lost the first run's data:\n\(alice)")
+        let secondStatus = try await second.interrupt()
+        #expect(secondStatus == 0, "\(second.text)")
+        try? FileManager.default.removeItem(atPath: "\(data).first.log")
+        try? FileManager.default.removeItem(atPath: "\(data).second.log")
+    }
+
+    @Test func composeFileAndDockerfileAreValidAndCoverTheBinary() throws {
+        // Debian's python3 has the YAML module docker-compose itself uses.
+        let python = FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") ? "/usr/bin/python3" : "python3"
+        let script = Self.root.appendingPathComponent("Tests/python/container_files_check.py").path
+        let (status, output) = try Self.shell("'\(python)' '\(script)' '\(Self.root.path)' '\(entitySyncBinary)'",
+                                              environment: ProcessInfo.processInfo.environment)
+        #expect(status == 0, "\(output)")
+        #expect(output.contains("container files: ok"))
+    }
+}
