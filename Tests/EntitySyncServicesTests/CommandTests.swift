@@ -117,4 +117,29 @@ struct CommandTests {
         #expect(help == 0)
         #expect(helpText.contains("ENTITY_SYNC_AMQP_URL") && helpText.contains("default: quorum"))
     }
+
+    @Test(arguments: ["producer", "user-rpc", "org-rpc"])
+    func sigtermWhileTheBrokerIsUnreachableStopsAtOnce(command: String) async throws {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("entitysync-unreachable-\(command)").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/service.log"
+        _ = FileManager.default.createFile(atPath: log, contents: nil)
+        let service = Process()
+        service.executableURL = URL(fileURLWithPath: entitySyncBinary)
+        // Port 1 on loopback: nothing listens, so the service keeps retrying the broker.
+        service.arguments = [command, "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--listen", "127.0.0.1:\(try freePort())",
+                             "--db", directory + "/store.sqlite"]
+        service.standardOutput = FileHandle(forWritingAtPath: log)
+        service.standardError = FileHandle(forWritingAtPath: log)
+        try service.run()
+        try await eventually("the service retries the broker") {
+            (try String(contentsOfFile: log, encoding: .utf8)).contains("broker not reachable yet")
+        }
+        service.terminate()  // SIGTERM
+        try await eventually("\(command) exited", timeout: .seconds(10)) { !service.isRunning }
+        let text = try String(contentsOfFile: log, encoding: .utf8)
+        #expect(service.terminationReason == .exit && service.terminationStatus == 0, "\(text)")
+        #expect(text.contains("stopped before it was ready"), "\(text)")
+    }
 }
