@@ -130,6 +130,8 @@ import Testing
         #expect(demo.contains("alice,bob,carol"), "org-rpc must show carol added to engineering:\n\(demo)")
         #expect(demo.contains("consumer_user_rpc") && demo.contains("consumer_org_rpc"))
 
+        try await Self.checkCtlCommands(client: client, data: data)
+
         let firstStatus = try await first.interrupt()
         #expect(firstStatus == 0, "the run command must exit cleanly on Ctrl-C:\n\(first.text)")
         for name in ["producer", "user-rpc-1", "user-rpc-2", "org-rpc-1", "org-rpc-2"] {
@@ -149,6 +151,16 @@ import Testing
         #expect(alice.contains("\"carol\""), "the second run lost the first run's data:\n\(alice)")
         let secondStatus = try await second.interrupt()
         #expect(secondStatus == 0, "\(second.text)")
+
+        // --clean starts afresh: the demo's entities are gone.
+        let third = try Run(runCommand + " --clean", environment: environment, output: "\(data).third.log")
+        defer { if third.process.isRunning { third.process.terminate() } }
+        try await third.waitUntilServing()
+        let (cleanStatus, clean) = try Self.shell("'\(entitySyncBinary)' ctl group get engineering --from producer", environment: client)
+        #expect(cleanStatus != 0 && clean.contains("notFound"), "--clean kept the old data:\n\(clean)")
+        let thirdStatus = try await third.interrupt()
+        #expect(thirdStatus == 0, "\(third.text)")
+        try? FileManager.default.removeItem(atPath: "\(data).third.log")
         try? FileManager.default.removeItem(atPath: "\(data).first.log")
         try? FileManager.default.removeItem(atPath: "\(data).second.log")
     }
@@ -161,5 +173,43 @@ import Testing
                                               environment: ProcessInfo.processInfo.environment)
         #expect(status == 0, "\(output)")
         #expect(output.contains("container files: ok"))
+    }
+
+    /// The ctl commands a person uses next to the demo, through the built binary.
+    static func checkCtlCommands(client: [String: String], data: String) async throws {
+        let ctl = "'\(entitySyncBinary)' ctl"
+        let (healthStatus, health) = try self.shell("\(ctl) health", environment: client)
+        #expect(healthStatus == 0 && health.components(separatedBy: "SERVING").count == 4, "\(health)")
+
+        let file = "\(data)/people.jsonl"
+        try """
+            {"type":"user","id":"imp-1","name":"Imported One","email":"one@example.com"}
+            {"type":"user","id":"imp-2","name":"Imported Two","email":"not-an-email"}
+            {"type":"group","id":"imp-g","name":"Imported","members":["imp-1"]}
+            {"broken
+            """.write(toFile: file, atomically: true, encoding: .utf8)
+        let (importStatus, imported) = try self.shell("\(ctl) import '\(file)'", environment: client)
+        #expect(importStatus == 1, "rejected rows must make the exit status 1:\n\(imported)")
+        #expect(imported.contains("4 rows, 2 created, 0 updated, 2 rejected"), "\(imported)")
+        #expect(imported.contains("rows/s") && imported.contains("[#"), "progress and rate:\n\(imported)")
+        #expect(imported.contains("not-an-email") && imported.contains("not valid JSON"), "\(imported)")
+        let (againStatus, again) = try self.shell("\(ctl) import '\(file)' --json", environment: client)
+        #expect(againStatus == 1 && again.contains("\"updated\":2"), "a second import updates:\n\(again)")
+        let (waitStatus, waited) = try self.shell("\(ctl) wait --type group --id imp-g --version 2 --service org-rpc", environment: client)
+        #expect(waitStatus == 0, "\(waited)")
+
+        let (statusStatus, status) = try self.shell("\(ctl) status", environment: client)
+        #expect(statusStatus == 0 && status.contains("lag") && status.contains("in the outbox"), "\(status)")
+
+        // --watch redraws until interrupted.
+        let watch = try Run("exec \(ctl) status --watch --interval 0.3", environment: client, output: "\(data)/watch.log")
+        try await eventually("two frames of status --watch") { watch.text.components(separatedBy: "ctl status --watch").count >= 3 }
+        watch.process.terminate()
+        try await eventually("status --watch stops") { !watch.process.isRunning }
+
+        let (dlqStatus, dlq) = try self.shell("\(ctl) dlq list", environment: client)
+        #expect(dlqStatus == 0 && dlq.contains("user-rpc at") && dlq.contains("0 dead-lettered"), "\(dlq)")
+        let (redriveStatus, redrive) = try self.shell("\(ctl) dlq redrive --service org-rpc", environment: client)
+        #expect(redriveStatus == 0 && redrive.contains("0 applied, 0 skipped as stale, 0 failed again"), "\(redrive)")
     }
 }
