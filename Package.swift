@@ -124,6 +124,7 @@ let package = Package(
             dependencies: [
                 "EntitySyncServices",
                 "EntitySyncCore",
+                "EntitySyncSQLite",
                 "EntitySyncImport",
                 "EntitySyncGRPC",
                 "EntitySyncProto",

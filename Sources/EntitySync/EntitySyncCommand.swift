@@ -9,6 +9,6 @@ struct EntitySyncCommand: AsyncParsableCommand {
             Every option can also be set through the environment variable named in its help; a flag \
             wins over the environment.
             """,
-        subcommands: [Producer.self, UserRPC.self, OrgRPC.self, Topology.self, Ctl.self]
+        subcommands: [Producer.self, UserRPC.self, OrgRPC.self, Topology.self, Ctl.self, Check.self]
     )
 }

@@ -207,6 +207,11 @@ import Testing
         watch.process.terminate()
         try await eventually("status --watch stops") { !watch.process.isRunning }
 
+        // The convergence check reads the stores the run command keeps in its data folder.
+        let (checkStatus, check) = try self.shell("'\(entitySyncBinary)' check --producer-db '\(data)/producer.sqlite' "
+            + "--group 'user-rpc=\(data)/user-rpc.sqlite' --group 'org-rpc=\(data)/org-rpc.sqlite' --wait 20", environment: client)
+        #expect(checkStatus == 0 && check.contains("converged") && !check.contains("NOT"), "\(check)")
+
         let (dlqStatus, dlq) = try self.shell("\(ctl) dlq list", environment: client)
         #expect(dlqStatus == 0 && dlq.contains("user-rpc at") && dlq.contains("0 dead-lettered"), "\(dlq)")
         let (redriveStatus, redrive) = try self.shell("\(ctl) dlq redrive --service org-rpc", environment: client)
