@@ -30,16 +30,7 @@ struct Demo: AsyncParsableCommand {
             user.status = .active
             let draft = user
             users.append(try await options.withClient(producer) { client in
-                let admin = Entitysync_V1_EntityAdmin.Client(wrapping: client)
-                do {
-                    var request = Entitysync_V1_CreateUserRequest()
-                    request.user = draft
-                    return try await admin.createUser(request, metadata: metadata)
-                } catch let error as RPCError where error.code == .alreadyExists {
-                    var request = Entitysync_V1_UpdateUserRequest()
-                    request.user = draft
-                    return try await admin.updateUser(request, metadata: metadata)
-                }
+                try await Upsert.user(draft, admin: Entitysync_V1_EntityAdmin.Client(wrapping: client), metadata: metadata).user
             })
         }
         try options.print(users) { Render.users(users) }
@@ -52,16 +43,7 @@ struct Demo: AsyncParsableCommand {
         draft.memberIds = ["alice", "bob"]
         let groupDraft = draft
         let created = try await options.withClient(producer) { client in
-            let admin = Entitysync_V1_EntityAdmin.Client(wrapping: client)
-            do {
-                var request = Entitysync_V1_CreateGroupRequest()
-                request.group = groupDraft
-                return try await admin.createGroup(request, metadata: metadata)
-            } catch let error as RPCError where error.code == .alreadyExists {
-                var request = Entitysync_V1_UpdateGroupRequest()
-                request.group = groupDraft
-                return try await admin.updateGroup(request, metadata: metadata)
-            }
+            try await Upsert.group(groupDraft, admin: Entitysync_V1_EntityAdmin.Client(wrapping: client), metadata: metadata).group
         }
         try options.print(created) { Render.groups([created]) }
 

@@ -138,7 +138,7 @@ struct Import: AsyncParsableCommand {
     }
 
     /// Creates the entity, or updates it if it exists; retries a few times while the producer is unavailable.
-    static func load(_ record: ImportRecord, line: Int, admin: Entitysync_V1_EntityAdmin.Client<HTTP2ClientTransport.Posix>,
+    static func load(_ record: ImportRecord, line: Int, admin: Upsert.Admin,
                      metadata: Metadata) async -> Outcome {
         var attempt = 0
         while true {
@@ -162,34 +162,12 @@ struct Import: AsyncParsableCommand {
         }
     }
 
-    private static func upsert(_ record: ImportRecord, admin: Entitysync_V1_EntityAdmin.Client<HTTP2ClientTransport.Posix>,
-                               metadata: Metadata) async throws -> Outcome {
-        switch record {
-        case .user(let user):
-            do {
-                var request = Entitysync_V1_CreateUserRequest()
-                request.user = user
-                _ = try await admin.createUser(request, metadata: metadata)
-                return .created
-            } catch let error as RPCError where error.code == .alreadyExists {
-                var request = Entitysync_V1_UpdateUserRequest()
-                request.user = user
-                _ = try await admin.updateUser(request, metadata: metadata)
-                return .updated
-            }
-        case .group(let group):
-            do {
-                var request = Entitysync_V1_CreateGroupRequest()
-                request.group = group
-                _ = try await admin.createGroup(request, metadata: metadata)
-                return .created
-            } catch let error as RPCError where error.code == .alreadyExists {
-                var request = Entitysync_V1_UpdateGroupRequest()
-                request.group = group
-                _ = try await admin.updateGroup(request, metadata: metadata)
-                return .updated
-            }
+    private static func upsert(_ record: ImportRecord, admin: Upsert.Admin, metadata: Metadata) async throws -> Outcome {
+        let created = switch record {
+        case .user(let user): try await Upsert.user(user, admin: admin, metadata: metadata).created
+        case .group(let group): try await Upsert.group(group, admin: admin, metadata: metadata).created
         }
+        return created ? .created : .updated
     }
 }
 
