@@ -185,6 +185,8 @@ let package = Package(
                 "EntitySyncGRPC",
                 "EntitySyncProto",
                 "EntitySyncCore",
+                "EntitySyncSQLite",
+                "AMQPClient",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

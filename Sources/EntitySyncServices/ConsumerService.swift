@@ -78,7 +78,8 @@ public final class ConsumerService: Service {
 
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await server.serve() }
+                let serving = ServerRun(server, logger: self.logger)
+                group.addTask { try await serving.wait() }
                 // Queues first, so nothing published during the snapshot is missed.
                 try await self.configuration.topology.declarations(forGroup: self.group).declare(on: connection)
                 try await self.bootstrapIfEmpty(store: store)
@@ -92,7 +93,7 @@ public final class ConsumerService: Service {
                 group.addTask {
                     // Deliveries in hand are applied and acked before queries stop and the connection closes.
                     let result = await consuming.result
-                    server.beginGracefulShutdown()
+                    serving.beginShutdown(grace: self.configuration.shutdownGrace)
                     await connection.close()
                     try result.get()
                 }

@@ -44,11 +44,12 @@ public final class ProducerService: Service {
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }
-        shutdown.add { server.beginGracefulShutdown() }
+        let serving = ServerRun(server, logger: self.logger)
+        shutdown.add { [grace = self.configuration.shutdownGrace] in serving.beginShutdown(grace: grace) }
 
         try await withGracefulShutdownHandler {
             try await withThrowingDiscardingTaskGroup { group in
-                group.addTask { try await server.serve() }
+                group.addTask { try await serving.wait() }
                 let connection = try await ServiceRuntime.connect(self.configuration, role: "producer", logger: self.logger)
                 let producer = SyncProducer(topology: self.configuration.topology, store: store, connection: connection,
                                             name: self.configuration.instanceName, logger: self.logger)

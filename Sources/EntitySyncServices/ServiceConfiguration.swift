@@ -39,6 +39,9 @@ public struct ServiceConfiguration: Sendable {
     public var instanceName: String
     public var maxConcurrentStreams: Int
     public var maxRequestBytes: Int
+    /// Once shutdown begins, how long calls in flight may take before every client connection
+    /// is closed: a client that never goes away must not keep the process alive.
+    public var shutdownGrace: Duration = .seconds(10)
 
     public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, databasePath: String,
                 token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 64,

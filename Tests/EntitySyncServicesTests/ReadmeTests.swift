@@ -49,7 +49,7 @@ import Testing
 
         init(_ command: String, environment: [String: String], output: String) throws {
             self.output = output
-            FileManager.default.createFile(atPath: output, contents: nil)
+            _ = FileManager.default.createFile(atPath: output, contents: nil)
             self.process = Process()
             self.process.executableURL = URL(fileURLWithPath: "/bin/bash")
             self.process.arguments = ["-c", command]

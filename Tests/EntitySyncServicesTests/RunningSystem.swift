@@ -74,7 +74,7 @@ final class RunningSystem: Sendable {
 
     /// Runs `body` with a gRPC client over HTTP/2 connected to `service`'s port.
     func withClient<T: Sendable>(_ port: Int, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
-        try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(host: "127.0.0.1", port: port),
+        try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
                                                            transportSecurity: .plaintext)) { client in
             try await body(client)
         }

@@ -1,5 +1,8 @@
 import AMQPClient
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 
 /// The broker the tests run against, as scripts/test describes it in the environment.
@@ -7,6 +10,8 @@ public enum Broker {
     static let environment = ProcessInfo.processInfo.environment
     public static let url = environment["ENTITY_SYNC_TEST_AMQP_URL"]
     public static let control = environment["ENTITY_SYNC_TEST_BROKER_CTL"]
+    /// Starts the private broker again with its data (after a test killed it).
+    public static let startCommand = environment["ENTITY_SYNC_TEST_BROKER_START"]
     /// Sync tests need their own vhost each (topology names are fixed), so rabbitmqctl too.
     public static var isAvailable: Bool { url != nil && control != nil }
 
@@ -19,17 +24,56 @@ public enum Broker {
     @discardableResult
     public static func ctl(arguments: [String]) throws -> String {
         guard let control else { throw HarnessError("ENTITY_SYNC_TEST_BROKER_CTL is not set") }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/sh")
-        process.arguments = ["-c", ([control] + arguments.map { "'\($0)'" }).joined(separator: " ")]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw HarnessError("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(String(decoding: data, as: UTF8.self))")
+        return try self.shell(([control] + arguments.map { "'\($0)'" }).joined(separator: " "))
+    }
+
+    /// The broker's OS process id, for signals.
+    public static func pid() throws -> Int32 {
+        let text = try self.ctl("eval", "os:getpid().").trimmingCharacters(in: CharacterSet(charactersIn: "\"\n "))
+        guard let pid = Int32(text) else { throw HarnessError("no broker pid in '\(text)'") }
+        return pid
+    }
+
+    /// Starts the private broker again (same node, ports and data) and waits until it is up.
+    public static func start() throws {
+        guard let startCommand else { throw HarnessError("ENTITY_SYNC_TEST_BROKER_START is not set") }
+        try self.shell(startCommand)
+    }
+
+    /// Runs `command` with /bin/sh and returns its output. Spawned and reaped by hand: after a
+    /// command that leaves daemons behind (the broker's start), Foundation's `Process` was seen
+    /// never to notice its exit, leaving a zombie and `waitUntilExit` blocked for good.
+    @discardableResult
+    static func shell(_ command: String) throws -> String {
+        var pipe: [Int32] = [0, 0]
+        guard Glibc.pipe(&pipe) == 0 else { throw HarnessError("pipe() failed: errno \(errno)") }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, pipe[1], 1)
+        posix_spawn_file_actions_adddup2(&actions, pipe[1], 2)
+        posix_spawn_file_actions_addclose(&actions, pipe[0])
+        posix_spawn_file_actions_addclose(&actions, pipe[1])
+        // Nothing else of the test process leaks into the child (a broker started from here once
+        // inherited a gRPC client socket and held a service's graceful shutdown open for good).
+        markDescriptorsCloseOnExec()
+        var pid: pid_t = 0
+        let arguments = ["/bin/sh", "-c", command]
+        var argv: [UnsafeMutablePointer<CChar>?] = arguments.map { strdup($0) } + [nil]
+        defer { for argument in argv { free(argument) } }
+        let spawned = posix_spawn(&pid, "/bin/sh", &actions, nil, &argv, environ)
+        close(pipe[1])
+        guard spawned == 0 else {
+            close(pipe[0])
+            throw HarnessError("could not run /bin/sh: errno \(spawned)")
+        }
+        let output = FileHandle(fileDescriptor: pipe[0], closeOnDealloc: true)
+        let data = output.readDataToEndOfFile()
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) == -1 && errno == EINTR {}
+        // Exited normally with 0: the low 7 bits are the terminating signal, the next 8 the code.
+        guard status & 0x7F == 0, (status >> 8) & 0xFF == 0 else {
+            throw HarnessError("\(command) failed: \(String(decoding: data, as: UTF8.self))")
         }
         return String(decoding: data, as: UTF8.self)
     }

@@ -1,0 +1,171 @@
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncProto
+import EntitySyncSQLite
+import EntitySyncTestSupport
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+
+/// The whole system as real processes of the built binary: a producer, two user-rpc and two
+/// org-rpc instances (each pair sharing its group's store), in a private vhost, so faults can be
+/// dealt the way production meets them: SIGKILL, SIGSTOP, a broker that goes away.
+final class ChaosSystem: Sendable {
+    static let token = "chaos-token-0123456789"
+    static let consumers = ["user-rpc-1", "user-rpc-2", "org-rpc-1", "org-rpc-2"]
+    static let groups = [("consumer_user_rpc", "user-rpc"), ("consumer_org_rpc", "org-rpc")]
+
+    let host: TestVirtualHost
+    let ports: [String: Int]
+    private let heartbeat: Int
+    private let processes = Mutex<[String: ChildProcess]>([:])
+
+    /// Starts the producer, then all four consumer instances at once (as replicas do), and
+    /// waits until every one reports SERVING.
+    static func start(_ name: String, heartbeat: Int = 10) async throws -> ChaosSystem {
+        var ports: [String: Int] = [:]
+        for instance in ["producer"] + Self.consumers { ports[instance] = try freePort() }
+        let system = ChaosSystem(host: try TestVirtualHost(name), ports: ports, heartbeat: heartbeat)
+        try FileManager.default.createDirectory(atPath: system.logDirectory, withIntermediateDirectories: true)
+        try system.launch("producer")
+        try await system.waitServing("producer")
+        for instance in Self.consumers { try system.launch(instance) }
+        for instance in Self.consumers { try await system.waitServing(instance) }
+        return system
+    }
+
+    private init(host: TestVirtualHost, ports: [String: Int], heartbeat: Int) {
+        self.host = host
+        self.ports = ports
+        self.heartbeat = heartbeat
+    }
+
+    var logDirectory: String { self.host.directory + "/logs" }
+    var producerPort: Int { self.ports["producer", default: 0] }
+
+    static func service(of instance: String) -> String {
+        instance == "producer" ? "producer" : String(instance.dropLast(2))
+    }
+
+    func storePath(_ service: String) -> String { self.host.path(service) }
+
+    /// Starts `instance` (again), appending to its log.
+    func launch(_ instance: String) throws {
+        let service = Self.service(of: instance)
+        var arguments = [service, "--listen", "127.0.0.1:\(self.ports[instance, default: 0])", "--db", self.storePath(service),
+                         "--name", "\(self.host.name)-\(instance)"]
+        if service != "producer" { arguments += ["--producer", "127.0.0.1:\(self.producerPort)", "--prefetch", "16"] }
+        let environment = ProcessInfo.processInfo.environment.merging([
+            "ENTITY_SYNC_AMQP_URL": "\(self.host.url)?heartbeat=\(self.heartbeat)&connection_timeout=3000",
+            "ENTITY_SYNC_TOKEN": Self.token, "ENTITY_SYNC_LOG_LEVEL": "info",
+        ]) { $1 }
+        let process = try ChildProcess(entitySyncBinary, arguments, environment: environment, log: self.logPath(instance))
+        self.processes.withLock { $0[instance] = process }
+    }
+
+    func logPath(_ instance: String) -> String { "\(self.logDirectory)/\(instance).log" }
+
+    func log(_ instance: String) -> String {
+        (try? String(contentsOfFile: self.logPath(instance), encoding: .utf8)) ?? ""
+    }
+
+    /// The last lines of every log, for failure messages.
+    func logTails(lines: Int = 15) -> String {
+        (["producer"] + Self.consumers).map { instance in
+            "--- \(instance)\n" + self.log(instance).split(separator: "\n").suffix(lines).joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+
+    func process(_ instance: String) -> ChildProcess? { self.processes.withLock { $0[instance] } }
+
+    func signal(_ instance: String, _ signal: Int32) throws {
+        guard let process = self.process(instance), process.isRunning else { throw HarnessError("\(instance) is not running") }
+        process.signal(signal)
+    }
+
+    /// SIGKILLs `instance` and waits until it is gone.
+    func kill9(_ instance: String) async throws {
+        try self.signal(instance, SIGKILL)
+        try await eventually("\(instance) killed") { self.process(instance)?.isRunning == false }
+    }
+
+    func waitServing(_ instance: String, timeout: Duration = .seconds(60)) async throws {
+        let port = self.ports[instance, default: 0]
+        do {
+            try await eventually("\(instance) SERVING", timeout: timeout) {
+                if self.process(instance)?.isRunning == false {
+                    throw HarnessError("\(instance) ended: \(self.process(instance)?.termination ?? "?")")
+                }
+                let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                                                 transportSecurity: .plaintext)) { client in
+                    try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
+                }
+                return status == .serving
+            }
+        } catch {
+            throw HarnessError("\(error)\n\(self.logTails())")
+        }
+    }
+
+    /// Compares every store, checking the confirmed changes too.
+    func check(confirmed: [EntityKind: [String: UInt64]]) async throws -> ConvergenceReport {
+        try await ConvergenceReport.check(producerStore: self.storePath("producer"),
+                                          groupStores: Self.groups.map { ($0.0, self.storePath($0.1)) }, confirmed: confirmed)
+    }
+
+    /// Waits until every store holds exactly what the producer holds; returns the last report.
+    func waitConverged(confirmed: [EntityKind: [String: UInt64]], timeout: Duration = .seconds(120)) async throws -> ConvergenceReport {
+        let deadline = ContinuousClock.now + timeout
+        while true {
+            let report = try await self.check(confirmed: confirmed)
+            if report.converged || ContinuousClock.now > deadline { return report }
+            try await Task.sleep(for: .milliseconds(200))
+        }
+    }
+
+    /// SIGTERMs every running instance and reports any that did not exit 0 within 30 s.
+    func stop() async throws -> [String] {
+        let running = self.processes.withLock { $0 }.filter { $0.value.isRunning }
+        for process in running.values { process.signal(SIGTERM) }
+        var failures: [String] = []
+        for (instance, process) in running.sorted(by: { $0.key < $1.key }) {
+            do {
+                try await eventually("\(instance) exited", timeout: .seconds(30)) { !process.isRunning }
+                if !process.exitedCleanly { failures.append("\(instance) ended with \(process.termination)") }
+            } catch {
+                process.signal(SIGKILL)
+                failures.append("\(instance) ignored SIGTERM for 30 s")
+            }
+        }
+        return failures
+    }
+
+    /// Kills whatever still runs and removes the vhost and files (for failure paths too).
+    func tearDown() {
+        for process in self.processes.withLock({ Array($0.values) }) { process.signal(SIGKILL) }
+        if ProcessInfo.processInfo.environment["ENTITY_SYNC_CHAOS_KEEP"] == nil { self.host.tearDown() }
+    }
+
+    var authorized: Metadata {
+        var metadata = Metadata()
+        metadata.addString("Bearer \(Self.token)", forKey: "authorization")
+        return metadata
+    }
+
+    /// Runs `body` with a gRPC client connected to `instance`.
+    func withClient<T: Sendable>(_ instance: String,
+                                 _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: self.ports[instance, default: 0]),
+                                                           transportSecurity: .plaintext)) { client in
+            try await body(client)
+        }
+    }
+
+    /// The producer's outbox backlog (events not yet confirmed by the broker).
+    func outboxPending() async throws -> UInt64 {
+        try await self.withClient("producer") { client in
+            try await Entitysync_V1_EntityAdmin.Client(wrapping: client).getOutboxStatus(Entitysync_V1_GetOutboxStatusRequest()).pendingEvents
+        }
+    }
+}
