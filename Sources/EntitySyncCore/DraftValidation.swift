@@ -3,6 +3,26 @@ import Foundation
 /// Field checks for mutations, with messages that name the field and say what is allowed.
 public enum DraftValidation {
     public static let maximumIDLength = 128
+    /// Members of one group, and ids in one membership change: a group's whole state travels in
+    /// one event, and every member is looked up when the group is written.
+    public static let maximumMembers = 10_000
+    public static let maximumAttributes = 100
+    public static let maximumAttributeKeyLength = 128
+    public static let maximumTextLength = 16 * 1024
+
+    /// Checks a list of member ids: how many, and each one.
+    public static func validateMembers(_ ids: [String], field: String) throws(SyncError) {
+        guard ids.count <= Self.maximumMembers else {
+            throw SyncError(.invalidArgument, "\(field) has \(ids.count) entries; at most \(Self.maximumMembers) are allowed")
+        }
+        for id in ids { try self.validateID(id, field: field) }
+    }
+
+    static func validateText(_ text: String, field: String) throws(SyncError) {
+        guard text.utf8.count <= Self.maximumTextLength else {
+            throw SyncError(.invalidArgument, "\(field) is \(text.utf8.count) bytes; at most \(Self.maximumTextLength) are allowed")
+        }
+    }
 
     public static func validateID(_ id: String, field: String) throws(SyncError) {
         guard !id.isEmpty else { throw SyncError(.invalidArgument, "\(field) is empty; give a non-empty id") }
@@ -25,6 +45,17 @@ public enum DraftValidation {
         guard draft.status == .active || draft.status == .disabled else {
             throw SyncError(.invalidArgument, "user.status must be ACTIVE or DISABLED")
         }
+        try self.validateText(draft.name, field: "user.name")
+        try self.validateText(draft.email, field: "user.email")
+        guard draft.attributes.count <= Self.maximumAttributes else {
+            throw SyncError(.invalidArgument, "user.attributes has \(draft.attributes.count) entries; at most \(Self.maximumAttributes) are allowed")
+        }
+        for (key, value) in draft.attributes {
+            guard !key.isEmpty, key.utf8.count <= Self.maximumAttributeKeyLength else {
+                throw SyncError(.invalidArgument, "user.attributes keys must be 1 to \(Self.maximumAttributeKeyLength) bytes long")
+            }
+            try self.validateText(value, field: "user.attributes['\(key)']")
+        }
     }
 
     public static func validate(_ draft: GroupDraft) throws(SyncError) {
@@ -32,7 +63,9 @@ public enum DraftValidation {
         guard !draft.name.trimmingCharacters(in: .whitespaces).isEmpty else {
             throw SyncError(.invalidArgument, "group.name is empty; give the group a name")
         }
-        for member in draft.memberIDs { try self.validateID(member, field: "group.member_ids") }
+        try self.validateText(draft.name, field: "group.name")
+        try self.validateText(draft.description, field: "group.description")
+        try self.validateMembers(draft.memberIDs, field: "group.member_ids")
     }
 
     static func isPlausibleEmail(_ email: String) -> Bool {

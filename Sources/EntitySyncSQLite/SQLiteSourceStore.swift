@@ -150,7 +150,7 @@ public final class SQLiteSourceStore: SourceStore {
     private func changeMembers(groupID: String, userIDs: [String], expectedVersion: UInt64?, adding: Bool) async throws -> Group {
         try DraftValidation.validateID(groupID, field: "group_id")
         guard !userIDs.isEmpty else { throw SyncError(.invalidArgument, "user_ids is empty; name at least one user") }
-        for id in userIDs { try DraftValidation.validateID(id, field: "user_ids") }
+        try DraftValidation.validateMembers(userIDs, field: "user_ids")
         let producer = self.producer
         let (group, changed) = try await self.database.write { db -> (Group, Bool) in
             _ = try Self.requireLive(db, kind: .group, id: groupID, expectedVersion: expectedVersion)

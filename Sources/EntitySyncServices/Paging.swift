@@ -19,6 +19,10 @@ struct Page {
         if token.isEmpty {
             self.after = nil
         } else {
+            // A token encodes one id, so it is never longer than an id's base64.
+            guard token.utf8.count <= (DraftValidation.maximumIDLength + 2) / 3 * 4 else {
+                throw RPCErrors.invalid("page_token is not a token from a previous response; omit it to start from the first page")
+            }
             var base64 = token.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
             while base64.count % 4 != 0 { base64 += "=" }
             guard let data = Data(base64Encoded: base64), let id = String(data: data, encoding: .utf8), !id.isEmpty else {

@@ -44,7 +44,7 @@ public enum Broker {
     /// command that leaves daemons behind (the broker's start), Foundation's `Process` was seen
     /// never to notice its exit, leaving a zombie and `waitUntilExit` blocked for good.
     @discardableResult
-    static func shell(_ command: String) throws -> String {
+    public static func shell(_ command: String) throws -> String {
         var pipe: [Int32] = [0, 0]
         guard Glibc.pipe(&pipe) == 0 else { throw HarnessError("pipe() failed: errno \(errno)") }
         var actions = posix_spawn_file_actions_t()

@@ -164,6 +164,9 @@ struct ChaosTests {
                         peak = max(peak, try await system.outboxPending())
                         return load.confirmedCount >= before + 100 && peak >= 50
                     }
+                    // Held a while longer: publishers stay blocked, the outbox keeps growing.
+                    try await Task.sleep(for: .seconds(3))
+                    peak = max(peak, try await system.outboxPending())
                     accepted.append("\(load.confirmedCount - before) accepted, \(peak) in the outbox")
                 } catch {
                     _ = try? Broker.ctl("set_vm_memory_high_watermark", "0.4")
