@@ -34,6 +34,9 @@ struct ConsumerOptions: ParsableArguments {
 
     @Option(help: "Bearer token required to re-drive dead letters (env: ENTITY_SYNC_TOKEN; default: none). Set one in production.")
     var token: String?
+
+    @Option(help: "true: declare this group's queues at startup; false: only check that the producer declared them, for a broker user without configure permission (env: ENTITY_SYNC_DECLARE_TOPOLOGY; default: true).")
+    var declareTopology: String?
 }
 
 func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer: ConsumerOptions, defaultPort: Int) async throws {
@@ -45,6 +48,11 @@ func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer
     }
     configuration.prefetch = prefetch
     configuration.token = optionalSetting(consumer.token, "ENTITY_SYNC_TOKEN")
+    let declare = setting(consumer.declareTopology, "ENTITY_SYNC_DECLARE_TOPOLOGY", "true")
+    guard declare == "true" || declare == "false" else {
+        throw ValidationError("--declare-topology must be true or false, not '\(declare)'")
+    }
+    configuration.declareTopology = declare == "true"
     let logger = try options.makeLogger("entity-sync.\(kind.rawValue)")
     try await runServices([ConsumerService(kind: kind, configuration: configuration, logger: logger)],
                           metrics: try options.metricsAddress, logger: logger)

@@ -7,7 +7,41 @@ import Logging
 struct Topology: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Declare the exchanges and queues, or show them with their depths.",
-        subcommands: [Declare.self, Show.self], defaultSubcommand: Show.self)
+        subcommands: [Declare.self, Show.self, Permissions.self], defaultSubcommand: Show.self)
+
+    struct Permissions: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the rabbitmqctl lines that give each service only the broker permissions it needs.",
+            discussion: "One user per service: the producer may declare and publish to the topology's exchanges and "
+                + "queues; each consumer group may only read its own queues and write to its forward exchange. "
+                + "Consumers then run with --declare-topology false.")
+
+        @Option(help: "Only this service: producer, or a consumer group such as consumer_user_rpc (default: all).")
+        var group: String?
+
+        @Option(help: "Virtual host (default: /).")
+        var vhost = "/"
+
+        @Option(help: "User name prefix: users are <prefix>producer, <prefix>user_rpc, ... (default: entitysync_).")
+        var userPrefix = "entitysync_"
+
+        func run() throws {
+            let topology = SyncTopology()
+            var services: [(String, String?)] = [("producer", nil)] + topology.groups.map { ($0, Optional($0)) }
+            if let group = self.group {
+                services = services.filter { $0.0 == group }
+                guard !services.isEmpty else {
+                    throw ValidationError("--group must be producer or one of \(topology.groups.joined(separator: ", ")), not '\(group)'")
+                }
+            }
+            for (name, group) in services {
+                let user = self.userPrefix + name.replacingOccurrences(of: "consumer_", with: "")
+                print("# \(name)")
+                print("rabbitmqctl add_user '\(user)' \"$PASSWORD\"  # choose one password per service")
+                print(topology.permissions(forGroup: group).command(user: user, vhost: self.vhost))
+            }
+        }
+    }
 
     struct BrokerOptions: ParsableArguments {
         @Option(help: "Broker URL (env: ENTITY_SYNC_AMQP_URL; default: amqp://guest:guest@127.0.0.1:5672/).")

@@ -18,6 +18,8 @@ public final class ConsumerRunner: Sendable {
         public var maxAttempts = 5
         /// Delay before retry n is `retryBackoff.ceiling(attempt: n - 1)`.
         public var retryBackoff = Backoff(initial: .seconds(1), maximum: .seconds(60), multiplier: 4)
+        /// False where the broker user may not declare (least privilege): only check the queues exist.
+        public var declaresTopology = true
 
         public init() {}
     }
@@ -54,7 +56,7 @@ public final class ConsumerRunner: Sendable {
         self.logger = logger
     }
 
-    /// Declares the group's queues (so it can start before the producer), then consumes until the
+    /// Declares the group's queues (so it can start before the producer) or checks they exist, then consumes until the
     /// task is cancelled. On cancellation it stops new deliveries, finishes and acks the ones it
     /// holds, and returns.
     public func run() async throws {
@@ -63,10 +65,15 @@ public final class ConsumerRunner: Sendable {
             throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type; "
                             + "add it to the topology's routes")
         }
-        try await self.topology.declarations(forGroup: self.group).declare(on: self.connection)
+        try await self.topology.prepare(forGroup: self.group, declare: self.configuration.declaresTopology, on: self.connection)
         var subscribed: [(EntityKind, AMQPConsumer)] = []
         for (kind, queue) in queues {
-            subscribed.append((kind, try await self.connection.consume(queue: queue, prefetch: self.configuration.prefetch)))
+            do {
+                subscribed.append((kind, try await self.connection.consume(queue: queue, prefetch: self.configuration.prefetch)))
+            } catch let error as AMQPError where error.code == .accessRefused {
+                throw SyncError(.configuration, "the broker refused to let this service read queue '\(queue)' (\(error.message)); "
+                                + "grant its user the permissions that `entity-sync topology permissions --group \(self.group)` prints")
+            }
         }
         let consumers = subscribed
         self.logger.info("consumer started", metadata: ["consumer.queues": "\(queues.map(\.queue))"])
@@ -170,11 +177,11 @@ public final class ConsumerRunner: Sendable {
                            fallbackDelay: nil)
     }
 
-    /// Publishes `copy` to a queue (through the default exchange) and acks the original once the
+    /// Publishes `copy` to a queue (through the group's forward exchange) and acks the original once the
     /// copy is confirmed, so the message is in exactly one place or, after a crash, in both.
     private func forward(_ delivery: Delivery, copy: OutgoingMessage, routingKey: String, fallbackDelay: Duration?) async {
         do {
-            try await self.connection.publish(copy, exchange: "", routingKey: routingKey)
+            try await self.connection.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group), routingKey: routingKey)
             await self.settle(delivery) { try await delivery.ack() }
         } catch {
             self.logger.warning("could not forward message; handing it back to the broker", metadata: [

@@ -21,7 +21,7 @@ public struct SyncProducer: Sendable {
     /// and the argument) before anything is published.
     public func declareTopology() async throws {
         try self.topology.validate()
-        try await self.topology.declarations(forGroup: nil).declare(on: self.connection)
+        try await self.topology.prepare(forGroup: nil, declare: true, on: self.connection)
     }
 
     /// Declares the topology, then relays the outbox until the task is cancelled.

@@ -28,6 +28,10 @@ public struct SyncTopology: Sendable, Equatable {
     public static func queue(for kind: EntityKind, group: String) -> String { "\(self.exchange(for: kind))_\(group)" }
     public static func deadLetterQueue(forQueue queue: String) -> String { "\(queue).dlq" }
     public static func retryQueue(forQueue queue: String) -> String { "\(queue).retry" }
+    /// The exchange through which a group's consumers put messages into that group's retry and
+    /// dead-letter queues: publishing there needs write permission on it alone, where the
+    /// default exchange would reach every queue of the vhost.
+    public static func forwardExchange(forGroup group: String) -> String { "entitysync.forward.\(group)" }
 
     /// `user-rpc` → `consumer_user_rpc`: the group name a service kind consumes as.
     public static func groupName(forService service: String) -> String {
@@ -75,9 +79,69 @@ public struct SyncTopology: Sendable, Equatable {
                 result.bindings.append(BindingSpec(queue: queue, exchange: exchange))
                 result.bindings.append(BindingSpec(queue: deadLetterQueue, exchange: Self.deadLetterExchange,
                                                    routingKey: deadLetterQueue))
+                let forward = Self.forwardExchange(forGroup: consumerGroup)
+                for target in [deadLetterQueue, Self.retryQueue(forQueue: queue)] {
+                    result.bindings.append(BindingSpec(queue: target, exchange: forward, routingKey: target))
+                }
             }
         }
+        for consumerGroup in self.groups where group == nil || group == consumerGroup {
+            result.exchanges.append(ExchangeSpec(name: Self.forwardExchange(forGroup: consumerGroup), kind: .direct))
+        }
         return result
+    }
+
+    /// Makes sure what `group` (nil: the producer) needs on the broker exists: declares it, or
+    /// with `declare` false only checks that the group's queues are there (the producer declared
+    /// them). A refusal by the broker becomes an error that says which permission to grant.
+    public func prepare(forGroup group: String?, declare: Bool, on connection: AMQPConnection) async throws {
+        if declare {
+            do {
+                try await self.declarations(forGroup: group).declare(on: connection)
+            } catch let error as AMQPError where error.code == .accessRefused {
+                let remedy = group == nil
+                    ? "grant the producer's user the permissions that `entity-sync topology permissions` prints"
+                    : "let the producer declare them and start this service with --declare-topology false "
+                        + "(ENTITY_SYNC_DECLARE_TOPOLOGY=false), or grant its user configure permission on them"
+                throw SyncError(.configuration, "the broker refused to let this service declare its exchanges and queues "
+                                + "(\(error.message)); \(remedy)")
+            }
+            return
+        }
+        guard let group else { return }
+        for (_, queue) in self.queues(forGroup: group) {
+            for name in [queue, Self.deadLetterQueue(forQueue: queue), Self.retryQueue(forQueue: queue)] {
+                do {
+                    _ = try await connection.queueStatus(name)
+                } catch let error as AMQPError where error.code == .notFound {
+                    throw SyncError(.configuration, "queue '\(name)' does not exist, and this service does not declare queues "
+                                    + "(--declare-topology false): start the producer first (it declares them), "
+                                    + "or run `entity-sync topology declare` as a user that may")
+                }
+            }
+        }
+    }
+
+    /// RabbitMQ permissions (configure, write, read regexes) for least privilege: the producer
+    /// (`group` nil) may declare, bind and publish to everything the topology names and nothing
+    /// else; a consumer group may declare nothing, write only to its forward exchange, and read
+    /// only its own queues and their dead-letter queues.
+    public func permissions(forGroup group: String?) -> BrokerPermissions {
+        func anyOf(_ names: [String]) -> String {
+            let escaped = Set(names).sorted().map { name in
+                name.unicodeScalars.map { ".+*?^$()[]{}|\\".unicodeScalars.contains($0) ? "\\\($0)" : String($0) }.joined()
+            }
+            return escaped.isEmpty ? "^$" : "^(" + escaped.joined(separator: "|") + ")$"
+        }
+        guard let group else {
+            let all = self.declarations(forGroup: nil)
+            let names = all.exchanges.map(\.name) + all.queues.map(\.name)
+            // Declaring a retry queue whose dead-letter exchange is the default one needs write
+            // permission on it ("amq.default" to the broker's permission checks).
+            return BrokerPermissions(configure: anyOf(names), write: anyOf(names + ["amq.default"]), read: anyOf(names))
+        }
+        let queues = self.queues(forGroup: group).flatMap { [$0.queue, Self.deadLetterQueue(forQueue: $0.queue)] }
+        return BrokerPermissions(configure: "^$", write: anyOf([Self.forwardExchange(forGroup: group)]), read: anyOf(queues))
     }
 
     private func mainQueueArguments(deadLetterQueue: String) -> QueueArguments {
@@ -99,5 +163,17 @@ public struct SyncTopology: Sendable, Equatable {
             for queue in self.queues { try await connection.declare(queue) }
             for binding in self.bindings { try await connection.bind(binding) }
         }
+    }
+}
+
+/// The three regexes of `rabbitmqctl set_permissions`.
+public struct BrokerPermissions: Sendable, Equatable {
+    public var configure: String
+    public var write: String
+    public var read: String
+
+    /// The rabbitmqctl line granting these to `user` on `vhost`.
+    public func command(user: String, vhost: String) -> String {
+        "rabbitmqctl set_permissions -p '\(vhost)' '\(user)' '\(self.configure)' '\(self.write)' '\(self.read)'"
     }
 }

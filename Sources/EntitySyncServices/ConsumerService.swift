@@ -53,6 +53,7 @@ public final class ConsumerService: Service {
         let connection = try await ServiceRuntime.connect(self.configuration, role: self.kind.rawValue, logger: self.logger)
         var runnerConfiguration = ConsumerRunner.Configuration()
         runnerConfiguration.prefetch = self.configuration.prefetch
+        runnerConfiguration.declaresTopology = self.configuration.declareTopology
         let runner = ConsumerRunner(group: self.group, topology: self.configuration.topology, connection: connection,
                                     store: store, configuration: runnerConfiguration, logger: self.logger)
         let query: any RegistrableRPCService = switch self.kind {
@@ -81,7 +82,8 @@ public final class ConsumerService: Service {
                 let serving = ServerRun(server, logger: self.logger)
                 group.addTask { try await serving.wait() }
                 // Queues first, so nothing published during the snapshot is missed.
-                try await self.configuration.topology.declarations(forGroup: self.group).declare(on: connection)
+                try await self.configuration.topology.prepare(forGroup: self.group, declare: self.configuration.declareTopology,
+                                                              on: connection)
                 try await self.bootstrapIfEmpty(store: store)
                 let consuming = Task { try await runner.run() }
                 shutdown.add { consuming.cancel() }

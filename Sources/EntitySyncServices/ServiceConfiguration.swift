@@ -42,6 +42,9 @@ public struct ServiceConfiguration: Sendable {
     /// Once shutdown begins, how long calls in flight may take before every client connection
     /// is closed: a client that never goes away must not keep the process alive.
     public var shutdownGrace: Duration = .seconds(10)
+    /// Consumers: declare the group's queues at startup (true), or only check that the producer
+    /// declared them (false, for broker users without configure permission).
+    public var declareTopology = true
 
     public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, databasePath: String,
                 token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 64,

@@ -6,8 +6,9 @@ import Testing
     @Test func defaultNamesAreExactlyTheArticles() {
         let topology = SyncTopology()
         let declarations = topology.declarations(forGroup: nil)
-        #expect(Set(declarations.exchanges.map(\.name)) == ["exchange_user", "exchange_group", "entitysync.dlx"])
-        let mainQueues = declarations.bindings.filter { $0.exchange != SyncTopology.deadLetterExchange }
+        #expect(Set(declarations.exchanges.map(\.name)) == ["exchange_user", "exchange_group", "entitysync.dlx",
+                                                             "entitysync.forward.consumer_user_rpc", "entitysync.forward.consumer_org_rpc"])
+        let mainQueues = declarations.bindings.filter { !$0.exchange.hasPrefix("entitysync.") }
         #expect(Set(mainQueues.map(\.queue)) == [
             "exchange_user_consumer_user_rpc", "exchange_user_consumer_org_rpc",
             "exchange_group_consumer_user_rpc", "exchange_group_consumer_org_rpc",
@@ -22,7 +23,7 @@ import Testing
 
     @Test func everyQueueHasADeadLetterQueueAndARetryQueue() {
         let declarations = SyncTopology().declarations(forGroup: nil)
-        let queue = try? #require(declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc" })
+        let queue = declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc" }
         #expect(queue?.arguments.queueType == .quorum)
         #expect(queue?.arguments.deadLetterExchange == "entitysync.dlx")
         #expect(queue?.arguments.deadLetterRoutingKey == "exchange_user_consumer_org_rpc.dlq")
@@ -76,5 +77,46 @@ import Testing
     ])
     func decides(incoming: UInt64, stored: UInt64?, expected: VersionRule.Decision) {
         #expect(VersionRule.decide(incoming: incoming, stored: stored) == expected)
+    }
+
+    /// A group's forward exchange reaches only that group's retry and dead-letter queues.
+    @Test func forwardExchangesRouteOnlyToTheirGroupsRetryAndDeadLetterQueues() {
+        let declarations = SyncTopology().declarations(forGroup: nil)
+        let forwarded = declarations.bindings.filter { $0.exchange == "entitysync.forward.consumer_user_rpc" }
+        #expect(Set(forwarded.map(\.queue)) == [
+            "exchange_user_consumer_user_rpc.dlq", "exchange_user_consumer_user_rpc.retry",
+            "exchange_group_consumer_user_rpc.dlq", "exchange_group_consumer_user_rpc.retry",
+        ])
+        #expect(forwarded.allSatisfy { $0.routingKey == $0.queue })
+    }
+
+    /// Least-privilege regexes: a consumer group reads its own queues and DLQs only, writes only
+    /// its forward exchange, configures nothing; the producer covers exactly the topology.
+    @Test func permissionsGrantEachServiceOnlyItsOwnResources() throws {
+        let topology = SyncTopology()
+        func matches(_ pattern: String, _ name: String) throws -> Bool {
+            try Regex(pattern).wholeMatch(in: name) != nil
+        }
+        let userRPC = topology.permissions(forGroup: "consumer_user_rpc")
+        #expect(userRPC.configure == "^$")
+        for queue in ["exchange_user_consumer_user_rpc", "exchange_group_consumer_user_rpc.dlq"] {
+            #expect(try matches(userRPC.read, queue), "\(queue)")
+        }
+        for other in ["exchange_user_consumer_org_rpc", "exchange_user_consumer_org_rpc.dlq", "exchange_user",
+                      "exchange_user_consumer_user_rpc.retry", "exchange_user_consumer_user_rpcX", "xexchange_user_consumer_user_rpc"] {
+            #expect(try !matches(userRPC.read, other), "\(other)")
+        }
+        #expect(try matches(userRPC.write, "entitysync.forward.consumer_user_rpc"))
+        for other in ["exchange_user", "amq.default", "", "entitysync.forward.consumer_org_rpc", "entitysync.dlx",
+                      "entitysyncXforward.consumer_user_rpc"] {
+            #expect(try !matches(userRPC.write, other), "\(other)")
+        }
+        let producer = topology.permissions(forGroup: nil)
+        for name in ["exchange_user", "entitysync.dlx", "exchange_group_consumer_org_rpc.retry", "entitysync.forward.consumer_org_rpc"] {
+            #expect(try matches(producer.configure, name) && matches(producer.write, name) && matches(producer.read, name), "\(name)")
+        }
+        #expect(try matches(producer.write, "amq.default") && !matches(producer.configure, "amq.default"))
+        #expect(try !matches(producer.configure, "exchange_widget"))
+        #expect(producer.command(user: "p", vhost: "/").hasPrefix("rabbitmqctl set_permissions -p '/' 'p' '^("))
     }
 }

@@ -19,14 +19,19 @@ final class ChaosSystem: Sendable {
     let host: TestVirtualHost
     let ports: [String: Int]
     private let heartbeat: Int
+    /// Per service (producer, user-rpc, org-rpc): the broker URL it connects with.
+    private let urls: [String: String]
+    private let declareTopology: Bool
     private let processes = Mutex<[String: ChildProcess]>([:])
 
     /// Starts the producer, then all four consumer instances at once (as replicas do), and
     /// waits until every one reports SERVING.
-    static func start(_ name: String, heartbeat: Int = 10) async throws -> ChaosSystem {
+    static func start(_ name: String, heartbeat: Int = 10, host: TestVirtualHost? = nil, urls: [String: String] = [:],
+                      declareTopology: Bool = true) async throws -> ChaosSystem {
         var ports: [String: Int] = [:]
         for instance in ["producer"] + Self.consumers { ports[instance] = try freePort() }
-        let system = ChaosSystem(host: try TestVirtualHost(name), ports: ports, heartbeat: heartbeat)
+        let system = ChaosSystem(host: try host ?? TestVirtualHost(name), ports: ports, heartbeat: heartbeat, urls: urls,
+                                 declareTopology: declareTopology)
         try FileManager.default.createDirectory(atPath: system.logDirectory, withIntermediateDirectories: true)
         try system.launch("producer")
         try await system.waitServing("producer")
@@ -35,10 +40,12 @@ final class ChaosSystem: Sendable {
         return system
     }
 
-    private init(host: TestVirtualHost, ports: [String: Int], heartbeat: Int) {
+    private init(host: TestVirtualHost, ports: [String: Int], heartbeat: Int, urls: [String: String], declareTopology: Bool) {
         self.host = host
         self.ports = ports
         self.heartbeat = heartbeat
+        self.urls = urls
+        self.declareTopology = declareTopology
     }
 
     var logDirectory: String { self.host.directory + "/logs" }
@@ -50,18 +57,24 @@ final class ChaosSystem: Sendable {
 
     func storePath(_ service: String) -> String { self.host.path(service) }
 
-    /// Starts `instance` (again), appending to its log.
-    func launch(_ instance: String) throws {
+    /// Starts `instance` (again), appending to its log; `url` overrides the service's broker URL.
+    @discardableResult
+    func launch(_ instance: String, url: String? = nil, declareTopology: Bool? = nil) throws -> ChildProcess {
         let service = Self.service(of: instance)
         var arguments = [service, "--listen", "127.0.0.1:\(self.ports[instance, default: 0])", "--db", self.storePath(service),
                          "--name", "\(self.host.name)-\(instance)"]
-        if service != "producer" { arguments += ["--producer", "127.0.0.1:\(self.producerPort)", "--prefetch", "16"] }
+        if service != "producer" {
+            arguments += ["--producer", "127.0.0.1:\(self.producerPort)", "--prefetch", "16",
+                          "--declare-topology", "\(declareTopology ?? self.declareTopology)"]
+        }
+        let base = url ?? self.urls[service] ?? self.host.url
         let environment = ProcessInfo.processInfo.environment.merging([
-            "ENTITY_SYNC_AMQP_URL": "\(self.host.url)?heartbeat=\(self.heartbeat)&connection_timeout=3000",
+            "ENTITY_SYNC_AMQP_URL": "\(base)?heartbeat=\(self.heartbeat)&connection_timeout=3000",
             "ENTITY_SYNC_TOKEN": Self.token, "ENTITY_SYNC_LOG_LEVEL": "info",
         ]) { $1 }
         let process = try ChildProcess(entitySyncBinary, arguments, environment: environment, log: self.logPath(instance))
         self.processes.withLock { $0[instance] = process }
+        return process
     }
 
     func logPath(_ instance: String) -> String { "\(self.logDirectory)/\(instance).log" }
