@@ -167,7 +167,7 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
         // Keep signalling until the waiter has returned: proves wake-up without relying on timing.
         while !Task.isCancelled {
             signal.signal()
-            if await Task { () -> Bool in
+            let returned = await Task { () -> Bool in
                 await withTaskGroup(of: Bool.self) { group in
                     group.addTask { await waiter.value; return true }
                     group.addTask { try? await Task.sleep(for: .milliseconds(50)); return false }
@@ -175,7 +175,8 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
                     group.cancelAll()
                     return first
                 }
-            }.value { break }
+            }.value
+            if returned { break }
         }
     }
 
