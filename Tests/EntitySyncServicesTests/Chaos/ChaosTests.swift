@@ -111,12 +111,17 @@ struct ChaosTests {
             var pending: [Int] = []
             for _ in 1...rounds {
                 try await waitForProgress(load)
-                // Stopped, the relay cannot confirm what is in flight: the outbox is certain to
-                // hold unconfirmed events when the kill lands.
-                try await eventually("events in the outbox") { try await system.outboxPending() > 0 }
-                try system.signal("producer", SIGSTOP)
+                // Frozen, the relay cannot confirm what is in flight. Freeze, count the outbox in
+                // the store file, and thaw to try again if it happened to be empty.
+                let outbox = try SQLiteSourceStore(path: system.storePath("producer"), producer: "chaos-check")
+                try await eventually("the producer frozen with events in its outbox") {
+                    try system.signal("producer", SIGSTOP)
+                    if try await outbox.outboxCount() > 0 { return true }
+                    try system.signal("producer", SIGCONT)
+                    return false
+                }
                 try await system.kill9("producer")
-                pending.append(try await SQLiteSourceStore(path: system.storePath("producer"), producer: "chaos-check").outboxCount())
+                pending.append(try await outbox.outboxCount())
                 try system.launch("producer")
                 try await system.waitServing("producer")
             }
