@@ -12,14 +12,18 @@ import Metrics
 /// per-message TTL that grows with each attempt, after which the broker routes it back; past
 /// `maxAttempts` it is dead-lettered with the last error. Nothing spins while the store is down.
 public final class ConsumerRunner: Sendable {
+    /// Declare the group's queues (so it can start before the producer), only check they exist
+    /// (a broker user without configure permission), or nothing (the caller did one of those).
+    public enum TopologySetup: Sendable { case declare, verify, alreadyPrepared }
+
     public struct Configuration: Sendable {
         public var prefetch: UInt16 = 64
         /// Attempts for a transiently failing event before it is dead-lettered.
         public var maxAttempts = 5
         /// Delay before retry n is `retryBackoff.ceiling(attempt: n - 1)`.
         public var retryBackoff = Backoff(initial: .seconds(1), maximum: .seconds(60), multiplier: 4)
-        /// False where the broker user may not declare (least privilege): only check the queues exist.
-        public var declaresTopology = true
+        /// What `run()` does about the group's queues before consuming.
+        public var topologySetup = TopologySetup.declare
 
         public init() {}
     }
@@ -65,7 +69,11 @@ public final class ConsumerRunner: Sendable {
             throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type; "
                             + "add it to the topology's routes")
         }
-        try await self.topology.prepare(forGroup: self.group, declare: self.configuration.declaresTopology, on: self.connection)
+        switch self.configuration.topologySetup {
+        case .declare: try await self.topology.prepare(forGroup: self.group, declare: true, on: self.connection)
+        case .verify: try await self.topology.prepare(forGroup: self.group, declare: false, on: self.connection)
+        case .alreadyPrepared: break
+        }
         var subscribed: [(EntityKind, AMQPConsumer)] = []
         for (kind, queue) in queues {
             do {

@@ -53,7 +53,8 @@ public final class ConsumerService: Service {
         let connection = try await ServiceRuntime.connect(self.configuration, role: self.kind.rawValue, logger: self.logger)
         var runnerConfiguration = ConsumerRunner.Configuration()
         runnerConfiguration.prefetch = self.configuration.prefetch
-        runnerConfiguration.declaresTopology = self.configuration.declareTopology
+        // Prepared below, before the bootstrap; the runner need not do it again.
+        runnerConfiguration.topologySetup = .alreadyPrepared
         let runner = ConsumerRunner(group: self.group, topology: self.configuration.topology, connection: connection,
                                     store: store, configuration: runnerConfiguration, logger: self.logger)
         let query: any RegistrableRPCService = switch self.kind {

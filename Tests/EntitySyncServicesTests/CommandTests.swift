@@ -30,6 +30,14 @@ func freePort() throws -> Int {
     return Int(UInt16(bigEndian: address.sin_port))
 }
 
+/// The overall grpc.health status of the server on 127.0.0.1:`port`, or nil if it does not answer.
+func healthStatus(port: Int) async -> Grpc_Health_V1_HealthCheckResponse.ServingStatus? {
+    try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                        transportSecurity: .plaintext)) { client in
+        try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
+    }
+}
+
 /// Runs the command to completion; returns its exit status and combined output.
 func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
     let process = Process()
@@ -69,11 +77,7 @@ struct CommandTests {
         try producer.run()
 
         try await eventually("producer SERVING") {
-            let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: grpcPort),
-                                                                             transportSecurity: .plaintext)) { client in
-                try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
-            }
-            return status == .serving
+            return await healthStatus(port: grpcPort) == .serving
         }
 
         let (denied, deniedOutput) = try run(["ctl", "user", "create", "--id", "ada", "--name", "Ada", "--email", "ada@example.com",

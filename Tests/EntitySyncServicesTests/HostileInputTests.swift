@@ -263,11 +263,7 @@ struct HostileInputTests {
                                         ]) { $1 }, log: host.directory + "/producer.log")
         defer { producer.signal(SIGKILL) }
         try await eventually("producer SERVING") {
-            let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
-                                                                             transportSecurity: .plaintext)) { client in
-                try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
-            }
-            return status == .serving
+            return await healthStatus(port: port) == .serving
         }
         func grpcFrame(_ message: [UInt8]) -> [UInt8] {
             let length = UInt32(message.count)
@@ -308,11 +304,7 @@ struct HostileInputTests {
               + (calls.split(separator: "\n").first { $0.contains("finished in") } ?? ""))
         #expect(after.rss < before.rss + 256 * 1024, "resident memory grew from \(before.rss) KiB to \(after.rss) KiB")
 
-        let status = try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
-                                                                        transportSecurity: .plaintext)) { client in
-            try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
-        }
-        #expect(status == .serving)
+        #expect(await healthStatus(port: port) == .serving)
         #expect(producer.isRunning)
     }
 

@@ -110,11 +110,7 @@ final class ChaosSystem: Sendable {
                 if self.process(instance)?.isRunning == false {
                     throw HarnessError("\(instance) ended: \(self.process(instance)?.termination ?? "?")")
                 }
-                let status = try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
-                                                                                 transportSecurity: .plaintext)) { client in
-                    try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest()).status
-                }
-                return status == .serving
+                return await healthStatus(port: port) == .serving
             }
         } catch {
             throw HarnessError("\(error)\n\(self.logTails())")
