@@ -55,15 +55,22 @@ public final class AMQPConnection: Sendable {
         try await self.call { .bind(binding, $0) }
     }
 
+    /// Removes a binding (idempotent) and forgets it for recovery.
+    public func unbind(_ binding: BindingSpec) async throws {
+        try await self.call { .unbind(binding, $0) }
+    }
+
     /// Message and consumer counts of an existing queue (passive declare); `.notFound` if it is missing.
     public func queueStatus(_ name: String) async throws -> QueueStatus {
         try await self.call { .inspectQueue(name, $0) }
     }
 
-    /// Deletes a queue; returns how many messages it held.
+    /// Deletes a queue; returns how many messages it held. With `ifEmpty`, a queue that holds
+    /// messages is left alone and the call fails with `.preconditionFailed` (classic queues only:
+    /// quorum queues refuse the flag with NOT_IMPLEMENTED).
     @discardableResult
-    public func deleteQueue(_ name: String) async throws -> Int {
-        try await self.call { .deleteQueue(name, $0) }
+    public func deleteQueue(_ name: String, ifEmpty: Bool = false) async throws -> Int {
+        try await self.call { .deleteQueue(name, ifEmpty: ifEmpty, $0) }
     }
 
     /// Removes every ready message from a queue; returns how many.
@@ -113,11 +120,14 @@ public final class AMQPConnection: Sendable {
         guard prefetch > 0 else {
             throw AMQPError(.invalidArgument, "prefetch must be at least 1 (0 would mean unlimited deliveries in memory)")
         }
+        // Ids only name a consumer in commands (never reused, so a late cancel cannot hit another
+        // consumer); the connection thread gives each a channel and reuses channels once closed.
         let id = self.nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
-        guard id <= 2000 else {
-            throw AMQPError(.invalidArgument, "at most 2000 consumers per connection; open another connection")
-        }
         let (stream, continuation) = AsyncStream.makeStream(of: Delivery.self)
+        let mailbox = self.mailbox
+        continuation.onTermination = { termination in
+            if case .cancelled = termination { _ = mailbox.post(.abandonConsumer(id: id)) }
+        }
         let registration = ConsumerRegistration(id: id, queue: queue, prefetch: prefetch, continuation: continuation)
         try await self.call { .consume(registration, $0) }
         return AMQPConsumer(id: id, queue: queue, deliveries: stream, mailbox: self.mailbox)

@@ -128,6 +128,10 @@ struct RecordedTopology: Sendable {
         if !self.bindings.contains(binding) { self.bindings.append(binding) }
     }
 
+    mutating func forget(_ binding: BindingSpec) {
+        self.bindings.removeAll { $0 == binding }
+    }
+
     mutating func forgetQueue(named name: String) {
         self.queues.removeAll { $0.name == name }
         self.bindings.removeAll { $0.queue == name }

@@ -7,6 +7,7 @@ enum AMQPOperation: Sendable {
     case declareQueue(String)
     case inspectQueue(String)
     case bind(queue: String, exchange: String)
+    case unbind(queue: String, exchange: String)
     case deleteQueue(String)
     case deleteExchange(String)
     case purgeQueue(String)
@@ -21,6 +22,7 @@ enum AMQPOperation: Sendable {
         case .declareQueue(let name): return "declare queue '\(name)'"
         case .inspectQueue(let name): return "inspect queue '\(name)'"
         case .bind(let queue, let exchange): return "bind queue '\(queue)' to exchange '\(exchange)'"
+        case .unbind(let queue, let exchange): return "unbind queue '\(queue)' from exchange '\(exchange)'"
         case .deleteQueue(let name): return "delete queue '\(name)'"
         case .deleteExchange(let name): return "delete exchange '\(name)'"
         case .purgeQueue(let name): return "purge queue '\(name)'"

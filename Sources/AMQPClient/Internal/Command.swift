@@ -9,12 +9,17 @@ enum Command: Sendable {
     case declareExchange(ExchangeSpec, Reply<Void>)
     case declareQueue(QueueSpec, Reply<QueueStatus>)
     case bind(BindingSpec, Reply<Void>)
+    case unbind(BindingSpec, Reply<Void>)
     case inspectQueue(String, Reply<QueueStatus>)
-    case deleteQueue(String, Reply<Int>)
+    case deleteQueue(String, ifEmpty: Bool, Reply<Int>)
     case deleteExchange(String, Reply<Void>)
     case purgeQueue(String, Reply<Int>)
     case consume(ConsumerRegistration, Reply<Void>)
     case cancelConsumer(id: Int, Reply<Void>)
+    /// Nobody reads the consumer's deliveries any more (its stream was dropped or its reading
+    /// task cancelled): close its channel so the broker requeues what it holds, instead of
+    /// redelivering to a consumer that can only hand everything back.
+    case abandonConsumer(id: Int)
     case settle(Settlement, tag: UInt64, channel: ChannelRef, Reply<Void>)
     case status(Reply<ConnectionStatus>)
     case close(drainTimeout: Duration, Reply<Void>?)

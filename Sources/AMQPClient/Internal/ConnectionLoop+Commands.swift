@@ -6,7 +6,7 @@ extension ConnectionLoop {
     func handle(_ command: Command) {
         if self.closing != nil {
             switch command {
-            case .settle, .status, .cancelConsumer: break
+            case .settle, .status, .cancelConsumer, .abandonConsumer: break
             case .close(_, let reply):
                 if let reply { self.closing?.replies.append(reply) }
                 return
@@ -25,13 +25,22 @@ extension ConnectionLoop {
         case .status(let reply):
             reply.resume(returning: self.status)
         case .consume(let registration, let reply):
-            var state = ConsumerState(registration: registration)
+            guard let channel = self.allocateConsumerChannel() else {
+                registration.continuation.finish()
+                reply.resume(throwing: AMQPError(.invalidArgument,
+                    "this connection already has \(self.consumers.count) consumers open, one channel each, and "
+                    + "channel_max is \(Self.channelMax): cancel consumers you no longer need, or open another connection"))
+                return
+            }
+            var state = ConsumerState(registration: registration, channel: channel)
             state.pendingReply = reply
             state.pendingDeadline = .now + self.configuration.operationTimeout
             self.consumers[registration.id] = state
         case .cancelConsumer(let id, let reply):
             self.cancelConsumer(id)
             reply.resume()
+        case .abandonConsumer(let id):
+            self.abandonConsumer(id)
         case .close(let drainTimeout, let reply):
             self.closing = Closing(deadline: .now + drainTimeout, replies: reply.map { [$0] } ?? [])
             self.logger.info("amqp connection closing", metadata: [
@@ -74,6 +83,18 @@ extension ConnectionLoop {
             try self.bind(spec)
             self.topology.record(spec)
             reply.resume()
+        case .unbind(let spec, let reply):
+            try self.ensureControlChannel()
+            defer { self.arena.reset() }
+            let queue = self.arena.bytes(spec.queue)
+            let exchange = self.arena.bytes(spec.exchange)
+            let routingKey = self.arena.bytes(spec.routingKey)
+            let arguments = self.arena.table(spec.arguments)
+            _ = try self.rpc(.unbind(queue: spec.queue, exchange: spec.exchange), channel: Self.controlChannel) { connection in
+                amqp_queue_unbind(connection, Self.controlChannel, queue, exchange, routingKey, arguments)
+            }
+            self.topology.forget(spec)
+            reply.resume()
         case .inspectQueue(let name, let reply):
             try self.ensureControlChannel()
             defer { self.arena.reset() }
@@ -83,12 +104,12 @@ extension ConnectionLoop {
             }
             reply.resume(returning: QueueStatus(name: name, messageCount: Int(ok.message_count),
                                                 consumerCount: Int(ok.consumer_count)))
-        case .deleteQueue(let name, let reply):
+        case .deleteQueue(let name, let ifEmpty, let reply):
             try self.ensureControlChannel()
             defer { self.arena.reset() }
             let queue = self.arena.bytes(name)
             let ok = try self.rpc(.deleteQueue(name), channel: Self.controlChannel) { connection in
-                amqp_queue_delete(connection, Self.controlChannel, queue, 0, 0)
+                amqp_queue_delete(connection, Self.controlChannel, queue, 0, ifEmpty ? 1 : 0)
             }
             self.topology.forgetQueue(named: name)
             reply.resume(returning: Int(ok.message_count))
@@ -230,6 +251,38 @@ extension ConnectionLoop {
             self.consumers[id]?.subscribed = false
         }
         state.registration.continuation.finish()
+    }
+
+    /// The next consumer channel no consumer holds, searching on from the last one handed out.
+    func allocateConsumerChannel() -> UInt16? {
+        let inUse = Set(self.consumers.values.map(\.channel))
+        let span = Int(Self.lastConsumerChannel - Self.firstConsumerChannel) + 1
+        for offset in 0..<span {
+            let candidate = Self.firstConsumerChannel
+                + UInt16((Int(self.nextConsumerChannel - Self.firstConsumerChannel) + offset) % span)
+            guard !inUse.contains(candidate) else { continue }
+            self.nextConsumerChannel = candidate == Self.lastConsumerChannel ? Self.firstConsumerChannel : candidate + 1
+            return candidate
+        }
+        return nil
+    }
+
+    /// Forgets a consumer nobody reads any more and closes its channel, so the broker requeues
+    /// every delivery it held (handed out or not); settling one of them later fails harmlessly.
+    func abandonConsumer(_ id: Int) {
+        guard let state = self.consumers[id] else { return }
+        self.consumers[id] = nil
+        state.pendingReply?.resume(throwing: Self.closedError)
+        state.registration.continuation.finish()
+        guard state.epoch != 0, let connection = self.connection else { return }
+        let status = self.guarded("channel.close") { amqp_channel_close(connection, state.channel, AMQP_REPLY_SUCCESS) }
+        if status.reply_type != AMQP_RESPONSE_NORMAL {
+            self.connectionFailed(AMQPError(.connectionLost, "could not close the channel of an abandoned consumer"))
+            return
+        }
+        self.logger.debug("amqp consumer abandoned by its reader; channel closed", metadata: [
+            "amqp.queue": "\(state.registration.queue)", "amqp.unsettled": "\(state.unsettled.count)",
+        ])
     }
 
     func closeDrainedConsumers() {

@@ -256,6 +256,10 @@ extension ConnectionLoop {
                                                     operation: operation, user: url.user, virtualHost: url.virtualHost)
             self.sendConnectionCloseOk()
             self.connectionFailed(error)
+            // Forced closes and broker-side trouble may pass: the operation is retried after
+            // reconnecting. Anything else (NOT_IMPLEMENTED, NOT_ALLOWED, a syntax error) was caused
+            // by the operation itself and would close the connection again, every time.
+            guard [320, 506, 541].contains(close.reply_code) else { throw error }
             throw AMQPError(.connectionLost, error.message, replyCode: error.replyCode, underlying: error)
         default:
             let error = AMQPError(.connectionLost, "could not \(operation.summary): "

@@ -10,8 +10,12 @@ import Logging
 final class ConnectionLoop {
     static let controlChannel: UInt16 = 1
     static let publishChannel: UInt16 = 2
-    /// Consumer N uses channel N + 2.
+    /// Consumers get channels from here up to `lastConsumerChannel`, handed out in turn and
+    /// reused once closed (see `allocateConsumerChannel`).
     static let firstConsumerChannel: UInt16 = 3
+    /// The channel_max this client asks for at login; RabbitMQ's default is the same.
+    static let channelMax: UInt16 = 2047
+    static var lastConsumerChannel: UInt16 { Self.channelMax }
     static let pollInterval: Int32 = 100
 
     let configuration: AMQPConfiguration
@@ -30,6 +34,10 @@ final class ConnectionLoop {
     var controlChannelOpen = false
     var publishChannelOpen = false
     var channelEpoch: UInt64 = 0
+    /// Where the search for a free consumer channel starts: channels are handed out in turn, so a
+    /// number just closed is not reused at once (frames for its old incarnation may still be
+    /// queued in the library and must not be taken for the new consumer's).
+    var nextConsumerChannel = ConnectionLoop.firstConsumerChannel
 
     var confirms = ConfirmTracker<PublishRequest>()
     var unsent: Deque<PublishRequest> = []
@@ -78,6 +86,9 @@ final class ConnectionLoop {
             return
         }
         while !self.finished {
+            // Method replies of synchronous calls (declares, queue inspections) are decoded into
+            // per-channel pools that only this releases; without it every GetSyncStatus grows memory.
+            if let connection = self.connection { amqp_maybe_release_buffers(connection) }
             for command in self.mailbox.takeAll() { self.handle(command) }
             if self.connection == nil, self.closing == nil, ContinuousClock.now >= self.nextReconnectAt {
                 self.reconnect()
@@ -143,13 +154,14 @@ final class ConnectionLoop {
         switch command {
         case .publish(let request): request.fail(error)
         case .publishBatch(let requests): for request in requests { request.fail(error) }
-        case .declareExchange(_, let reply), .bind(_, let reply), .deleteExchange(_, let reply),
+        case .declareExchange(_, let reply), .bind(_, let reply), .unbind(_, let reply), .deleteExchange(_, let reply),
              .consume(_, let reply), .cancelConsumer(_, let reply), .settle(_, _, _, let reply):
             reply.resume(throwing: error)
         case .declareQueue(_, let reply), .inspectQueue(_, let reply): reply.resume(throwing: error)
-        case .deleteQueue(_, let reply), .purgeQueue(_, let reply): reply.resume(throwing: error)
+        case .deleteQueue(_, _, let reply), .purgeQueue(_, let reply): reply.resume(throwing: error)
         case .status(let reply): reply.resume(returning: self.status)
         case .close(_, let reply): reply?.resume()
+        case .abandonConsumer: break
         }
         if case .consume(let registration, _) = command { registration.continuation.finish() }
     }

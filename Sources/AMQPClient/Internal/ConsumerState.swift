@@ -18,9 +18,9 @@ struct ConsumerState {
     var pendingReply: Reply<Void>?
     var pendingDeadline: ContinuousClock.Instant?
 
-    init(registration: ConsumerRegistration) {
+    init(registration: ConsumerRegistration, channel: UInt16) {
         self.registration = registration
-        self.channel = ConnectionLoop.firstConsumerChannel + UInt16(registration.id - 1)
+        self.channel = channel
     }
 
     /// The channel closed: its deliveries can no longer be settled (the broker requeues them).
