@@ -1,4 +1,5 @@
 import AMQPClient
+import Foundation
 import Logging
 import Metrics
 
@@ -6,38 +7,96 @@ import Metrics
 /// and removes each record once the broker confirmed it. A crash anywhere between commit and
 /// confirm loses nothing: unconfirmed records stay in the outbox and are published again by the
 /// next run (a duplicate at worst, which the version rule makes harmless).
+///
+/// Several producers may share one store; a lease in the store lets one relay publish at a time.
+/// The lease outlives the longest publish it covers and is renewed while a batch is in flight,
+/// so a second relay never takes over a batch that is still being published.
 public final class OutboxRelay: Sendable {
     public struct Configuration: Sendable {
         /// Records published per batch; also the most that are unconfirmed at once.
         public var batchSize: Int = 256
         /// How long a claim on the outbox lasts without renewal (another producer on the same
-        /// store takes over after that).
-        public var lease: Duration = .seconds(15)
+        /// store takes over after that). `nil`, the default, derives it from the connection:
+        /// its publish timeout plus `leaseMargin`.
+        public var lease: Duration?
+        /// What a derived lease adds to the publish timeout: the store work before and after a
+        /// publish (a SQLite write may wait 10 s for the lock), and scheduling delays.
+        public var leaseMargin: Duration = .seconds(15)
         /// Wait between empty checks when no commit in this process wakes the relay (covers
-        /// commits by another process on the same store).
+        /// commits by another process on the same store). Each check also renews the lease.
         public var idleCheck: Duration = .milliseconds(500)
         public var backoff = Backoff(initial: .milliseconds(200), maximum: .seconds(10))
 
         public init() {}
+
+        /// The lease a relay uses over a connection whose publishes wait at most `publishTimeout`.
+        public func lease(publishTimeout: Duration) -> Duration {
+            self.lease ?? publishTimeout + self.leaseMargin
+        }
+
+        /// How often a relay renews its lease while a batch is in flight: three chances before
+        /// it would lapse.
+        public func leaseRenewal(publishTimeout: Duration) -> Duration {
+            self.lease(publishTimeout: publishTimeout) / 3
+        }
+
+        /// Throws a configuration error unless the lease outlives every publish it covers and
+        /// an idle relay renews it well before it lapses.
+        public func validate(publishTimeout: Duration) throws(SyncError) {
+            guard self.batchSize >= 1 else {
+                throw SyncError(.configuration, "the outbox relay's batch size must be at least 1, not \(self.batchSize)")
+            }
+            guard self.lease != nil || self.leaseMargin > .zero else {
+                throw SyncError(.configuration, "the outbox relay's lease margin must be positive, not \(self.leaseMargin)")
+            }
+            let lease = self.lease(publishTimeout: publishTimeout)
+            guard lease > publishTimeout else {
+                throw SyncError(.configuration, "the outbox relay's lease (\(lease)) must be longer than the publish "
+                                + "timeout (\(publishTimeout)): otherwise another producer on the same store takes over "
+                                + "a batch that is still being published. Leave the lease unset to derive it.")
+            }
+            guard self.idleCheck > .zero, self.idleCheck * 3 <= lease else {
+                throw SyncError(.configuration, "the outbox relay's idle check (\(self.idleCheck)) must be positive and at "
+                                + "most a third of its lease (\(lease)), so that an idle relay keeps its lease")
+            }
+        }
     }
 
+    /// The name this relay holds the store's lease under.
+    public let owner: String
+    /// How long each claim or renewal of the lease lasts.
+    public let lease: Duration
     private let store: any SourceStore
     private let connection: AMQPConnection
-    private let owner: String
     private let configuration: Configuration
     private let logger: Logger
     private let counters: RelayCounters
 
+    /// A relay that holds the lease as exactly `owner`; see `uniqueOwner(instanceName:)`.
     public init(store: any SourceStore, connection: AMQPConnection, owner: String,
                 configuration: Configuration = Configuration(), logger: Logger) {
         self.store = store
         self.connection = connection
         self.owner = owner
         self.configuration = configuration
+        self.lease = configuration.lease(publishTimeout: connection.configuration.publishTimeout)
         self.counters = RelayCounters()
         var logger = logger
         logger[metadataKey: "relay.owner"] = "\(owner)"
         self.logger = logger
+    }
+
+    /// A lease owner no other relay has, keeping the human-readable `instanceName` in front: two
+    /// producers started with the same name (the default is one per host) must still take turns.
+    public static func uniqueOwner(instanceName: String) -> String {
+        let suffix = String(UInt32.random(in: .min ... .max), radix: 16)
+        let process = ProcessInfo.processInfo
+        return "\(instanceName) (host \(process.hostName), pid \(process.processIdentifier), \(suffix))"
+    }
+
+    /// Throws a configuration error unless the lease outlives the connection's publish timeout.
+    public func validate() throws(SyncError) {
+        try self.configuration.validate(publishTimeout: self.connection.configuration.publishTimeout)
     }
 
     /// Published, confirmed, returned (unroutable) and retried publishes so far.
@@ -46,17 +105,25 @@ public final class OutboxRelay: Sendable {
     /// Runs until the task is cancelled; the batch in flight at cancellation is finished first.
     public func run() async {
         var failures = 0
-        self.logger.info("outbox relay started")
+        do {
+            try self.validate()
+        } catch {
+            // SyncProducer.declareTopology validates first; a relay started without it must not
+            // publish under a lease that can lapse mid-batch.
+            self.logger.critical("outbox relay not started", metadata: ["error": "\(error)"])
+            return
+        }
+        self.logger.info("outbox relay started", metadata: ["relay.lease": "\(self.lease)"])
         while !Task.isCancelled {
             do {
-                let records = try await self.store.claimOutbox(owner: self.owner, lease: self.configuration.lease,
+                let records = try await self.store.claimOutbox(owner: self.owner, lease: self.lease,
                                                                limit: self.configuration.batchSize)
                 guard !records.isEmpty else {
                     self.counters.backlog.record(0)
                     await self.store.commits.wait(timeout: self.configuration.idleCheck)
                     continue
                 }
-                let failed = try await self.publish(records)
+                let failed = try await self.renewingLease { try await self.publish(records) }
                 if failed == 0 {
                     failures = 0
                 } else {
@@ -77,6 +144,33 @@ public final class OutboxRelay: Sendable {
             }
         }
         self.logger.info("outbox relay stopped")
+    }
+
+    /// Runs `body` while renewing the lease in the background. The lease already outlives the
+    /// publish timeout; renewing covers store work after the publish that waits longer than the
+    /// margin (a contended SQLite lock) and connection-thread stalls past the publish deadline.
+    private func renewingLease<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        let every = self.configuration.leaseRenewal(publishTimeout: self.connection.configuration.publishTimeout)
+        return try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
+            group.addTask {
+                while true {
+                    do {
+                        try await Task.sleep(for: every)
+                    } catch {
+                        return
+                    }
+                    // Limit 0: renews (or, if it lapsed and nobody took it, retakes) the lease
+                    // without reading records. Never takes a lease another relay holds.
+                    do {
+                        _ = try await self.store.claimOutbox(owner: self.owner, lease: self.lease, limit: 0)
+                    } catch {
+                        self.logger.warning("could not renew the outbox lease", metadata: ["error": "\(error)"])
+                    }
+                }
+            }
+            defer { group.cancelAll() }
+            return try await body()
+        }
     }
 
     /// Publishes one batch in order; removes the confirmed records; returns how many failed.

@@ -9,17 +9,21 @@ public struct SyncProducer: Sendable {
     public let relay: OutboxRelay
     private let connection: AMQPConnection
 
+    /// A producer named `name` in logs; its relay's lease owner is that name made unique to this
+    /// process (see `OutboxRelay.uniqueOwner(instanceName:)`).
     public init(topology: SyncTopology, store: any SourceStore, connection: AMQPConnection, name: String,
                 relayConfiguration: OutboxRelay.Configuration = OutboxRelay.Configuration(), logger: Logger) {
         self.topology = topology
         self.connection = connection
-        self.relay = OutboxRelay(store: store, connection: connection, owner: name, configuration: relayConfiguration,
-                                 logger: logger)
+        self.relay = OutboxRelay(store: store, connection: connection, owner: OutboxRelay.uniqueOwner(instanceName: name),
+                                 configuration: relayConfiguration, logger: logger)
     }
 
-    /// Declares the topology; throws (for example a queue argument mismatch, naming the queue
-    /// and the argument) before anything is published.
+    /// Checks the relay's settings and declares the topology; throws (for example a lease
+    /// shorter than the publish timeout, or a queue argument mismatch naming the queue and the
+    /// argument) before anything is published.
     public func declareTopology() async throws {
+        try self.relay.validate()
         try self.topology.validate()
         try await self.topology.prepare(forGroup: nil, declare: true, on: self.connection)
     }

@@ -52,7 +52,8 @@ public final class ProducerService: Service {
                 group.addTask { try await serving.wait() }
                 let connection = try await ServiceRuntime.connect(self.configuration, role: "producer", logger: self.logger)
                 let producer = SyncProducer(topology: self.configuration.topology, store: store, connection: connection,
-                                            name: self.configuration.instanceName, logger: self.logger)
+                                            name: self.configuration.instanceName,
+                                            relayConfiguration: self.configuration.relay, logger: self.logger)
                 try await producer.declareTopology()
                 let relay = Task { await producer.relay.run() }
                 shutdown.add { relay.cancel() }

@@ -45,6 +45,9 @@ public struct ServiceConfiguration: Sendable {
     /// Consumers: declare the group's queues at startup (true), or only check that the producer
     /// declared them (false, for broker users without configure permission).
     public var declareTopology = true
+    /// Producer: the outbox relay's settings. Its lease is derived from the broker connection's
+    /// publish timeout unless set here.
+    public var relay = OutboxRelay.Configuration()
 
     public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, databasePath: String,
                 token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 64,

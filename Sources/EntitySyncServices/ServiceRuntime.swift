@@ -53,7 +53,6 @@ enum ServiceRuntime {
     }
 }
 
-/// Runs closures once when a process starts shutting down.
 /// A gRPC server serving in its own task, so that it can be stopped hard when a graceful stop
 /// takes too long: grpc-swift's graceful close waits for each client to acknowledge it, and a
 /// client that holds its connection without reading (a hung or frozen peer) never does.
@@ -103,25 +102,6 @@ final class ServerRun: Sendable {
         if case .failure(let error) = result, !(forced && error is CancellationError) {
             throw error
         }
-    }
-}
-
-final class ShutdownActions: Sendable {
-    private let actions = Mutex<[@Sendable () -> Void]>([])
-    private let triggered = Mutex(false)
-
-    func add(_ action: @escaping @Sendable () -> Void) {
-        let already = self.triggered.withLock { $0 }
-        if already { action() } else { self.actions.withLock { $0.append(action) } }
-    }
-
-    func run() {
-        self.triggered.withLock { $0 = true }
-        let actions = self.actions.withLock { actions -> [@Sendable () -> Void] in
-            defer { actions.removeAll() }
-            return actions
-        }
-        for action in actions { action() }
     }
 }
 
