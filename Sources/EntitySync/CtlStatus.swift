@@ -92,7 +92,29 @@ struct Status: AsyncParsableCommand {
             [$0.queue, "\($0.messages)", "\($0.retryMessages)", "\($0.messages + $0.retryMessages)", "\($0.consumers)",
              "\($0.deadLetterMessages)"]
         })
-        return "\(status.consumerGroup) at \(address)\n\(entities)\n\n\(queues)\n\n"
+        return "\(status.consumerGroup) at \(address)\n\(Self.bootstrap(status, now: now))\n\(entities)\n\n\(queues)\n\n"
+    }
+
+    /// One line on how the group's store came to hold what it holds, with what to do when it may lack entities.
+    static func bootstrap(_ status: Entitysync_V1_SyncStatus, now: Date) -> String {
+        let started = status.hasBootstrapStartedAt ? Self.age(now.timeIntervalSince(status.bootstrapStartedAt.date)) : "?"
+        switch status.bootstrap {
+        case .complete:
+            let completed = status.hasBootstrapCompletedAt ? Self.age(now.timeIntervalSince(status.bootstrapCompletedAt.date)) : "?"
+            let marks = status.entities.map {
+                "\($0.snapshotEntities) \($0.entityType == .user ? "user" : "group")(s) up to v\($0.snapshotHighestVersion)"
+            }
+            return "bootstrap: complete (snapshot loaded \(completed): \(marks.joined(separator: ", ")))"
+        case .queuesOnly:
+            return "bootstrap: from queues only (no snapshot loaded: right only if the queues held the group's whole history)"
+        case .inProgress:
+            return "bootstrap: in progress (started \(started); the loading instance is NOT_SERVING until done)"
+        case .incomplete:
+            return "bootstrap: INCOMPLETE (started \(started), never finished; entities may be missing: "
+                + "start an instance with --producer to finish it)"
+        case .unspecified, .UNRECOGNIZED:
+            return "bootstrap: not reported by this service"
+        }
     }
 
     static func age(_ seconds: TimeInterval) -> String {

@@ -131,4 +131,71 @@ public protocol ReplicaStore: Sendable {
     func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group]
     /// Live member users of a group, in id order after `after`.
     func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User]
+
+    /// What the store records about loading the producer's snapshot; nil if no load ever started.
+    func bootstrapRecord() async throws -> BootstrapRecord?
+    /// In one transaction: unless a load already completed, records that `instance` starts one
+    /// (counting the attempt). Returns the record as it then stands.
+    func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord
+    /// Records that the instance loading the snapshot is still at it (ignored once completed).
+    func touchBootstrap(instance: String, at time: Date) async throws
+    /// Records that a load ran to the snapshot's end, with the snapshot's high-water marks.
+    func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws
+}
+
+/// Stores written before bootstrap state existed fail loudly rather than pretend a load completed.
+extension ReplicaStore {
+    public func bootstrapRecord() async throws -> BootstrapRecord? { throw Self.bootstrapUnsupported }
+    public func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord { throw Self.bootstrapUnsupported }
+    public func touchBootstrap(instance: String, at time: Date) async throws { throw Self.bootstrapUnsupported }
+    public func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws {
+        throw Self.bootstrapUnsupported
+    }
+
+    private static var bootstrapUnsupported: SyncError {
+        SyncError(.configuration, "the replica store \(Self.self) does not record bootstrap state; implement "
+                  + "bootstrapRecord, beginBootstrap, touchBootstrap and completeBootstrap for it")
+    }
+}
+
+/// What one entity type of a producer's snapshot held: its entities (tombstones included) and
+/// the highest version among them.
+public struct SnapshotMark: Sendable, Hashable {
+    public var entities: Int
+    public var highestVersion: UInt64
+
+    public init(entities: Int = 0, highestVersion: UInt64 = 0) {
+        self.entities = entities
+        self.highestVersion = highestVersion
+    }
+}
+
+/// A replica store's record of loading the producer's snapshot into it, shared by every
+/// instance of the group.
+public struct BootstrapRecord: Sendable, Equatable {
+    /// When the latest load started, and by which instance.
+    public var startedAt: Date
+    public var startedBy: String
+    /// Loads started so far: more than one means one was cut short or instances raced (harmless).
+    public var attempts: Int
+    /// The last time a loading instance showed it was alive; a stale one means the load was abandoned.
+    public var heartbeatAt: Date
+    public var completedAt: Date?
+    public var completedBy: String?
+    /// Per entity type, what the snapshot that completed the bootstrap held (empty until then).
+    public var marks: [EntityKind: SnapshotMark]
+
+    public init(startedAt: Date, startedBy: String, attempts: Int, heartbeatAt: Date, completedAt: Date? = nil,
+                completedBy: String? = nil, marks: [EntityKind: SnapshotMark] = [:]) {
+        self.startedAt = startedAt
+        self.startedBy = startedBy
+        self.attempts = attempts
+        self.heartbeatAt = heartbeatAt
+        self.completedAt = completedAt
+        self.completedBy = completedBy
+        self.marks = marks
+    }
+
+    /// True once a load has run to the snapshot's end.
+    public var isCompleted: Bool { self.completedAt != nil }
 }

@@ -24,6 +24,26 @@ public final class SQLiteReplicaStore: ReplicaStore {
                     );
                     """)
             }
+            // One row for the whole store (its instances share it): the snapshot load's start,
+            // heartbeat and completion, and per entity type the marks of the load that completed.
+            migrator.registerMigration("replica-v2") { db in
+                try db.execute(sql: """
+                    CREATE TABLE bootstrap (
+                        id INTEGER PRIMARY KEY CHECK (id = 1),
+                        started_at REAL NOT NULL,
+                        started_by TEXT NOT NULL,
+                        attempts INTEGER NOT NULL,
+                        heartbeat_at REAL NOT NULL,
+                        completed_at REAL,
+                        completed_by TEXT
+                    );
+                    CREATE TABLE bootstrap_marks (
+                        kind TEXT PRIMARY KEY NOT NULL,
+                        entities INTEGER NOT NULL,
+                        highest_version INTEGER NOT NULL
+                    );
+                    """)
+            }
         }
     }
 
@@ -130,6 +150,66 @@ public final class SQLiteReplicaStore: ReplicaStore {
             }
             return result
         }
+    }
+
+    public func bootstrapRecord() async throws -> BootstrapRecord? {
+        try await self.database.read { db in try Self.bootstrapRecord(db) }
+    }
+
+    public func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord {
+        try await self.database.write { db in
+            // Checked and written in one transaction: an instance that finds the load completed
+            // by another must not turn it back into "started".
+            if let record = try Self.bootstrapRecord(db), record.isCompleted { return record }
+            try db.execute(sql: """
+                INSERT INTO bootstrap (id, started_at, started_by, attempts, heartbeat_at) VALUES (1, ?, ?, 1, ?)
+                ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, started_by = excluded.started_by,
+                    attempts = attempts + 1, heartbeat_at = excluded.heartbeat_at
+                """, arguments: [time.timeIntervalSince1970, instance, time.timeIntervalSince1970])
+            guard let record = try Self.bootstrapRecord(db) else {
+                throw SyncError(.storeUnavailable, "the bootstrap record just written to the replica store is missing")
+            }
+            return record
+        }
+    }
+
+    public func touchBootstrap(instance: String, at time: Date) async throws {
+        try await self.database.write { db in
+            try db.execute(sql: "UPDATE bootstrap SET heartbeat_at = ? WHERE completed_at IS NULL",
+                           arguments: [time.timeIntervalSince1970])
+        }
+    }
+
+    public func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws {
+        try await self.database.write { db in
+            let now = time.timeIntervalSince1970
+            try db.execute(sql: """
+                INSERT INTO bootstrap (id, started_at, started_by, attempts, heartbeat_at, completed_at, completed_by)
+                VALUES (1, ?, ?, 1, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, completed_at = excluded.completed_at,
+                    completed_by = excluded.completed_by
+                """, arguments: [now, instance, now, now, instance])
+            try db.execute(sql: "DELETE FROM bootstrap_marks")
+            for (kind, mark) in marks {
+                try db.execute(sql: "INSERT INTO bootstrap_marks (kind, entities, highest_version) VALUES (?, ?, ?)",
+                               arguments: [kind.rawValue, mark.entities, Int64(clamping: mark.highestVersion)])
+            }
+        }
+    }
+
+    private static func bootstrapRecord(_ db: Database) throws -> BootstrapRecord? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM bootstrap WHERE id = 1") else { return nil }
+        var marks: [EntityKind: SnapshotMark] = [:]
+        for mark in try Row.fetchAll(db, sql: "SELECT * FROM bootstrap_marks") {
+            // A kind this build does not know (written by a newer one) is left out, not fatal.
+            guard let kind = EntityKind(rawValue: mark["kind"]) else { continue }
+            let highest: Int64 = mark["highest_version"]
+            marks[kind] = SnapshotMark(entities: mark["entities"], highestVersion: UInt64(clamping: highest))
+        }
+        return BootstrapRecord(startedAt: Date(timeIntervalSince1970: row["started_at"]), startedBy: row["started_by"],
+                               attempts: row["attempts"], heartbeatAt: Date(timeIntervalSince1970: row["heartbeat_at"]),
+                               completedAt: (row["completed_at"] as Double?).map { Date(timeIntervalSince1970: $0) },
+                               completedBy: row["completed_by"], marks: marks)
     }
 
     private static func count(_ db: Database, _ kind: EntityKind, column: String, touch: Bool = false) throws {

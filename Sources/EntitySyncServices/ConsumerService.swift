@@ -85,7 +85,12 @@ public final class ConsumerService: Service {
                 // Queues first, so nothing published during the snapshot is missed.
                 try await self.configuration.topology.prepare(forGroup: self.group, declare: self.configuration.declareTopology,
                                                               on: connection)
-                try await self.bootstrapIfEmpty(store: store)
+                do {
+                    try await self.bootstrap(store: store)
+                } catch {
+                    await connection.close()
+                    throw error
+                }
                 let consuming = Task { try await runner.run() }
                 shutdown.add { consuming.cancel() }
                 self.health.set(serving: true)
@@ -107,30 +112,83 @@ public final class ConsumerService: Service {
         }
     }
 
-    /// A group that joins after the producer's history began has nothing of it in its new
-    /// queues: load the producer's snapshot, then consume (versions make the overlap harmless).
-    private func bootstrapIfEmpty(store: SQLiteReplicaStore) async throws {
-        let statistics = try await store.statistics()
-        let isEmpty = statistics.values.allSatisfy { $0.applied == 0 && $0.stale == 0 && $0.entities == 0 }
-        guard isEmpty, let producer = self.configuration.producer else { return }
+    /// A group whose queues lack part of the history (added later, or its store rebuilt) loads
+    /// the producer's snapshot before it consumes (versions make the overlap harmless); a load
+    /// cut short is loaded again on the next start. Health stays NOT_SERVING meanwhile.
+    private func bootstrap(store: SQLiteReplicaStore) async throws {
         let kinds = Set(self.configuration.topology.queues(forGroup: self.group).map(\.kind))
-        self.logger.info("store is empty; loading the producer's snapshot", metadata: ["producer": "\(producer)"])
-        let loaded = try await withGRPCClient(
-            transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: .plaintext)
-        ) { client in
-            let admin = Entitysync_V1_EntityAdmin.Client(wrapping: client)
-            return try await admin.snapshot(Entitysync_V1_SnapshotRequest()) { response in
-                var count = 0
-                for try await change in response.messages {
-                    guard let kind = EntityKind(change.entityType), kinds.contains(kind) else { continue }
-                    if case .success(let validated) = ChangeCodec.validate(change, expected: kind) {
-                        _ = try await store.apply(validated)
-                        count += 1
-                    }
+        let bootstrap = SnapshotBootstrap(store: store, kinds: kinds, instance: self.configuration.instanceName,
+                                          logger: self.logger)
+        let assessment = try await bootstrap.assess()
+        guard assessment.needsSnapshot else {
+            if assessment.state == .queuesOnly {
+                self.logger.info("store was filled from the group's queues alone; no snapshot to load")
+            }
+            return
+        }
+        guard let producer = self.configuration.producer else {
+            switch assessment.state {
+            case .inProgress:
+                self.logger.info("another instance is loading the producer's snapshot into the shared store")
+            case .incomplete:
+                self.logger.warning("""
+                    the store's snapshot load never completed and no --producer was given; entities may be missing: \
+                    restart an instance with --producer to finish it
+                    """, metadata: ["bootstrap.started_by": "\(assessment.record?.startedBy ?? "")"])
+            case .queuesOnly, .complete:
+                self.logger.warning("""
+                    store is empty and no --producer was given; serving only what the group's queues bring. Right if \
+                    they hold the group's whole history; a rebuilt store or a group added later needs --producer
+                    """)
+            }
+            return
+        }
+        do {
+            // SIGTERM while the producer is still unreachable must stop the process, not wait for it.
+            _ = try await cancelWhenGracefulShutdown {
+                try await bootstrap.load(from: "\(producer)", Self.snapshot(from: producer), isTransient: Self.isTransient)
+            }
+        } catch let error as RPCError {
+            throw Self.refusal(error, producer: producer)
+        }
+    }
+
+    /// The producer's `Snapshot` stream over gRPC.
+    private static func snapshot(from producer: HostPort) -> SnapshotBootstrap.Source {
+        { deliver in
+            try await withGRPCClient(
+                transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: .plaintext)
+            ) { client in
+                try await Entitysync_V1_EntityAdmin.Client(wrapping: client).snapshot(Entitysync_V1_SnapshotRequest()) { response in
+                    for try await change in response.messages { try await deliver(change) }
                 }
-                return count
             }
         }
-        self.logger.info("snapshot loaded", metadata: ["entities": "\(loaded)"])
+    }
+
+    /// Whether the producer may answer if asked again: it is not listening yet, restarting,
+    /// overloaded, or its stream broke. An answer about the call itself (not served here, not
+    /// allowed, malformed) will not change by retrying.
+    private static func isTransient(_ error: any Error) -> Bool {
+        guard let error = error as? RPCError else { return true }
+        switch error.code {
+        case .unavailable, .deadlineExceeded, .resourceExhausted, .aborted, .unknown, .internalError, .cancelled: return true
+        default: return false
+        }
+    }
+
+    private static func refusal(_ error: RPCError, producer: HostPort) -> SyncError {
+        let answer = "\(error.code): \(error.message)"
+        return switch error.code {
+        case .unimplemented:
+            SyncError(.configuration, "the service at --producer \(producer) does not serve EntityAdmin.Snapshot (\(answer)): "
+                      + "point --producer at the producer's gRPC address (its --listen), not at a consumer service")
+        case .permissionDenied, .unauthenticated:
+            SyncError(.configuration, "the producer at --producer \(producer) refused the snapshot (\(answer)): allow this "
+                      + "consumer service to call EntityAdmin.Snapshot, or start it without --producer")
+        default:
+            SyncError(.configuration, "the producer at --producer \(producer) failed the snapshot with an answer retrying "
+                      + "will not change (\(answer)): check --producer and the producer's log")
+        }
     }
 }

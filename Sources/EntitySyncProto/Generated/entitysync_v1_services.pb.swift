@@ -23,6 +23,74 @@ fileprivate nonisolated struct _GeneratedWithProtocGenSwiftVersion: SwiftProtobu
   typealias Version = _2
 }
 
+/// How a consumer group's store came to hold what it holds.
+public nonisolated enum Entitysync_V1_BootstrapState: SwiftProtobuf.Enum, Swift.CaseIterable {
+  public typealias RawValue = Int
+
+  /// Not reported (a server that predates this field).
+  case unspecified // = 0
+
+  /// A load of the producer's snapshot ran to its end and was recorded as completed; the queues
+  /// have kept the store current since. Nothing the producer held when the snapshot was taken is
+  /// missing.
+  case complete // = 1
+
+  /// No snapshot load was ever started on this store: everything in it came through the group's
+  /// queues. Right for a group whose queues the producer declared before its first change (they
+  /// hold the whole history); wrong for a rebuilt store or a group added later, which then lacks
+  /// what was acked or published before its queues existed: start an instance with --producer.
+  /// An empty store started without --producer is in this state (and logs a warning).
+  case queuesOnly // = 2
+
+  /// A snapshot load has started, is not completed, and an instance of the group is working on it
+  /// now (waiting for the producer, or applying its snapshot): its heartbeat in the store is
+  /// recent. The store may still lack entities; the loading instance reports NOT_SERVING.
+  case inProgress // = 3
+
+  /// A snapshot load started and never completed, and no instance is working on it (its
+  /// heartbeat is stale): the instance was stopped or killed part-way. The store may lack
+  /// entities. The next instance started with --producer loads the snapshot again from the start
+  /// (re-applying is harmless under the version rule).
+  case incomplete // = 4
+  case UNRECOGNIZED(Int)
+
+  public init() {
+    self = .unspecified
+  }
+
+  public init?(rawValue: Int) {
+    switch rawValue {
+    case 0: self = .unspecified
+    case 1: self = .complete
+    case 2: self = .queuesOnly
+    case 3: self = .inProgress
+    case 4: self = .incomplete
+    default: self = .UNRECOGNIZED(rawValue)
+    }
+  }
+
+  public var rawValue: Int {
+    switch self {
+    case .unspecified: return 0
+    case .complete: return 1
+    case .queuesOnly: return 2
+    case .inProgress: return 3
+    case .incomplete: return 4
+    case .UNRECOGNIZED(let i): return i
+    }
+  }
+
+  // The compiler won't synthesize support with the UNRECOGNIZED case.
+  public static let allCases: [Entitysync_V1_BootstrapState] = [
+    .unspecified,
+    .complete,
+    .queuesOnly,
+    .inProgress,
+    .incomplete,
+  ]
+
+}
+
 public nonisolated struct Entitysync_V1_GetOutboxStatusRequest: Sendable {
   // SwiftProtobuf.Message conformance is added in an extension below. See the
   // `Message` and `Message+*Additions` files in the SwiftProtobuf library for
@@ -477,9 +545,35 @@ public nonisolated struct Entitysync_V1_SyncStatus: Sendable {
 
   public var queues: [Entitysync_V1_QueueStatus] = []
 
+  /// Whether the group's store holds the producer's whole history (see BootstrapState). Derived
+  /// from the store, which every instance of the group shares, so every instance reports the same.
+  public var bootstrap: Entitysync_V1_BootstrapState = .unspecified
+
+  /// When the latest snapshot load started and (if it did) completed; unset when none ever did.
+  public var bootstrapStartedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_bootstrapStartedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_bootstrapStartedAt = newValue}
+  }
+  /// Returns true if `bootstrapStartedAt` has been explicitly set.
+  public var hasBootstrapStartedAt: Bool {self._bootstrapStartedAt != nil}
+  /// Clears the value of `bootstrapStartedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearBootstrapStartedAt() {self._bootstrapStartedAt = nil}
+
+  public var bootstrapCompletedAt: SwiftProtobuf.Google_Protobuf_Timestamp {
+    get {_bootstrapCompletedAt ?? SwiftProtobuf.Google_Protobuf_Timestamp()}
+    set {_bootstrapCompletedAt = newValue}
+  }
+  /// Returns true if `bootstrapCompletedAt` has been explicitly set.
+  public var hasBootstrapCompletedAt: Bool {self._bootstrapCompletedAt != nil}
+  /// Clears the value of `bootstrapCompletedAt`. Subsequent reads from it will return its default value.
+  public mutating func clearBootstrapCompletedAt() {self._bootstrapCompletedAt = nil}
+
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
   public init() {}
+
+  fileprivate var _bootstrapStartedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
+  fileprivate var _bootstrapCompletedAt: SwiftProtobuf.Google_Protobuf_Timestamp? = nil
 }
 
 public nonisolated struct Entitysync_V1_EntitySyncStatus: Sendable {
@@ -507,6 +601,12 @@ public nonisolated struct Entitysync_V1_EntitySyncStatus: Sendable {
   public var eventsStale: UInt64 = 0
 
   public var eventsDeadLettered: UInt64 = 0
+
+  /// From the snapshot load that completed the bootstrap: how many entities of this type it held
+  /// (tombstones included) and the highest version among them. 0 unless bootstrap is COMPLETE.
+  public var snapshotEntities: UInt64 = 0
+
+  public var snapshotHighestVersion: UInt64 = 0
 
   public var unknownFields = SwiftProtobuf.UnknownStorage()
 
@@ -573,6 +673,10 @@ public nonisolated struct Entitysync_V1_WaitForVersionResponse: Sendable {
 // MARK: - Code below here is support for the SwiftProtobuf runtime.
 
 fileprivate nonisolated let _protobuf_package = "entitysync.v1"
+
+nonisolated extension Entitysync_V1_BootstrapState: SwiftProtobuf._ProtoNameProviding {
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{2}\0BOOTSTRAP_STATE_UNSPECIFIED\0\u{1}BOOTSTRAP_STATE_COMPLETE\0\u{1}BOOTSTRAP_STATE_QUEUES_ONLY\0\u{1}BOOTSTRAP_STATE_IN_PROGRESS\0\u{1}BOOTSTRAP_STATE_INCOMPLETE\0")
+}
 
 nonisolated extension Entitysync_V1_GetOutboxStatusRequest: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".GetOutboxStatusRequest"
@@ -1492,7 +1596,7 @@ nonisolated extension Entitysync_V1_GetSyncStatusRequest: SwiftProtobuf.Message,
 
 nonisolated extension Entitysync_V1_SyncStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".SyncStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}consumer_group\0\u{1}entities\0\u{1}queues\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}consumer_group\0\u{1}entities\0\u{1}queues\0\u{1}bootstrap\0\u{3}bootstrap_started_at\0\u{3}bootstrap_completed_at\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1503,12 +1607,19 @@ nonisolated extension Entitysync_V1_SyncStatus: SwiftProtobuf.Message, SwiftProt
       case 1: try { try decoder.decodeSingularStringField(value: &self.consumerGroup) }()
       case 2: try { try decoder.decodeRepeatedMessageField(value: &self.entities) }()
       case 3: try { try decoder.decodeRepeatedMessageField(value: &self.queues) }()
+      case 4: try { try decoder.decodeSingularEnumField(value: &self.bootstrap) }()
+      case 5: try { try decoder.decodeSingularMessageField(value: &self._bootstrapStartedAt) }()
+      case 6: try { try decoder.decodeSingularMessageField(value: &self._bootstrapCompletedAt) }()
       default: break
       }
     }
   }
 
   public func traverse<V: SwiftProtobuf.Visitor>(visitor: inout V) throws {
+    // The use of inline closures is to circumvent an issue where the compiler
+    // allocates stack space for every if/case branch local when no optimizations
+    // are enabled. https://github.com/apple/swift-protobuf/issues/1034 and
+    // https://github.com/apple/swift-protobuf/issues/1182
     if !self.consumerGroup.isEmpty {
       try visitor.visitSingularStringField(value: self.consumerGroup, fieldNumber: 1)
     }
@@ -1518,6 +1629,15 @@ nonisolated extension Entitysync_V1_SyncStatus: SwiftProtobuf.Message, SwiftProt
     if !self.queues.isEmpty {
       try visitor.visitRepeatedMessageField(value: self.queues, fieldNumber: 3)
     }
+    if self.bootstrap != .unspecified {
+      try visitor.visitSingularEnumField(value: self.bootstrap, fieldNumber: 4)
+    }
+    try { if let v = self._bootstrapStartedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 5)
+    } }()
+    try { if let v = self._bootstrapCompletedAt {
+      try visitor.visitSingularMessageField(value: v, fieldNumber: 6)
+    } }()
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1525,6 +1645,9 @@ nonisolated extension Entitysync_V1_SyncStatus: SwiftProtobuf.Message, SwiftProt
     if lhs.consumerGroup != rhs.consumerGroup {return false}
     if lhs.entities != rhs.entities {return false}
     if lhs.queues != rhs.queues {return false}
+    if lhs.bootstrap != rhs.bootstrap {return false}
+    if lhs._bootstrapStartedAt != rhs._bootstrapStartedAt {return false}
+    if lhs._bootstrapCompletedAt != rhs._bootstrapCompletedAt {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
@@ -1532,7 +1655,7 @@ nonisolated extension Entitysync_V1_SyncStatus: SwiftProtobuf.Message, SwiftProt
 
 nonisolated extension Entitysync_V1_EntitySyncStatus: SwiftProtobuf.Message, SwiftProtobuf._MessageImplementationBase, SwiftProtobuf._ProtoNameProviding {
   public static let protoMessageName: String = _protobuf_package + ".EntitySyncStatus"
-  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{3}entities_held\0\u{3}highest_version\0\u{3}last_applied_at\0\u{3}events_applied\0\u{3}events_stale\0\u{3}events_dead_lettered\0")
+  public static let _protobuf_nameMap = SwiftProtobuf._NameMap(bytecode: "\0\u{3}entity_type\0\u{3}entities_held\0\u{3}highest_version\0\u{3}last_applied_at\0\u{3}events_applied\0\u{3}events_stale\0\u{3}events_dead_lettered\0\u{3}snapshot_entities\0\u{3}snapshot_highest_version\0")
 
   public mutating func decodeMessage<D: SwiftProtobuf.Decoder>(decoder: inout D) throws {
     while let fieldNumber = try decoder.nextFieldNumber() {
@@ -1547,6 +1670,8 @@ nonisolated extension Entitysync_V1_EntitySyncStatus: SwiftProtobuf.Message, Swi
       case 5: try { try decoder.decodeSingularUInt64Field(value: &self.eventsApplied) }()
       case 6: try { try decoder.decodeSingularUInt64Field(value: &self.eventsStale) }()
       case 7: try { try decoder.decodeSingularUInt64Field(value: &self.eventsDeadLettered) }()
+      case 8: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotEntities) }()
+      case 9: try { try decoder.decodeSingularUInt64Field(value: &self.snapshotHighestVersion) }()
       default: break
       }
     }
@@ -1578,6 +1703,12 @@ nonisolated extension Entitysync_V1_EntitySyncStatus: SwiftProtobuf.Message, Swi
     if self.eventsDeadLettered != 0 {
       try visitor.visitSingularUInt64Field(value: self.eventsDeadLettered, fieldNumber: 7)
     }
+    if self.snapshotEntities != 0 {
+      try visitor.visitSingularUInt64Field(value: self.snapshotEntities, fieldNumber: 8)
+    }
+    if self.snapshotHighestVersion != 0 {
+      try visitor.visitSingularUInt64Field(value: self.snapshotHighestVersion, fieldNumber: 9)
+    }
     try unknownFields.traverse(visitor: &visitor)
   }
 
@@ -1589,6 +1720,8 @@ nonisolated extension Entitysync_V1_EntitySyncStatus: SwiftProtobuf.Message, Swi
     if lhs.eventsApplied != rhs.eventsApplied {return false}
     if lhs.eventsStale != rhs.eventsStale {return false}
     if lhs.eventsDeadLettered != rhs.eventsDeadLettered {return false}
+    if lhs.snapshotEntities != rhs.snapshotEntities {return false}
+    if lhs.snapshotHighestVersion != rhs.snapshotHighestVersion {return false}
     if lhs.unknownFields != rhs.unknownFields {return false}
     return true
   }
