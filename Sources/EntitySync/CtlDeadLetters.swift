@@ -42,7 +42,9 @@ struct DeadLetters: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List dead-lettered events (oldest first); they stay in place.")
+        static let configuration = CommandConfiguration(
+            abstract: "List dead-lettered events (oldest first); they stay in place.",
+            discussion: "Needs the token when the service has one: listing takes the events off their queue for a moment.")
         @OptionGroup var options: CtlOptions
         @OptionGroup var target: Target
         @Option(help: "At most this many per service (1 to 1000).") var limit: UInt32 = 100
@@ -52,9 +54,10 @@ struct DeadLetters: AsyncParsableCommand {
             request.entityType = try self.target.entityType
             request.limit = self.limit
             let sent = request
+            let metadata = self.options.metadata
             for (name, address) in try self.target.services(self.options) {
                 let response = try await self.options.withClient(address) { client in
-                    try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(sent)
+                    try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(sent, metadata: metadata)
                 }
                 try self.options.print(response) {
                     "\(name) at \(address): \(response.total) dead-lettered event(s)"

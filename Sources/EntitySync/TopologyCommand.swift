@@ -7,7 +7,7 @@ import Logging
 struct Topology: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Declare the exchanges and queues, or show them with their depths.",
-        subcommands: [Declare.self, Show.self, Permissions.self], defaultSubcommand: Show.self)
+        subcommands: [Declare.self, Migrate.self, Show.self, Permissions.self], defaultSubcommand: Show.self)
 
     struct Permissions: ParsableCommand {
         static let configuration = CommandConfiguration(
@@ -80,6 +80,44 @@ struct Topology: AsyncParsableCommand {
             await connection.close()
             print("declared \(declarations.exchanges.count) exchanges, \(declarations.queues.count) queues, "
                   + "\(declarations.bindings.count) bindings")
+        }
+    }
+
+    struct Migrate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-declare queues an earlier version declared with other arguments, keeping every message.",
+            discussion: """
+                Queue arguments cannot change once a queue exists. For each queue whose arguments differ, this \
+                moves its messages to '<queue>.migrating' (bound like the queue, so nothing published meanwhile \
+                is lost), deletes the queue, declares it with the current arguments and moves the messages \
+                back, in order. Stop the consumer services first; the producer may keep running. Run it as a \
+                broker user that may configure, read and write every queue (not a least-privilege service \
+                user). Interrupted, it can simply be run again: it finishes what it started.
+                """)
+        @OptionGroup var broker: BrokerOptions
+
+        func run() async throws {
+            let (connection, topology) = try await self.broker.connect()
+            var logger = Logger(label: "entity-sync.topology")
+            logger.logLevel = .warning
+            let outcomes: [(queue: String, outcome: TopologyMigration.Outcome)]
+            do {
+                outcomes = try await TopologyMigration(topology: topology, connection: connection, logger: logger).run()
+            } catch {
+                await connection.close()
+                throw error
+            }
+            await connection.close()
+            var changed = 0
+            for (queue, outcome) in outcomes {
+                switch outcome {
+                case .upToDate: continue
+                case .migrated(let moved): print("\(queue): declared anew with the current arguments; \(moved) message(s) kept")
+                case .resumed(let moved): print("\(queue): finished an interrupted migration; \(moved) message(s) moved back")
+                }
+                changed += 1
+            }
+            print("\(outcomes.count) queues checked, \(changed) migrated, \(outcomes.count - changed) already up to date")
         }
     }
 

@@ -28,21 +28,34 @@ public struct RedriveReport: Sendable, Equatable {
 }
 
 extension ConsumerRunner {
+    /// Dead letters one list call shows per queue at most: it holds each one unacked until it has
+    /// seen them all, so this is also its prefetch.
+    public static let deadLetterListLimit = 1000
+    /// How long a list waits for the next message before it returns what it has: the queue may
+    /// hold fewer than it counted, or another caller may hold them.
+    static let deadLetterIdleTimeout = Duration.seconds(1)
+    /// The longest a list call holds dead letters before it puts them back.
+    static let deadLetterListDeadline = Duration.seconds(10)
+
     /// Up to `limit` dead letters per queue of `kinds`, oldest first, left in their queues; and
-    /// how many the queues hold in all.
+    /// how many the queues hold in all. Returns early with what it has when the messages do not
+    /// come (another caller holds them) or after `deadLetterListDeadline`.
     public func listDeadLetters(kinds: Set<EntityKind>, limit: Int) async throws -> (letters: [DeadLetterInfo], total: Int) {
         var letters: [DeadLetterInfo] = []
         var total = 0
+        let deadline = ContinuousClock.now + Self.deadLetterListDeadline
         for (kind, queue) in self.topology.queues(forGroup: self.group) where kinds.contains(kind) {
             let deadLetterQueue = SyncTopology.deadLetterQueue(forQueue: queue)
             let count = try await self.connection.queueStatus(deadLetterQueue).messageCount
             total += count
-            let wanted = min(count, limit - letters.count)
+            let wanted = min(count, limit - letters.count, Self.deadLetterListLimit)
             guard wanted > 0 else { continue }
-            try await self.take(wanted, from: deadLetterQueue) { delivery in
-                letters.append(Self.describe(delivery, kind: kind, queue: deadLetterQueue))
-                return false
+            let take = QueueTake(count: wanted, prefetch: wanted, idleTimeout: Self.deadLetterIdleTimeout, deadline: deadline)
+            let outcome = try await take.run(from: deadLetterQueue, on: self.connection) { delivery in
+                (Self.describe(delivery, kind: kind, queue: deadLetterQueue), .putBack)
             }
+            letters += outcome.values
+            try Self.check(outcome.stop, queue: deadLetterQueue, seen: outcome.values.count, of: wanted)
         }
         return (letters, total)
     }
@@ -52,6 +65,7 @@ extension ConsumerRunner {
     /// fails again goes to the back of its dead-letter queue with the new reason, so a re-drive
     /// never meets its own failures.
     public func redriveDeadLetters(kinds: Set<EntityKind>, limit: Int?) async throws -> RedriveReport {
+        enum Step: Sendable { case applied, stale, failed(DeadLetterInfo) }
         var report = RedriveReport()
         var remaining = limit ?? Int.max
         for (kind, queue) in self.topology.queues(forGroup: self.group) where kinds.contains(kind) && remaining > 0 {
@@ -59,75 +73,53 @@ extension ConsumerRunner {
             let wanted = min(remaining, try await self.connection.queueStatus(deadLetterQueue).messageCount)
             guard wanted > 0 else { continue }
             remaining -= wanted
-            try await self.take(wanted, from: deadLetterQueue) { delivery in
+            // Each message is settled before the next, so a small prefetch loses nothing.
+            let take = QueueTake(count: wanted, prefetch: min(wanted, 64), idleTimeout: Self.deadLetterIdleTimeout, deadline: nil)
+            let outcome = try await take.run(from: deadLetterQueue, on: self.connection) { delivery -> (Step, QueueTake.Settle) in
                 let reason: String
                 switch await self.apply(delivery, kind: kind) {
-                case .applied:
-                    report.applied += 1
-                    return true
-                case .stale:
-                    report.stale += 1
-                    return true
-                case .poison(let poison):
-                    reason = poison.description
-                case .failed(let error):
-                    reason = "re-drive failed: \(error)"
+                case .applied: return (.applied, .ack)
+                case .stale: return (.stale, .ack)
+                case .poison(let poison): reason = poison.description
+                case .failed(let error): reason = "re-drive failed: \(error)"
                 }
                 var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
                 copy.properties.headers[Self.reasonHeader] = .string(reason)
-                // Confirmed before the original is acked: a crash leaves a copy, never nothing.
-                try await self.connection.publish(copy, exchange: "", routingKey: deadLetterQueue)
-                report.failed += 1
-                if report.failures.count < RedriveReport.failureDetailLimit {
-                    var info = Self.describe(delivery, kind: kind, queue: deadLetterQueue)
-                    info.reason = reason
-                    report.failures.append(info)
+                // Through the group's forward exchange, which its (least-privilege) user may write;
+                // confirmed before the original is acked: a crash leaves a copy, never nothing.
+                try await self.connection.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group),
+                                                  routingKey: deadLetterQueue)
+                var info = Self.describe(delivery, kind: kind, queue: deadLetterQueue)
+                info.reason = reason
+                return (.failed(info), .ack)
+            }
+            for step in outcome.values {
+                switch step {
+                case .applied: report.applied += 1
+                case .stale: report.stale += 1
+                case .failed(let info):
+                    report.failed += 1
+                    if report.failures.count < RedriveReport.failureDetailLimit { report.failures.append(info) }
                 }
-                return true
             }
             self.logger.notice("dead letters re-driven", metadata: [
                 "amqp.queue": "\(deadLetterQueue)", "applied": "\(report.applied)", "stale": "\(report.stale)",
-                "failed": "\(report.failed)",
+                "failed": "\(report.failed)", "stop": "\(outcome.stop)",
             ])
+            try Self.check(outcome.stop, queue: deadLetterQueue, seen: outcome.values.count, of: wanted)
         }
         return report
     }
 
-    /// Receives the first `count` messages of `queue` and hands each to `body`, which says
-    /// whether to ack it (true) or put it back (false). Extra deliveries the prefetch brought are
-    /// put back. Throws if the queue ran dry or the connection failed first.
-    private func take(_ count: Int, from queue: String, _ body: (Delivery) async throws -> Bool) async throws {
-        let consumer = try await self.connection.consume(queue: queue, prefetch: UInt16(min(count, 256)))
-        var kept: [Delivery] = []
-        var seen = 0
-        var failure: (any Error)?
-        for await delivery in consumer.deliveries {
-            guard seen < count, failure == nil else {
-                try? await delivery.reject(requeue: true)
-                continue
-            }
-            seen += 1
-            do {
-                if try await body(delivery) {
-                    try await delivery.ack()
-                } else {
-                    kept.append(delivery)
-                }
-            } catch {
-                failure = error
-                try? await delivery.reject(requeue: true)
-            }
-            if seen == count || failure != nil {
-                // Put back what was only looked at, in the order received: quorum queues return
-                // messages to the head in that order, classic queues to their old positions.
-                for delivery in kept { try? await delivery.reject(requeue: true) }
-                kept.removeAll()
-                await consumer.cancel()
-            }
-        }
-        if let failure { throw failure }
-        guard seen == count else {
-            throw SyncError(.brokerUnavailable, "the connection closed while reading \(queue) (\(seen) of \(count) messages read); try again")
+    /// A take that ended because the caller went away or the connection closed is an error; one
+    /// that ran out of messages (another caller took them) returns what it has.
+    private static func check(_ stop: QueueTake.Stop, queue: String, seen: Int, of wanted: Int) throws {
+        switch stop {
+        case .done, .idle, .deadline: return
+        case .cancelled: throw CancellationError()
+        case .connectionClosed:
+            throw SyncError(.brokerUnavailable, "the connection closed while reading \(queue) (\(seen) of \(wanted) "
+                            + "messages read; those are back in the queue); try again")
         }
     }
 

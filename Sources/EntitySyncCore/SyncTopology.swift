@@ -72,10 +72,8 @@ public struct SyncTopology: Sendable, Equatable {
                 let queue = Self.queue(for: kind, group: consumerGroup)
                 let deadLetterQueue = Self.deadLetterQueue(forQueue: queue)
                 result.queues.append(QueueSpec(name: queue, arguments: self.mainQueueArguments(deadLetterQueue: deadLetterQueue)))
-                result.queues.append(QueueSpec(name: deadLetterQueue, arguments: QueueArguments(queueType: self.queueType)))
-                // Classic: per-message TTL (growing retry delays) works on every broker version.
-                result.queues.append(QueueSpec(name: Self.retryQueue(forQueue: queue), arguments: QueueArguments(
-                    queueType: .classic, deadLetterExchange: "", deadLetterRoutingKey: queue)))
+                result.queues.append(QueueSpec(name: deadLetterQueue, arguments: self.deadLetterQueueArguments))
+                result.queues.append(QueueSpec(name: Self.retryQueue(forQueue: queue), arguments: self.retryQueueArguments(queue: queue)))
                 result.bindings.append(BindingSpec(queue: queue, exchange: exchange))
                 result.bindings.append(BindingSpec(queue: deadLetterQueue, exchange: Self.deadLetterExchange,
                                                    routingKey: deadLetterQueue))
@@ -98,6 +96,11 @@ public struct SyncTopology: Sendable, Equatable {
         if declare {
             do {
                 try await self.declarations(forGroup: group).declare(on: connection)
+            } catch let error as AMQPError where error.code == .preconditionFailed {
+                throw SyncError(.configuration, "\(error.message) This usually means the queues were declared by an "
+                                + "earlier EntitySync with other arguments. Stop the consumer services, then run "
+                                + "`entity-sync topology migrate` (it moves every message over; see the README, "
+                                + "\"Upgrading queue arguments\").")
             } catch let error as AMQPError where error.code == .accessRefused {
                 let remedy = group == nil
                     ? "grant the producer's user the permissions that `entity-sync topology permissions` prints"
@@ -144,10 +147,38 @@ public struct SyncTopology: Sendable, Equatable {
         return BrokerPermissions(configure: "^$", write: anyOf([Self.forwardExchange(forGroup: group)]), read: anyOf(queues))
     }
 
+    /// A quorum dead-letter queue's delivery limit: high enough that listing (which takes
+    /// messages and returns them, each return counting as a delivery) can never make the broker
+    /// drop one. Not -1, which switches the limit off on 4.x but drops every returned message on
+    /// 3.10; and not unset, which means a limit of 20 on 4.x.
+    public static let deadLetterQueueDeliveryLimit = 1_000_000_000
+
+    /// Quorum queues move messages on (main → dead-letter queue, retry → main) at-least-once: the
+    /// broker keeps a message until its target confirms it, so a target that is unavailable at
+    /// that moment loses nothing. This needs `reject-publish` overflow; without it the broker
+    /// silently falls back to at-most-once. Classic queues cannot: they stay at-most-once.
+    private var movesAtLeastOnce: Bool { self.queueType == .quorum }
+
     private func mainQueueArguments(deadLetterQueue: String) -> QueueArguments {
         QueueArguments(queueType: self.queueType, deadLetterExchange: Self.deadLetterExchange,
                        deadLetterRoutingKey: deadLetterQueue,
-                       deliveryLimit: self.queueType == .quorum ? self.deliveryLimit : nil)
+                       deliveryLimit: self.queueType == .quorum ? self.deliveryLimit : nil,
+                       overflow: self.movesAtLeastOnce ? .rejectPublish : nil,
+                       deadLetterStrategy: self.movesAtLeastOnce ? .atLeastOnce : nil)
+    }
+
+    private var deadLetterQueueArguments: QueueArguments {
+        QueueArguments(queueType: self.queueType,
+                       deliveryLimit: self.queueType == .quorum ? Self.deadLetterQueueDeliveryLimit : nil)
+    }
+
+    /// Messages wait here with a per-message TTL (the growing retry delay), then the broker
+    /// dead-letters them back to `queue` through the default exchange.
+    private func retryQueueArguments(queue: String) -> QueueArguments {
+        QueueArguments(queueType: self.queueType == .quorum ? .quorum : .classic, deadLetterExchange: "",
+                       deadLetterRoutingKey: queue,
+                       overflow: self.movesAtLeastOnce ? .rejectPublish : nil,
+                       deadLetterStrategy: self.movesAtLeastOnce ? .atLeastOnce : nil)
     }
 
     /// Exchanges, queues and bindings in the order they must be declared.

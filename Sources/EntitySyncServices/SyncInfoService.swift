@@ -17,14 +17,29 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     let runner: ConsumerRunner
     var applied: WakeSignal { self.runner.applied }
 
-    /// The methods that need the bearer token when one is configured.
-    static let mutations: Set<MethodDescriptor> = [Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor]
+    /// The methods that need the bearer token when one is configured: re-drive changes the
+    /// replica, and listing takes dead letters off their queue for a moment and puts them back.
+    static let mutations: Set<MethodDescriptor> = [
+        Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor,
+        Entitysync_V1_SyncInfo.Method.ListDeadLetters.descriptor,
+    ]
 
     func getSyncStatus(request: Entitysync_V1_GetSyncStatusRequest, context: ServerContext) async throws -> Entitysync_V1_SyncStatus {
         try await RPCErrors.mapping {
             var status = Entitysync_V1_SyncStatus()
             status.consumerGroup = self.group
             let statistics = try await self.store.statistics()
+            let record = try await self.store.bootstrapRecord()
+            status.bootstrap = switch BootstrapState.assess(record, staleAfter: SnapshotBootstrap.Configuration().staleAfter) {
+            case .complete: .complete
+            case .queuesOnly: .queuesOnly
+            case .inProgress: .inProgress
+            case .incomplete: .incomplete
+            }
+            if let record {
+                status.bootstrapStartedAt = Google_Protobuf_Timestamp(date: record.startedAt)
+                if let completed = record.completedAt { status.bootstrapCompletedAt = Google_Protobuf_Timestamp(date: completed) }
+            }
             for (kind, _) in self.topology.queues(forGroup: self.group) {
                 let values = statistics[kind] ?? ReplicaStatistics()
                 var entity = Entitysync_V1_EntitySyncStatus()
@@ -35,6 +50,10 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
                 entity.eventsStale = UInt64(values.stale)
                 entity.eventsDeadLettered = UInt64(values.deadLettered)
                 if let last = values.lastAppliedAt { entity.lastAppliedAt = Google_Protobuf_Timestamp(date: last) }
+                if let mark = record?.marks[kind], record?.isCompleted == true {
+                    entity.snapshotEntities = UInt64(mark.entities)
+                    entity.snapshotHighestVersion = mark.highestVersion
+                }
                 status.entities.append(entity)
             }
             // Queue depths are best effort: with the broker down the store's figures still help.
@@ -88,7 +107,9 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
 
     func listDeadLetters(request: Entitysync_V1_ListDeadLettersRequest, context: ServerContext) async throws -> Entitysync_V1_ListDeadLettersResponse {
         let kinds = try self.kinds(request.entityType)
-        guard request.limit <= 1000 else { throw RPCErrors.invalid("limit must be at most 1000 (got \(request.limit))") }
+        guard request.limit <= ConsumerRunner.deadLetterListLimit else {
+            throw RPCErrors.invalid("limit must be at most \(ConsumerRunner.deadLetterListLimit) (got \(request.limit))")
+        }
         return try await RPCErrors.mapping {
             let (letters, total) = try await self.runner.listDeadLetters(kinds: kinds, limit: request.limit == 0 ? 100 : Int(request.limit))
             var response = Entitysync_V1_ListDeadLettersResponse()

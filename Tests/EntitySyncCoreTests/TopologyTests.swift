@@ -32,6 +32,16 @@ import Testing
         let retry = declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc.retry" }
         #expect(retry?.arguments.deadLetterExchange == "")
         #expect(retry?.arguments.deadLetterRoutingKey == "exchange_user_consumer_org_rpc")
+        // Both broker-side moves are at-least-once, which needs reject-publish overflow on the source.
+        for moving in [queue, retry] {
+            #expect(moving?.arguments.deadLetterStrategy == .atLeastOnce)
+            #expect(moving?.arguments.overflow == .rejectPublish)
+        }
+        #expect(retry?.arguments.queueType == .quorum)
+        // Listing returns messages, which counts as deliveries: the limit must be out of reach.
+        let dlq = declarations.queues.first { $0.name == "exchange_user_consumer_org_rpc.dlq" }
+        #expect(dlq?.arguments.deliveryLimit == SyncTopology.deadLetterQueueDeliveryLimit)
+        #expect(dlq?.arguments.table["x-delivery-limit"] == .int(1_000_000_000))
         #expect(declarations.bindings.contains(BindingSpec(queue: "exchange_user_consumer_org_rpc.dlq",
                                                            exchange: "entitysync.dlx",
                                                            routingKey: "exchange_user_consumer_org_rpc.dlq")))
@@ -42,6 +52,8 @@ import Testing
         let main = declarations.queues.first { $0.name == "exchange_group_consumer_user_rpc" }
         #expect(main?.arguments.queueType == .classic)
         #expect(main?.arguments.deliveryLimit == nil)
+        // Classic queues cannot dead-letter at-least-once; they must not claim to.
+        #expect(main?.arguments.deadLetterStrategy == nil)
     }
 
     @Test func aGroupDeclaresOnlyItsOwnQueuesWithTheSameArguments() {

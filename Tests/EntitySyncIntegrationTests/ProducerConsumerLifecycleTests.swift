@@ -37,10 +37,12 @@ struct ProducerConsumerLifecycleTests {
         do {
             _ = try await harness.startProducer()
             Issue.record("the producer started over a mismatching queue")
-        } catch let error as AMQPError {
-            #expect(error.code == .preconditionFailed)
+        } catch let error as SyncError {
+            // Names the queue and the argument, and the way out that keeps the queue's messages.
+            #expect(error.code == .configuration)
             #expect(error.message.contains("exchange_user_consumer_user_rpc"))
             #expect(error.message.contains("'x-dead-letter-exchange'"))
+            #expect(error.message.contains("entity-sync topology migrate"))
         }
         await connection.close()
     }

@@ -57,7 +57,7 @@ import Testing
         let listed = try await system.withClient(userRPC) { client in
             var request = Entitysync_V1_ListDeadLettersRequest()
             request.entityType = .user
-            return try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(request)
+            return try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(request, metadata: metadata)
         }
         #expect(listed.total == 3)
         #expect(listed.deadLetters.map(\.entityID) == ["revived", "kept", ""])
@@ -68,10 +68,19 @@ import Testing
 
         // Listing leaves them where they were, in order.
         let again = try await system.withClient(userRPC) { client in
-            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest())
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest(),
+                                                                                     metadata: metadata)
         }
         #expect(again.total == 3)
         #expect(again.deadLetters.map(\.messageID) == listed.deadLetters.map(\.messageID))
+
+        // Listing takes messages off the queue for a moment: without the token it is refused too.
+        let listRefused = await statusCode {
+            _ = try await system.withClient(userRPC) { client in
+                try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest())
+            }
+        }
+        #expect(listRefused == .unauthenticated)
 
         // A re-drive is a mutation: without the token it is refused and nothing moves.
         let refused = await statusCode {
@@ -101,10 +110,51 @@ import Testing
             #expect(kept.version == 2 && kept.name == "Kept again", "a re-drive must never roll an entity back")
         }
         let remaining = try await system.withClient(userRPC) { client in
-            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest())
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest(),
+                                                                                     metadata: metadata)
         }
         #expect(remaining.total == 1)
         #expect(remaining.deadLetters.first?.messageID == "garbage")
+        try await system.stop()
+    }
+
+    /// Issue 12 item 7: a list with a limit above the DLQ consumer's prefetch (256) waited
+    /// forever for messages the broker would never send, holding 256 unacked.
+    @Test func listingMoreThanAPrefetchAnswersAndPutsEverythingBack() async throws {
+        let system = try await RunningSystem.start("dlqbig")
+        let userRPC = try await system.userRPC[0].address.port()
+        let queue = SyncTopology.deadLetterQueue(forQueue: SyncTopology.queue(for: .user, group: "consumer_user_rpc"))
+        let connection = try await system.host.connect("dlq-filler")
+        let batch = (0..<300).map { index in
+            PublishItem(OutgoingMessage(body: [0xFF], contentType: "text/plain", messageID: "dead-\(index)"),
+                        exchange: "", routingKey: queue)
+        }
+        for result in await connection.publish(batch) { try result.get() }
+
+        var options = CallOptions.defaults
+        options.timeout = .seconds(60)
+        var request = Entitysync_V1_ListDeadLettersRequest()
+        request.entityType = .user
+        request.limit = 300
+        let sent = request
+        let callOptions = options
+        let listed = try await system.withClient(userRPC) { client in
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(sent, metadata: system.authorized,
+                                                                                      options: callOptions)
+        }
+        #expect(listed.total == 300)
+        #expect(listed.deadLetters.map(\.messageID) == (0..<300).map { "dead-\($0)" })
+        try await eventually("every dead letter is back and the list's consumer is gone") {
+            let status = try await connection.queueStatus(queue)
+            return status.messageCount == 300 && status.consumerCount == 0
+        }
+        // A second list sees the same, in the same order.
+        let again = try await system.withClient(userRPC) { client in
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(sent, metadata: system.authorized,
+                                                                                      options: callOptions)
+        }
+        #expect(again.deadLetters.map(\.messageID) == listed.deadLetters.map(\.messageID))
+        await connection.close()
         try await system.stop()
     }
 }

@@ -208,6 +208,7 @@ struct HostileInputTests {
             (Entitysync_V1_EntityAdmin.Method.AddGroupMembers.descriptor, try members.serializedBytes()),
             (Entitysync_V1_EntityAdmin.Method.RemoveGroupMembers.descriptor, try members.serializedBytes()),
             (Entitysync_V1_SyncInfo.Method.RedriveDeadLetters.descriptor, try Entitysync_V1_RedriveDeadLettersRequest().serializedBytes()),
+            (Entitysync_V1_SyncInfo.Method.ListDeadLetters.descriptor, try Entitysync_V1_ListDeadLettersRequest().serializedBytes()),
         ]
         #expect(Set(mutations.map(\.0)) == Set(Array(EntityAdminService.mutations) + Array(SyncInfoService.mutations)),
                 "the list covers every protected method")

@@ -49,9 +49,24 @@ struct LeastPrivilegeTests {
             try await eventually("\(service) dead-lettered the poison") { try await store.statistics()[.user]?.deadLettered == 1 }
         }
         let letters = try await system.withClient("user-rpc-1") { client in
-            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest()).deadLetters
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest(),
+                                                                              metadata: system.authorized).deadLetters
         }
         #expect(letters.count == 1 && letters.first?.reason.contains("unsupported-content-type") == true, "\(letters)")
+
+        // Issue 12 item 10: a re-drive whose event fails again puts it back through the group's
+        // forward exchange; the default exchange, which the consumer's user may not write, got
+        // the publishing channel closed.
+        let report = try await system.withClient("user-rpc-1") { client in
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).redriveDeadLetters(Entitysync_V1_RedriveDeadLettersRequest(),
+                                                                                         metadata: system.authorized)
+        }
+        #expect(report.failed == 1 && report.applied == 0, "\(report)")
+        let afterRedrive = try await system.withClient("user-rpc-1") { client in
+            try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(Entitysync_V1_ListDeadLettersRequest(),
+                                                                                      metadata: system.authorized).deadLetters
+        }
+        #expect(afterRedrive.map(\.messageID) == ["lp-poison"], "the event is back in the DLQ: \(afterRedrive)")
 
         // A consumer's credentials: no publishing to an entity exchange, no reading another group's queue.
         var configuration = try AMQPConfiguration(url: urls["user-rpc", default: ""], connectionName: "least-privilege probe")

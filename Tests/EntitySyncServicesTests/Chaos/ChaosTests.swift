@@ -204,7 +204,8 @@ struct ChaosTests {
                     reasons = try await system.withClient(instance) { client in
                         var request = Entitysync_V1_ListDeadLettersRequest()
                         request.limit = 100
-                        return try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(request).deadLetters.map(\.reason)
+                        return try await Entitysync_V1_SyncInfo.Client(wrapping: client).listDeadLetters(
+                            request, metadata: system.authorized).deadLetters.map(\.reason)
                     }
                     return reasons.count == injected
                 }

@@ -1,0 +1,145 @@
+import AMQPClient
+import Logging
+
+/// Brings queues that an earlier EntitySync declared with other arguments to the arguments this
+/// version declares, keeping every message. Queue arguments cannot change in place (RabbitMQ
+/// answers PRECONDITION_FAILED), so each such queue is emptied into a temporary queue that
+/// receives what the original would (same bindings), deleted, declared anew, and refilled.
+///
+/// Safe to run again after an interruption: a temporary queue left behind is emptied back into
+/// its queue. The consumer services must be stopped; the producer may keep publishing (a change
+/// published meanwhile may arrive twice, which the version rule absorbs).
+public struct TopologyMigration: Sendable {
+    /// What happened to one queue.
+    public enum Outcome: Sendable, Equatable {
+        case upToDate
+        /// Declared anew with the current arguments; `moved` messages went out and back.
+        case migrated(moved: Int)
+        /// An interrupted migration was finished: `moved` messages came back from the temporary queue.
+        case resumed(moved: Int)
+    }
+
+    public let topology: SyncTopology
+    let connection: AMQPConnection
+    let logger: Logger
+
+    public init(topology: SyncTopology, connection: AMQPConnection, logger: Logger) {
+        self.topology = topology
+        self.connection = connection
+        self.logger = logger
+    }
+
+    /// Where a queue's messages wait while it is declared anew.
+    public static func temporaryQueue(for queue: String) -> String { "\(queue).migrating" }
+
+    /// Migrates every queue of the topology that needs it and declares the rest as usual.
+    public func run() async throws -> [(queue: String, outcome: Outcome)] {
+        let declarations = self.topology.declarations(forGroup: nil)
+        for exchange in declarations.exchanges { try await self.connection.declare(exchange) }
+        // Main queues first: a main queue's retry queue is emptied into it as it moves (an old
+        // retry queue dead-letters at-most-once, so nothing may expire into a queue that is
+        // briefly gone). Retry queues last, by then usually empty.
+        let ordered = declarations.queues.sorted { Self.rank($0.name) < Self.rank($1.name) }
+        let names = Set(declarations.queues.map(\.name))
+        var outcomes: [(queue: String, outcome: Outcome)] = []
+        for spec in ordered {
+            let retry = SyncTopology.retryQueue(forQueue: spec.name)
+            let outcome = try await self.migrate(spec, bindings: declarations.bindings.filter { $0.queue == spec.name },
+                                                 feeders: names.contains(retry) ? [retry] : [])
+            self.logger.notice("queue checked", metadata: ["amqp.queue": "\(spec.name)", "outcome": "\(outcome)"])
+            outcomes.append((spec.name, outcome))
+        }
+        for binding in declarations.bindings { try await self.connection.bind(binding) }
+        return outcomes
+    }
+
+    private static func rank(_ queue: String) -> Int {
+        if queue.hasSuffix(".retry") { return 2 }
+        if queue.hasSuffix(".dlq") { return 1 }
+        return 0
+    }
+
+    /// `feeders` are queues that dead-letter into `spec`'s queue by name (its retry queue): they
+    /// are emptied into the temporary queue too, so nothing reaches the queue while it is gone.
+    private func migrate(_ spec: QueueSpec, bindings: [BindingSpec], feeders: [String]) async throws -> Outcome {
+        let temporary = QueueSpec(name: Self.temporaryQueue(for: spec.name), arguments: spec.arguments)
+        let temporaryBindings = bindings.map {
+            BindingSpec(queue: temporary.name, exchange: $0.exchange, routingKey: $0.routingKey, arguments: $0.arguments)
+        }
+        let current: Bool
+        do {
+            try await self.connection.declare(spec)
+            current = true
+        } catch let error as AMQPError where error.code == .preconditionFailed {
+            self.logger.notice("queue has other arguments; migrating", metadata: [
+                "amqp.queue": "\(spec.name)", "reason": "\(error.message)",
+            ])
+            current = false
+        }
+        if current {
+            guard (try? await self.connection.queueStatus(temporary.name)) != nil else { return .upToDate }
+            for binding in bindings { try await self.connection.bind(binding) }
+            return .resumed(moved: try await self.finish(temporary.name, bindings: temporaryBindings, into: spec.name))
+        }
+        let status = try await self.connection.queueStatus(spec.name)
+        guard status.consumerCount == 0 else {
+            throw SyncError(.configuration, "queue '\(spec.name)' has \(status.consumerCount) consumer(s): stop the "
+                            + "consumer services (user-rpc, org-rpc) before migrating; the producer may keep running")
+        }
+        try await self.connection.declare(temporary)
+        // From here on, what the queue would receive goes to the temporary queue alone.
+        for binding in temporaryBindings { try await self.connection.bind(binding) }
+        for binding in bindings { try await self.connection.unbind(binding) }
+        var moved = 0
+        for feeder in feeders where (try? await self.connection.queueStatus(feeder)) != nil {
+            // Retried now rather than after their delay: without their TTL, or they would expire
+            // (and be dead-lettered) in the queue they are meant to be consumed from.
+            moved += try await self.move(from: feeder, to: temporary.name, keepingExpiration: false)
+        }
+        moved += try await self.move(from: spec.name, to: temporary.name)
+        let left = try await self.connection.deleteQueue(spec.name)
+        guard left == 0 else {
+            throw SyncError(.brokerUnavailable, "queue '\(spec.name)' received \(left) message(s) after it was emptied "
+                            + "and unbound (is a consumer service still running?); they are lost. Stop every consumer "
+                            + "service and run the migration again to finish it")
+        }
+        try await self.connection.declare(spec)
+        for binding in bindings { try await self.connection.bind(binding) }
+        _ = try await self.finish(temporary.name, bindings: temporaryBindings, into: spec.name)
+        return .migrated(moved: moved)
+    }
+
+    /// Empties the temporary queue into its queue, unbinds it, moves what arrived meanwhile,
+    /// and deletes it.
+    private func finish(_ temporary: String, bindings: [BindingSpec], into queue: String) async throws -> Int {
+        var moved = try await self.move(from: temporary, to: queue)
+        for binding in bindings { try await self.connection.unbind(binding) }
+        moved += try await self.move(from: temporary, to: queue)
+        let left = try await self.connection.deleteQueue(temporary)
+        guard left == 0 else {
+            throw SyncError(.brokerUnavailable, "temporary queue '\(temporary)' received \(left) message(s) after it was "
+                            + "emptied and unbound; they are lost")
+        }
+        return moved
+    }
+
+    /// Moves the messages `source` holds now to `target`, in order, each confirmed before its
+    /// original is acked.
+    private func move(from source: String, to target: String, keepingExpiration: Bool = true) async throws -> Int {
+        let count = try await self.connection.queueStatus(source).messageCount
+        guard count > 0 else { return 0 }
+        let take = QueueTake(count: count, prefetch: min(count, 256), idleTimeout: .seconds(2), deadline: nil)
+        let connection = self.connection
+        let outcome = try await take.run(from: source, on: connection) { delivery in
+            var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
+            if !keepingExpiration { copy.properties.expiration = nil }
+            try await connection.publish(copy, exchange: "", routingKey: target)
+            return ((), .ack)
+        }
+        guard outcome.stop == .done || outcome.stop == .idle else {
+            throw SyncError(.brokerUnavailable, "moving messages from '\(source)' to '\(target)' stopped (\(outcome.stop)) "
+                            + "after \(outcome.values.count) of \(count); run the migration again (it resumes)")
+        }
+        return outcome.values.count
+    }
+}
