@@ -87,7 +87,7 @@ public struct Delivery: Sendable {
     /// How many times a quorum queue has delivered this message before (`x-delivery-count`);
     /// nil on classic queues and on the first delivery.
     public var deliveryCount: Int? {
-        self.properties.headers["x-delivery-count"]?.intValue.map { Int($0) }
+        self.properties.headers["x-delivery-count"]?.intValue.map { Int(clamping: $0) }
     }
 
     /// Acknowledge: the broker forgets the message. With `multiple`, also every earlier

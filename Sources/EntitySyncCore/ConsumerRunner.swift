@@ -125,19 +125,29 @@ public final class ConsumerRunner: Sendable {
     /// Decodes and applies one delivery under the version rule: the one apply path for consumed
     /// and re-driven events alike. Settling the delivery is the caller's business.
     func apply(_ delivery: Delivery, kind: EntityKind) async -> ApplyOutcome {
-        switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
+        await Self.apply(body: delivery.body, contentType: delivery.properties.contentType, kind: kind,
+                         store: self.store) { change, decision in
+            if decision == .apply { self.applied.signal() }
+            Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
+                    dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
+            self.logger.debug("change handled", metadata: [
+                "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
+                "entity.version": "\(change.version)", "decision": "\(decision)",
+            ])
+        }
+    }
+
+    /// Decodes, validates and applies one message body from a `kind` queue to `store`, without a
+    /// broker; `handled` sees every change the store applied or found stale.
+    static func apply(body: [UInt8], contentType: String?, kind: EntityKind, store: any ReplicaStore,
+                      handled: (ValidatedChange, VersionRule.Decision) -> Void = { _, _ in }) async -> ApplyOutcome {
+        switch ChangeCodec.decode(body: body, contentType: contentType, expected: kind) {
         case .failure(let poison):
             return .poison(poison)
         case .success(let change):
             do {
-                let decision = try await self.store.apply(change)
-                if decision == .apply { self.applied.signal() }
-                Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
-                        dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
-                self.logger.debug("change handled", metadata: [
-                    "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
-                    "entity.version": "\(change.version)", "decision": "\(decision)",
-                ])
+                let decision = try await store.apply(change)
+                handled(change, decision)
                 return decision == .apply ? .applied : .stale
             } catch {
                 return .failed(error)
@@ -146,22 +156,27 @@ public final class ConsumerRunner: Sendable {
     }
 
     private func retry(_ delivery: Delivery, kind: EntityKind, error: any Error) async {
-        let attempt = Int(delivery.properties.headers[Self.attemptHeader]?.intValue ?? 0) + 1
-        guard attempt < self.configuration.maxAttempts else {
+        let attempt: Int
+        let delay: Duration
+        switch RetryAttempt.decide(headers: delivery.properties.headers, maxAttempts: self.configuration.maxAttempts,
+                                   backoff: self.configuration.retryBackoff) {
+        case .deadLetter(let attempts):
             self.logger.error("change failed too often; dead-lettered", metadata: [
-                "amqp.queue": "\(delivery.queue)", "attempts": "\(attempt)", "error": "\(error)",
+                "amqp.queue": "\(delivery.queue)", "attempts": "\(attempts)", "error": "\(error)",
             ])
-            await self.deadLetter(delivery, kind: kind, reason: "failed \(attempt) times; last error: \(error)")
+            await self.deadLetter(delivery, kind: kind, reason: "failed \(attempts) times; last error: \(error)")
             return
+        case .retry(let next, let backoff):
+            attempt = next
+            delay = backoff
         }
-        let delay = self.configuration.retryBackoff.ceiling(attempt: attempt - 1)
         Counter(label: "entitysync_events_retried_total", dimensions: [("group", self.group), ("entity", kind.rawValue)])
             .increment()
         var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
         copy.properties.headers[Self.attemptHeader] = .int(Int64(attempt))
         copy.properties.headers[Self.reasonHeader] = .string("\(error)")
         copy.properties.headers[Self.sourceQueueHeader] = .string(delivery.queue)
-        copy.properties.expiration = String(Int64(Backoff.seconds(delay) * 1000))
+        copy.properties.expiration = RetryAttempt.expiration(for: delay)
         self.logger.warning("change failed; retrying later", metadata: [
             "amqp.queue": "\(delivery.queue)", "attempt": "\(attempt)", "retry_in": "\(delay)", "error": "\(error)",
         ])

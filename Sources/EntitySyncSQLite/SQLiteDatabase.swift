@@ -101,15 +101,24 @@ enum EntityTable {
         let version: Int64 = row["version"]
         let deleted: Bool = row["deleted"]
         let state: Data = row["state"]
-        return Stored(version: UInt64(version), deleted: deleted, state: [UInt8](state))
+        // A damaged file must fail the read, not trap the process.
+        guard let stored = UInt64(exactly: version) else {
+            throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+        }
+        return Stored(version: stored, deleted: deleted, state: [UInt8](state))
     }
 
     static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
+        // Validation keeps versions within Int64; this keeps a caller that skipped it from trapping.
+        guard let signed = Int64(exactly: version) else {
+            throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
+                            + "the largest the store can hold")
+        }
         try db.execute(sql: """
             INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
                 state = excluded.state, updated_at = excluded.updated_at
-            """, arguments: [kind.rawValue, id, Int64(version), deleted, Data(state), Date().timeIntervalSince1970])
+            """, arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
     }
 
     static func replaceMembers(_ db: Database, groupID: String, memberIDs: [String]) throws {
