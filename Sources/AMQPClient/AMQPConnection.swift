@@ -187,7 +187,8 @@ public final class AMQPConsumer: Sendable {
     }
 
     /// Stops new deliveries. Deliveries already received can still be settled; the channel
-    /// closes once they are.
+    /// closes once they are. Keep reading `deliveries` until it ends and settle each one: a
+    /// delivery never settled keeps the channel open and its message unavailable to others.
     public func cancel() async {
         _ = try? await withCheckedThrowingContinuation { (reply: Reply<Void>) in
             if !self.mailbox.post(.cancelConsumer(id: self.id, reply)) { reply.resume() }

@@ -143,6 +143,12 @@ public final class OutboxRelay: Sendable {
                 try? await Task.sleep(for: delay)
             }
         }
+        do {
+            try await self.store.releaseOutboxLease(owner: self.owner)
+        } catch {
+            self.logger.warning("could not release the relay lease; another producer takes over when it expires",
+                                metadata: ["error": "\(error)", "relay.lease": "\(self.lease)"])
+        }
         self.logger.info("outbox relay stopped")
     }
 

@@ -1,7 +1,7 @@
 import AMQPClient
 
 /// Takes the first messages of a queue through a short-lived consumer, bounded in count,
-/// prefetch and time. Whatever it does not ack goes back to the queue in the order received,
+/// prefetch and time. Whatever it does not ack goes back to the queue, returned in the order received,
 /// and its consumer is cancelled, on every way out: done, idle, deadline, a failing step, a lost
 /// connection, or the caller's cancellation.
 struct QueueTake: Sendable {

@@ -35,17 +35,21 @@ public struct SnapshotBootstrap: Sendable {
         public var record: BootstrapRecord?
         /// Nothing was ever applied to the store (no entity, no tombstone).
         public var storeIsEmpty: Bool
+        /// The entity types the group consumes now.
+        public var kinds: Set<EntityKind>
 
-        public init(state: BootstrapState, record: BootstrapRecord?, storeIsEmpty: Bool) {
+        public init(state: BootstrapState, record: BootstrapRecord?, storeIsEmpty: Bool, kinds: Set<EntityKind> = []) {
             self.state = state
             self.record = record
             self.storeIsEmpty = storeIsEmpty
+            self.kinds = kinds
         }
 
-        /// A load is due: a started one never completed, or the store is empty and was never loaded.
+        /// A load is due: a started one never completed, a completed one did not cover a type the
+        /// group consumes now, or the store is empty and was never loaded.
         public var needsSnapshot: Bool {
-            guard self.record?.isCompleted != true else { return false }
-            return self.record != nil || self.storeIsEmpty
+            guard let record = self.record else { return self.storeIsEmpty }
+            return !record.covers(self.kinds)
         }
     }
 
@@ -90,7 +94,7 @@ public struct SnapshotBootstrap: Sendable {
         let statistics = try await self.store.statistics()
         let empty = statistics.values.allSatisfy { $0.entities == 0 && $0.applied == 0 && $0.stale == 0 }
         return Assessment(state: .assess(record, now: now, staleAfter: self.configuration.staleAfter), record: record,
-                          storeIsEmpty: empty)
+                          storeIsEmpty: empty, kinds: self.kinds)
     }
 
     /// Loads the snapshot `stream` delivers until an attempt reaches its end, then records the
@@ -111,8 +115,8 @@ public struct SnapshotBootstrap: Sendable {
 
     private func loadRecorded(from source: String, _ stream: @escaping Source,
                               isTransient: @escaping @Sendable (any Error) -> Bool) async throws -> Report {
-        let begun = try await self.store.beginBootstrap(instance: self.instance, at: Date())
-        guard !begun.isCompleted else {
+        let begun = try await self.store.beginBootstrap(instance: self.instance, covering: self.kinds, at: Date())
+        guard !begun.covers(self.kinds) else {
             self.logger.info("another instance completed the snapshot load; nothing to load", metadata: [
                 "completed_by": "\(begun.completedBy ?? "")",
             ])
@@ -162,6 +166,8 @@ public struct SnapshotBootstrap: Sendable {
             try Task.checkCancellation()
             do {
                 var report = try await self.attempt(stream)
+                // A type the snapshot had nothing of is covered all the same: recorded with zero.
+                for kind in self.kinds where report.marks[kind] == nil { report.marks[kind] = SnapshotMark() }
                 try await self.store.completeBootstrap(instance: self.instance, marks: report.marks, at: Date())
                 report.attempts = attempt + 1
                 self.logger.info("snapshot loaded", metadata: [
@@ -178,7 +184,10 @@ public struct SnapshotBootstrap: Sendable {
                 }
                 let delay = self.configuration.backoff.delay(attempt: attempt)
                 attempt += 1
-                self.logger.warning("producer's snapshot not available yet; retrying", metadata: [
+                let cause = (error as? SyncError)?.code == .storeUnavailable
+                    ? "the replica store failed while loading the snapshot; retrying"
+                    : "producer's snapshot not available yet; retrying"
+                self.logger.warning("\(cause)", metadata: [
                     "producer": "\(source)", "error": "\(error)", "retry_in": "\(delay)", "attempt": "\(attempt)",
                 ])
                 try await Task.sleep(for: delay)

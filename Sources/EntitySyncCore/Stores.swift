@@ -95,6 +95,9 @@ public protocol SourceStore: Sendable {
     /// the same rows concurrently.
     func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord]
     func removeOutbox(_ sequences: [Int64]) async throws
+    /// Gives up the relay lease if `owner` holds it, so that a producer started next (a restart,
+    /// a deploy) relays at once instead of waiting for the lease to run out.
+    func releaseOutboxLease(owner: String) async throws
     func outboxCount() async throws -> Int
     /// Signalled after every committed mutation in this process.
     var commits: WakeSignal { get }
@@ -134,9 +137,10 @@ public protocol ReplicaStore: Sendable {
 
     /// What the store records about loading the producer's snapshot; nil if no load ever started.
     func bootstrapRecord() async throws -> BootstrapRecord?
-    /// In one transaction: unless a load already completed, records that `instance` starts one
-    /// (counting the attempt). Returns the record as it then stands.
-    func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord
+    /// In one transaction: unless a completed load covered every one of `kinds`, records that
+    /// `instance` starts one (counting the attempt; a completed load that misses a kind the group
+    /// now consumes is started again). Returns the record as it then stands.
+    func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord
     /// Records that the instance loading the snapshot is still at it (ignored once completed).
     func touchBootstrap(instance: String, at time: Date) async throws
     /// Records that a load ran to the snapshot's end, with the snapshot's high-water marks.
@@ -146,7 +150,9 @@ public protocol ReplicaStore: Sendable {
 /// Stores written before bootstrap state existed fail loudly rather than pretend a load completed.
 extension ReplicaStore {
     public func bootstrapRecord() async throws -> BootstrapRecord? { throw Self.bootstrapUnsupported }
-    public func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord { throw Self.bootstrapUnsupported }
+    public func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord {
+        throw Self.bootstrapUnsupported
+    }
     public func touchBootstrap(instance: String, at time: Date) async throws { throw Self.bootstrapUnsupported }
     public func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws {
         throw Self.bootstrapUnsupported
@@ -198,4 +204,8 @@ public struct BootstrapRecord: Sendable, Equatable {
 
     /// True once a load has run to the snapshot's end.
     public var isCompleted: Bool { self.completedAt != nil }
+
+    /// A load completed and its snapshot covered each of `kinds` (a group that later consumes
+    /// another entity type has none of that type's history yet).
+    public func covers(_ kinds: Set<EntityKind>) -> Bool { self.isCompleted && kinds.isSubset(of: self.marks.keys) }
 }

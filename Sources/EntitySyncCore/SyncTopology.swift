@@ -93,12 +93,16 @@ public struct SyncTopology: Sendable, Equatable {
     /// with `declare` false only checks that the group's queues are there (the producer declared
     /// them). A refusal by the broker becomes an error that says which permission to grant.
     public func prepare(forGroup group: String?, declare: Bool, on connection: AMQPConnection) async throws {
+        try await self.refuseUnfinishedMigration(forGroup: group, on: connection)
         if declare {
             do {
                 try await self.declarations(forGroup: group).declare(on: connection)
             } catch let error as AMQPError where error.code == .preconditionFailed {
-                throw SyncError(.configuration, "\(error.message) This usually means the queues were declared by an "
-                                + "earlier EntitySync with other arguments. Stop the consumer services, then run "
+                // The client's generic advice (configure the old arguments, or delete the queue and
+                // lose its messages) is wrong here: the arguments are EntitySync's, and migrate keeps the messages.
+                let what = error.message.components(separatedBy: " Queue arguments cannot change").first ?? error.message
+                throw SyncError(.configuration, "\(what) The queues were declared by an earlier EntitySync with other "
+                                + "arguments, which RabbitMQ cannot change in place. Stop the consumer services, then run "
                                 + "`entity-sync topology migrate` (it moves every message over; see the README, "
                                 + "\"Upgrading queue arguments\").")
             } catch let error as AMQPError where error.code == .accessRefused {
@@ -121,6 +125,23 @@ public struct SyncTopology: Sendable, Equatable {
                                     + "(--declare-topology false): start the producer first (it declares them), "
                                     + "or run `entity-sync topology declare` as a user that may")
                 }
+            }
+        }
+    }
+
+    /// A `<queue>.migrating` left by an interrupted `topology migrate` holds messages its queue
+    /// must get back, and still receives a copy of every event: starting on top of it would strand
+    /// them. A user that may not look at it (least privilege) cannot tell, and goes on.
+    private func refuseUnfinishedMigration(forGroup group: String?, on connection: AMQPConnection) async throws {
+        for queue in self.declarations(forGroup: group).queues {
+            let temporary = TopologyMigration.temporaryQueue(for: queue.name)
+            do {
+                let status = try await connection.queueStatus(temporary)
+                throw SyncError(.configuration, "queue '\(temporary)' exists (\(status.messageCount) message(s)): a "
+                                + "`entity-sync topology migrate` was interrupted. Stop the consumer services and run it "
+                                + "again to finish it, then start the services")
+            } catch let error as AMQPError where error.code == .notFound || error.code == .accessRefused {
+                continue
             }
         }
     }

@@ -77,7 +77,7 @@ public struct TopologyMigration: Sendable {
             current = false
         }
         if current {
-            guard (try? await self.connection.queueStatus(temporary.name)) != nil else { return .upToDate }
+            guard try await self.exists(temporary.name) else { return .upToDate }
             for binding in bindings { try await self.connection.bind(binding) }
             return .resumed(moved: try await self.finish(temporary.name, bindings: temporaryBindings, into: spec.name))
         }
@@ -91,12 +91,13 @@ public struct TopologyMigration: Sendable {
         for binding in temporaryBindings { try await self.connection.bind(binding) }
         for binding in bindings { try await self.connection.unbind(binding) }
         var moved = 0
-        for feeder in feeders where (try? await self.connection.queueStatus(feeder)) != nil {
+        for feeder in feeders where try await self.exists(feeder) {
             // Retried now rather than after their delay: without their TTL, or they would expire
             // (and be dead-lettered) in the queue they are meant to be consumed from.
             moved += try await self.move(from: feeder, to: temporary.name, keepingExpiration: false)
         }
         moved += try await self.move(from: spec.name, to: temporary.name)
+        try await self.expectEmpty(spec.name)
         let left = try await self.connection.deleteQueue(spec.name)
         guard left == 0 else {
             throw SyncError(.brokerUnavailable, "queue '\(spec.name)' received \(left) message(s) after it was emptied "
@@ -115,6 +116,7 @@ public struct TopologyMigration: Sendable {
         var moved = try await self.move(from: temporary, to: queue)
         for binding in bindings { try await self.connection.unbind(binding) }
         moved += try await self.move(from: temporary, to: queue)
+        try await self.expectEmpty(temporary)
         let left = try await self.connection.deleteQueue(temporary)
         guard left == 0 else {
             throw SyncError(.brokerUnavailable, "temporary queue '\(temporary)' received \(left) message(s) after it was "
@@ -123,23 +125,50 @@ public struct TopologyMigration: Sendable {
         return moved
     }
 
-    /// Moves the messages `source` holds now to `target`, in order, each confirmed before its
-    /// original is acked.
+    private func exists(_ queue: String) async throws -> Bool {
+        do {
+            _ = try await self.connection.queueStatus(queue)
+            return true
+        } catch let error as AMQPError where error.code == .notFound {
+            return false
+        }
+    }
+
+    /// Nothing left to lose by deleting it: no message, and nobody consuming that could be sent one.
+    private func expectEmpty(_ queue: String) async throws {
+        let status = try await self.connection.queueStatus(queue)
+        guard status.messageCount == 0, status.consumerCount == 0 else {
+            throw SyncError(.configuration, "queue '\(queue)' still holds \(status.messageCount) message(s) and has "
+                            + "\(status.consumerCount) consumer(s) after it was emptied; stop every consumer service and "
+                            + "run the migration again (it resumes)")
+        }
+    }
+
+    /// Moves every message of `source` to `target`, in order, each confirmed before its original
+    /// is acked, until the broker reports `source` empty. Counting deliveries is not enough: after
+    /// a reconnect some come again (copied twice, which the version rule absorbs) and some come
+    /// only after the take went idle.
     private func move(from source: String, to target: String, keepingExpiration: Bool = true) async throws -> Int {
-        let count = try await self.connection.queueStatus(source).messageCount
-        guard count > 0 else { return 0 }
-        let take = QueueTake(count: count, prefetch: min(count, 256), idleTimeout: .seconds(2), deadline: nil)
-        let connection = self.connection
-        let outcome = try await take.run(from: source, on: connection) { delivery in
-            var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
-            if !keepingExpiration { copy.properties.expiration = nil }
-            try await connection.publish(copy, exchange: "", routingKey: target)
-            return ((), .ack)
+        var moved = 0
+        var fruitless = 0
+        while true {
+            let count = try await self.connection.queueStatus(source).messageCount
+            guard count > 0 else { return moved }
+            let take = QueueTake(count: count, prefetch: min(count, 256), idleTimeout: .seconds(5), deadline: nil)
+            let connection = self.connection
+            let outcome = try await take.run(from: source, on: connection) { delivery in
+                var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
+                if !keepingExpiration { copy.properties.expiration = nil }
+                try await connection.publish(copy, exchange: "", routingKey: target)
+                return ((), .ack)
+            }
+            if outcome.stop == .cancelled { throw CancellationError() }
+            moved += outcome.values.count
+            fruitless = outcome.values.isEmpty ? fruitless + 1 : 0
+            guard fruitless < 3 else {
+                throw SyncError(.brokerUnavailable, "queue '\(source)' reports \(count) message(s) but delivers none "
+                                + "(another consumer holds them?); stop every consumer service and run the migration again")
+            }
         }
-        guard outcome.stop == .done || outcome.stop == .idle else {
-            throw SyncError(.brokerUnavailable, "moving messages from '\(source)' to '\(target)' stopped (\(outcome.stop)) "
-                            + "after \(outcome.values.count) of \(count); run the migration again (it resumes)")
-        }
-        return outcome.values.count
     }
 }

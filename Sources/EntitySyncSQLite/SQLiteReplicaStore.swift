@@ -156,15 +156,15 @@ public final class SQLiteReplicaStore: ReplicaStore {
         try await self.database.read { db in try Self.bootstrapRecord(db) }
     }
 
-    public func beginBootstrap(instance: String, at time: Date) async throws -> BootstrapRecord {
+    public func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord {
         try await self.database.write { db in
             // Checked and written in one transaction: an instance that finds the load completed
             // by another must not turn it back into "started".
-            if let record = try Self.bootstrapRecord(db), record.isCompleted { return record }
+            if let record = try Self.bootstrapRecord(db), record.covers(kinds) { return record }
             try db.execute(sql: """
                 INSERT INTO bootstrap (id, started_at, started_by, attempts, heartbeat_at) VALUES (1, ?, ?, 1, ?)
                 ON CONFLICT (id) DO UPDATE SET started_at = excluded.started_at, started_by = excluded.started_by,
-                    attempts = attempts + 1, heartbeat_at = excluded.heartbeat_at
+                    attempts = attempts + 1, heartbeat_at = excluded.heartbeat_at, completed_at = NULL, completed_by = NULL
                 """, arguments: [time.timeIntervalSince1970, instance, time.timeIntervalSince1970])
             guard let record = try Self.bootstrapRecord(db) else {
                 throw SyncError(.storeUnavailable, "the bootstrap record just written to the replica store is missing")

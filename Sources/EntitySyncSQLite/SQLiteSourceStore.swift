@@ -254,6 +254,12 @@ public final class SQLiteSourceStore: SourceStore {
         }
     }
 
+    public func releaseOutboxLease(owner: String) async throws {
+        try await self.database.write { db in
+            try db.execute(sql: "DELETE FROM relay_lease WHERE id = 1 AND owner = ?", arguments: [owner])
+        }
+    }
+
     public func removeOutbox(_ sequences: [Int64]) async throws {
         guard !sequences.isEmpty else { return }
         try await self.database.write { db in

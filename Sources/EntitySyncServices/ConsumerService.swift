@@ -170,7 +170,9 @@ public final class ConsumerService: Service {
     /// overloaded, or its stream broke. An answer about the call itself (not served here, not
     /// allowed, malformed) will not change by retrying.
     private static func isTransient(_ error: any Error) -> Bool {
-        guard let error = error as? RPCError else { return true }
+        // Store failures are classified by the loader itself; anything else that is not an answer
+        // from the producer's side (a constraint, a bug) would fail the same way every time.
+        guard let error = error as? RPCError else { return false }
         switch error.code {
         case .unavailable, .deadlineExceeded, .resourceExhausted, .aborted, .unknown, .internalError, .cancelled: return true
         default: return false

@@ -67,6 +67,23 @@ import Testing
     /// Two producers on one store file, both started with the default instance name: the second
     /// must not claim while the first one's lease is live (before, both used `producer@<host>`
     /// as the owner and the store took them for one relay).
+    /// With owners unique per process, a restarted producer is a new owner: the stopped one
+    /// must give the lease up, or every restart would hold relaying for a whole lease.
+    @Test func aStoppedRelayReleasesItsLeaseAndOnlyItsOwn() async throws {
+        let store = try SQLiteSourceStore(path: temporaryDatabasePath("release"), producer: "p")
+        _ = try await store.createUser(UserDraft(id: "u0", name: "N", email: "n0@example.com"))
+        let lease = Duration.seconds(600)
+        let old = OutboxRelay.uniqueOwner(instanceName: "p")
+        let restarted = OutboxRelay.uniqueOwner(instanceName: "p")
+        #expect(try await store.claimOutbox(owner: old, lease: lease, limit: 10).count == 1)
+        #expect(try await store.claimOutbox(owner: restarted, lease: lease, limit: 10).isEmpty)
+        // Another owner's release leaves the lease alone.
+        try await store.releaseOutboxLease(owner: restarted)
+        #expect(try await store.claimOutbox(owner: restarted, lease: lease, limit: 10).isEmpty)
+        try await store.releaseOutboxLease(owner: old)
+        #expect(try await store.claimOutbox(owner: restarted, lease: lease, limit: 10).count == 1)
+    }
+
     @Test func aSecondOwnerCannotClaimWhileTheFirstLeaseIsLiveEvenWithTheSameInstanceName() async throws {
         let path = temporaryDatabasePath("shared-source")
         let name = "producer@\(ProcessInfo.processInfo.hostName)"

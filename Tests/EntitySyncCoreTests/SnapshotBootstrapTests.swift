@@ -84,13 +84,20 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
                 state: BootstrapState.assess(record, now: now, staleAfter: .seconds(15)), record: record, storeIsEmpty: empty)
             #expect(assessment.needsSnapshot == due, "record \(String(describing: record)), empty \(empty)")
         }
+        // A load that completed while the group consumed users only does not cover groups: a group
+        // routed to it later has none of their history in its new queue.
+        var usersOnly = completed
+        usersOnly.marks = [.user: SnapshotMark(entities: 3, highestVersion: 2)]
+        let state = BootstrapState.assess(usersOnly, now: now, staleAfter: .seconds(15))
+        #expect(SnapshotBootstrap.Assessment(state: state, record: usersOnly, storeIsEmpty: false, kinds: [.user, .group]).needsSnapshot)
+        #expect(!SnapshotBootstrap.Assessment(state: state, record: usersOnly, storeIsEmpty: false, kinds: [.user]).needsSnapshot)
     }
 
     @Test func anUnfinishedLoadIsLoadedAgainAndRecordedWithItsMarks() async throws {
         let (source, changes) = try await seededSnapshot()
         let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
         // What a killed instance left: the load recorded as started, a third of the snapshot applied.
-        _ = try await replica.beginBootstrap(instance: "killed", at: Date().addingTimeInterval(-600))
+        _ = try await replica.beginBootstrap(instance: "killed", covering: [.user, .group], at: Date().addingTimeInterval(-600))
         for change in changes.prefix(10) {
             guard case .success(let validated) = ChangeCodec.validate(change, expected: EntityKind(change.entityType)) else {
                 Issue.record("invalid seed change")

@@ -138,6 +138,11 @@ struct TopologyMigrationTests {
         try await connection.declare(QueueSpec(name: temporary, arguments: QueueArguments(queueType: .quorum)))
         for index in 0..<5 { try await connection.publish(Self.message("stranded-\(index)"), exchange: "", routingKey: temporary) }
 
+        // Services refuse to start on top of it: they would strand what it holds.
+        await #expect {
+            try await harness.topology.prepare(forGroup: "consumer_org_rpc", declare: true, on: connection)
+        } throws: { "\($0)".contains(temporary) && "\($0)".contains("topology migrate") }
+
         let outcomes = try await TopologyMigration(topology: harness.topology, connection: connection,
                                                    logger: Broker.logger("resume")).run()
         #expect(outcomes.first { $0.queue == main }?.outcome == .resumed(moved: 5))

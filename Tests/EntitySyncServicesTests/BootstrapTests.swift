@@ -152,7 +152,7 @@ struct BootstrapTests {
         defer { host.tearDown() }
         let source = try await seededProducerStore(host.path("producer"))
         let replica = try SQLiteReplicaStore(path: host.path("user-rpc"))
-        _ = try await replica.beginBootstrap(instance: "killed", at: Date().addingTimeInterval(-600))
+        _ = try await replica.beginBootstrap(instance: "killed", covering: [.user, .group], at: Date().addingTimeInterval(-600))
         for change in try await source.snapshot(of: .user, after: nil, limit: 10) {
             guard case .success(let validated) = ChangeCodec.validate(change, expected: .user) else {
                 Issue.record("invalid seed change \(change)")
@@ -224,7 +224,7 @@ struct BootstrapTests {
 
         // A load cut short, started again without --producer: incomplete, and it says what to do.
         let cut = try SQLiteReplicaStore(path: host.path("cut"))
-        _ = try await cut.beginBootstrap(instance: "killed", at: Date().addingTimeInterval(-600))
+        _ = try await cut.beginBootstrap(instance: "killed", covering: [.user, .group], at: Date().addingTimeInterval(-600))
         let cutPort = try freePort()
         let cutLog = host.directory + "/cut.log"
         let incomplete = try start(["user-rpc", "--amqp-url", host.url, "--listen", "127.0.0.1:\(cutPort)",

@@ -29,7 +29,7 @@ extension ConnectionLoop {
                 registration.continuation.finish()
                 reply.resume(throwing: AMQPError(.invalidArgument,
                     "this connection already has \(self.consumers.count) consumers open, one channel each, and "
-                    + "channel_max is \(Self.channelMax): cancel consumers you no longer need, or open another connection"))
+                    + "channel_max is \(self.channelLimit): cancel consumers you no longer need, or open another connection"))
                 return
             }
             var state = ConsumerState(registration: registration, channel: channel)
@@ -253,18 +253,46 @@ extension ConnectionLoop {
         state.registration.continuation.finish()
     }
 
-    /// The next consumer channel no consumer holds, searching on from the last one handed out.
+    /// A consumer channel no consumer holds. The lowest free one, so that a long-lived connection
+    /// touches few channel numbers (the library keeps a memory pool per number it has seen). But
+    /// while frames are queued in the library, some may belong to a channel just closed: then
+    /// numbers are handed out in turn, so a just-closed one is not reused before they are read.
     func allocateConsumerChannel() -> UInt16? {
+        guard self.channelLimit >= Self.firstConsumerChannel else { return nil }
         let inUse = Set(self.consumers.values.map(\.channel))
-        let span = Int(Self.lastConsumerChannel - Self.firstConsumerChannel) + 1
+        let span = Int(self.channelLimit - Self.firstConsumerChannel) + 1
+        let framesQueued = self.connection.map { amqp_frames_enqueued($0) != 0 } ?? false
+        let start = framesQueued ? Int(self.nextConsumerChannel - Self.firstConsumerChannel) % span : 0
         for offset in 0..<span {
-            let candidate = Self.firstConsumerChannel
-                + UInt16((Int(self.nextConsumerChannel - Self.firstConsumerChannel) + offset) % span)
+            let candidate = Self.firstConsumerChannel + UInt16((start + offset) % span)
             guard !inUse.contains(candidate) else { continue }
-            self.nextConsumerChannel = candidate == Self.lastConsumerChannel ? Self.firstConsumerChannel : candidate + 1
+            self.nextConsumerChannel = candidate >= self.channelLimit ? Self.firstConsumerChannel : candidate + 1
             return candidate
         }
         return nil
+    }
+
+    /// Closes a consumer's channel; false if that cost the connection.
+    @discardableResult
+    func closeConsumerChannel(_ channel: UInt16) -> Bool {
+        guard let connection = self.connection else { return true }
+        let reply = self.guarded("channel.close") { amqp_channel_close(connection, channel, AMQP_REPLY_SUCCESS) }
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return true
+        case AMQP_RESPONSE_SERVER_EXCEPTION where reply.reply.id == CRMQ_CHANNEL_CLOSE:
+            // The broker closed it at the same moment: answer, so the number is free on its side too.
+            self.sendChannelCloseOk(channel)
+            return true
+        case AMQP_RESPONSE_SERVER_EXCEPTION where reply.reply.id == CRMQ_CONNECTION_CLOSE:
+            self.sendConnectionCloseOk()
+            self.connectionFailed(AMQPError(.connectionLost, "the broker closed the connection while a channel was closing"))
+            return false
+        default:
+            self.connectionFailed(AMQPError(.connectionLost, "could not close a consumer channel: "
+                                            + Self.libraryMessage(reply.library_error)))
+            return false
+        }
     }
 
     /// Forgets a consumer nobody reads any more and closes its channel, so the broker requeues
@@ -274,12 +302,8 @@ extension ConnectionLoop {
         self.consumers[id] = nil
         state.pendingReply?.resume(throwing: Self.closedError)
         state.registration.continuation.finish()
-        guard state.epoch != 0, let connection = self.connection else { return }
-        let status = self.guarded("channel.close") { amqp_channel_close(connection, state.channel, AMQP_REPLY_SUCCESS) }
-        if status.reply_type != AMQP_RESPONSE_NORMAL {
-            self.connectionFailed(AMQPError(.connectionLost, "could not close the channel of an abandoned consumer"))
-            return
-        }
+        guard state.epoch != 0, self.connection != nil else { return }
+        guard self.closeConsumerChannel(state.channel) else { return }
         self.logger.debug("amqp consumer abandoned by its reader; channel closed", metadata: [
             "amqp.queue": "\(state.registration.queue)", "amqp.unsettled": "\(state.unsettled.count)",
         ])
@@ -287,10 +311,8 @@ extension ConnectionLoop {
 
     func closeDrainedConsumers() {
         for (id, state) in self.consumers where state.cancelled && state.unsettled.isEmpty {
-            if state.epoch != 0, let connection = self.connection {
-                _ = self.guarded("channel.close") { amqp_channel_close(connection, state.channel, AMQP_REPLY_SUCCESS) }
-            }
             self.consumers[id] = nil
+            if state.epoch != 0 { self.closeConsumerChannel(state.channel) }
         }
     }
 

@@ -64,6 +64,9 @@ extension ConnectionLoop {
             throw AMQPError(.protocolError, "login to \(url.host):\(url.port) failed: "
                             + Self.libraryMessage(reply.library_error))
         }
+        // 0 means no limit; the broker may also grant fewer channels than asked for.
+        let negotiated = amqp_get_channel_max(connection)
+        self.channelLimit = negotiated > 0 ? UInt16(clamping: min(Int(negotiated), Int(Self.channelMax))) : Self.channelMax
         var rpcTimeout = timeval(self.configuration.operationTimeout)
         _ = amqp_set_rpc_timeout(connection, &rpcTimeout)
 

@@ -10,12 +10,11 @@ import Logging
 final class ConnectionLoop {
     static let controlChannel: UInt16 = 1
     static let publishChannel: UInt16 = 2
-    /// Consumers get channels from here up to `lastConsumerChannel`, handed out in turn and
-    /// reused once closed (see `allocateConsumerChannel`).
+    /// Consumers get channels from here up to `channelLimit`, reused once closed (see
+    /// `allocateConsumerChannel`).
     static let firstConsumerChannel: UInt16 = 3
     /// The channel_max this client asks for at login; RabbitMQ's default is the same.
     static let channelMax: UInt16 = 2047
-    static var lastConsumerChannel: UInt16 { Self.channelMax }
     static let pollInterval: Int32 = 100
 
     let configuration: AMQPConfiguration
@@ -34,9 +33,10 @@ final class ConnectionLoop {
     var controlChannelOpen = false
     var publishChannelOpen = false
     var channelEpoch: UInt64 = 0
-    /// Where the search for a free consumer channel starts: channels are handed out in turn, so a
-    /// number just closed is not reused at once (frames for its old incarnation may still be
-    /// queued in the library and must not be taken for the new consumer's).
+    /// The highest channel number the broker agreed to at login (it may allow fewer than asked).
+    var channelLimit = ConnectionLoop.channelMax
+    /// Where the search for a free consumer channel starts while frames are queued in the library
+    /// (see `allocateConsumerChannel`).
     var nextConsumerChannel = ConnectionLoop.firstConsumerChannel
 
     var confirms = ConfirmTracker<PublishRequest>()
