@@ -7,15 +7,19 @@ import Testing
 @Suite(.enabled(if: Broker.isAvailable, "needs a private broker (scripts/test starts one)"))
 struct ProducerConsumerLifecycleTests {
     /// Two producer processes on one store: the relay lease lets only one publish at a time, so
-    /// no event is published twice and nothing is missed.
-    @Test func twoProducersOnOneStorePublishEachEventOnce() async throws {
+    /// no event is published twice and nothing is missed. Also when both were started with the
+    /// same instance name (as two on one host get by default): before relay owners were made
+    /// unique per process, both claimed under one name and published the same records.
+    @Test(arguments: [("producer-a", "producer-b"), ("producer@host", "producer@host")])
+    func twoProducersOnOneStorePublishEachEventOnce(names: (String, String)) async throws {
         let harness = try SyncHarness("two_producers")
         defer { harness.tearDown() }
         let consumer = try await harness.startConsumer(group: "consumer_user_rpc", instance: "a")
-        let first = try await harness.startProducer("producer-a")
-        let second = try await harness.startProducer("producer-b")
-        try await makeHistory(first.store, users: 20, prefix: "a")
-        try await makeHistory(second.store, users: 20, prefix: "b")
+        let first = try await harness.startProducer(names.0)
+        let second = try await harness.startProducer(names.1)
+        async let a: Void = makeHistory(first.store, users: 30, prefix: "a")
+        async let b: Void = makeHistory(second.store, users: 30, prefix: "b")
+        _ = try await (a, b)
         try await first.outboxDrained()
         try await converge(consumer.store, with: first.store)
         let statistics = try await consumer.store.statistics()
@@ -25,8 +29,8 @@ struct ProducerConsumerLifecycleTests {
         await second.stop()
     }
 
-    /// A queue that exists with other arguments stops the producer before it publishes, with the
-    /// client's error naming the queue and the argument.
+    /// A queue that exists with other arguments stops the producer before it publishes, with an
+    /// error naming the queue, the argument and the way out that keeps the queue's messages.
     @Test func topologyMismatchStopsStartup() async throws {
         let harness = try SyncHarness("mismatch", topology: SyncTopology(queueType: .classic))
         defer { harness.tearDown() }

@@ -84,15 +84,7 @@ extension ConnectionLoop {
             self.topology.record(spec)
             reply.resume()
         case .unbind(let spec, let reply):
-            try self.ensureControlChannel()
-            defer { self.arena.reset() }
-            let queue = self.arena.bytes(spec.queue)
-            let exchange = self.arena.bytes(spec.exchange)
-            let routingKey = self.arena.bytes(spec.routingKey)
-            let arguments = self.arena.table(spec.arguments)
-            _ = try self.rpc(.unbind(queue: spec.queue, exchange: spec.exchange), channel: Self.controlChannel) { connection in
-                amqp_queue_unbind(connection, Self.controlChannel, queue, exchange, routingKey, arguments)
-            }
+            try self.bind(spec, unbind: true)
             self.topology.forget(spec)
             reply.resume()
         case .inspectQueue(let name, let reply):
@@ -160,15 +152,21 @@ extension ConnectionLoop {
         return QueueStatus(name: ok.queue.string, messageCount: Int(ok.message_count), consumerCount: Int(ok.consumer_count))
     }
 
-    func bind(_ spec: BindingSpec) throws(AMQPError) {
+    func bind(_ spec: BindingSpec, unbind: Bool = false) throws(AMQPError) {
         try self.ensureControlChannel()
         defer { self.arena.reset() }
         let queue = self.arena.bytes(spec.queue)
         let exchange = self.arena.bytes(spec.exchange)
         let routingKey = self.arena.bytes(spec.routingKey)
         let arguments = self.arena.table(spec.arguments)
-        _ = try self.rpc(.bind(queue: spec.queue, exchange: spec.exchange), channel: Self.controlChannel) { connection in
-            amqp_queue_bind(connection, Self.controlChannel, queue, exchange, routingKey, arguments)
+        if unbind {
+            _ = try self.rpc(.unbind(queue: spec.queue, exchange: spec.exchange), channel: Self.controlChannel) { connection in
+                amqp_queue_unbind(connection, Self.controlChannel, queue, exchange, routingKey, arguments)
+            }
+        } else {
+            _ = try self.rpc(.bind(queue: spec.queue, exchange: spec.exchange), channel: Self.controlChannel) { connection in
+                amqp_queue_bind(connection, Self.controlChannel, queue, exchange, routingKey, arguments)
+            }
         }
     }
 
