@@ -144,7 +144,10 @@ public final class OutboxRelay: Sendable {
             }
         }
         do {
-            try await self.store.releaseOutboxLease(owner: self.owner)
+            // In a task of its own: this one is cancelled (that is how the relay stops), and the
+            // store refuses work in a cancelled task.
+            let (store, owner) = (self.store, self.owner)
+            try await Task { try await store.releaseOutboxLease(owner: owner) }.value
         } catch {
             self.logger.warning("could not release the relay lease; another producer takes over when it expires",
                                 metadata: ["error": "\(error)", "relay.lease": "\(self.lease)"])
@@ -204,8 +207,10 @@ public final class OutboxRelay: Sendable {
             }
         }
         // Removed even if the process dies right after: the broker has them; if it dies before,
-        // they are published again.
-        try await self.store.removeOutbox(confirmed)
+        // they are published again. Not cancelled with the relay (GRDB refuses to start work in a
+        // cancelled task): a stopping producer must not leave confirmed rows to be sent twice.
+        let (store, sequences) = (self.store, confirmed)
+        try await Task { try await store.removeOutbox(sequences) }.value
         self.counters.add(confirmed: confirmed.count, returned: returned, retried: records.count - confirmed.count)
         if let firstError {
             self.logger.warning("outbox publishes not confirmed", metadata: [

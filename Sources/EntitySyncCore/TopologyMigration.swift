@@ -110,12 +110,12 @@ public struct TopologyMigration: Sendable {
         return .migrated(moved: moved)
     }
 
-    /// Empties the temporary queue into its queue, unbinds it, moves what arrived meanwhile,
-    /// and deletes it.
+    /// Unbinds the temporary queue (its queue is bound again by now and receives new events
+    /// itself), empties it into its queue, and deletes it. Unbound first, so that a producer
+    /// publishing faster than the move cannot keep it from ever running empty.
     private func finish(_ temporary: String, bindings: [BindingSpec], into queue: String) async throws -> Int {
-        var moved = try await self.move(from: temporary, to: queue)
         for binding in bindings { try await self.connection.unbind(binding) }
-        moved += try await self.move(from: temporary, to: queue)
+        let moved = try await self.move(from: temporary, to: queue)
         try await self.expectEmpty(temporary)
         let left = try await self.connection.deleteQueue(temporary)
         guard left == 0 else {

@@ -189,9 +189,13 @@ public final class SQLiteReplicaStore: ReplicaStore {
                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, completed_at = excluded.completed_at,
                     completed_by = excluded.completed_by
                 """, arguments: [now, instance, now, now, instance])
-            try db.execute(sql: "DELETE FROM bootstrap_marks")
+            // Merged per type, not replaced: instances rolled out with different entity types (a
+            // routing change) must not erase each other's coverage and reload for ever.
             for (kind, mark) in marks {
-                try db.execute(sql: "INSERT INTO bootstrap_marks (kind, entities, highest_version) VALUES (?, ?, ?)",
+                try db.execute(sql: """
+                    INSERT INTO bootstrap_marks (kind, entities, highest_version) VALUES (?, ?, ?)
+                    ON CONFLICT (kind) DO UPDATE SET entities = excluded.entities, highest_version = excluded.highest_version
+                    """,
                                arguments: [kind.rawValue, mark.entities, Int64(clamping: mark.highestVersion)])
             }
         }

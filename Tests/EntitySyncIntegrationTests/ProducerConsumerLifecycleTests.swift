@@ -29,6 +29,22 @@ struct ProducerConsumerLifecycleTests {
         await second.stop()
     }
 
+    /// A producer that stops gives up the relay lease, so the next one (a restart is a new owner)
+    /// relays at once instead of after the lease (45 s by default). The relay stops by being
+    /// cancelled, and the store refuses work in a cancelled task: the release must not be.
+    @Test func aStoppedProducerHandsTheRelayOverAtOnce() async throws {
+        let harness = try SyncHarness("handover")
+        defer { harness.tearDown() }
+        let first = try await harness.startProducer("first")
+        _ = try await first.store.createUser(UserDraft(id: "before", name: "Before", email: "before@example.com"))
+        try await first.outboxDrained()
+        await first.stop()
+        let next = try SQLiteSourceStore(path: harness.path("source"), producer: "next")
+        _ = try await next.createUser(UserDraft(id: "after", name: "After", email: "after@example.com"))
+        let claimed = try await next.claimOutbox(owner: OutboxRelay.uniqueOwner(instanceName: "next"), lease: .seconds(60), limit: 10)
+        #expect(claimed.map(\.entityID) == ["after"], "the stopped producer still holds the lease")
+    }
+
     /// A queue that exists with other arguments stops the producer before it publishes, with an
     /// error naming the queue, the argument and the way out that keeps the queue's messages.
     @Test func topologyMismatchStopsStartup() async throws {

@@ -251,29 +251,22 @@ extension ConnectionLoop {
         state.registration.continuation.finish()
     }
 
-    /// A consumer channel no consumer holds. The lowest free one, so that a long-lived connection
-    /// touches few channel numbers (the library keeps a memory pool per number it has seen). But
-    /// while frames are queued in the library, some may belong to a channel just closed: then
-    /// numbers are handed out in turn, so a just-closed one is not reused before they are read.
+    /// The lowest consumer channel no consumer holds, so that a long-lived connection touches few
+    /// channel numbers (the library keeps a memory pool per number it has seen). A channel closed
+    /// while frames were queued waits until they are read: one of them may be its delivery, which
+    /// must not be taken for a new consumer's.
     func allocateConsumerChannel() -> UInt16? {
         guard self.channelLimit >= Self.firstConsumerChannel else { return nil }
-        let inUse = Set(self.consumers.values.map(\.channel))
-        let span = Int(self.channelLimit - Self.firstConsumerChannel) + 1
-        let framesQueued = self.connection.map { amqp_frames_enqueued($0) != 0 } ?? false
-        let start = framesQueued ? Int(self.nextConsumerChannel - Self.firstConsumerChannel) % span : 0
-        for offset in 0..<span {
-            let candidate = Self.firstConsumerChannel + UInt16((start + offset) % span)
-            guard !inUse.contains(candidate) else { continue }
-            self.nextConsumerChannel = candidate >= self.channelLimit ? Self.firstConsumerChannel : candidate + 1
-            return candidate
-        }
-        return nil
+        if self.connection.map({ amqp_frames_enqueued($0) == 0 }) ?? true { self.quarantinedChannels.removeAll() }
+        let taken = Set(self.consumers.values.map(\.channel)).union(self.quarantinedChannels)
+        return (Self.firstConsumerChannel...self.channelLimit).first { !taken.contains($0) }
     }
 
     /// Closes a consumer's channel; false if that cost the connection.
     @discardableResult
     func closeConsumerChannel(_ channel: UInt16) -> Bool {
         guard let connection = self.connection else { return true }
+        self.quarantinedChannels.insert(channel)
         let reply = self.guarded("channel.close") { amqp_channel_close(connection, channel, AMQP_REPLY_SUCCESS) }
         switch reply.reply_type {
         case AMQP_RESPONSE_NORMAL:

@@ -35,9 +35,9 @@ final class ConnectionLoop {
     var channelEpoch: UInt64 = 0
     /// The highest channel number the broker agreed to at login (it may allow fewer than asked).
     var channelLimit = ConnectionLoop.channelMax
-    /// Where the search for a free consumer channel starts while frames are queued in the library
-    /// (see `allocateConsumerChannel`).
-    var nextConsumerChannel = ConnectionLoop.firstConsumerChannel
+    /// Consumer channels closed while frames were queued in the library: some of those frames may
+    /// belong to them, so they are not handed out again until the queue has been read.
+    var quarantinedChannels: Set<UInt16> = []
 
     var confirms = ConfirmTracker<PublishRequest>()
     var unsent: Deque<PublishRequest> = []
