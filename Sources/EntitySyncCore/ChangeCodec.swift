@@ -143,17 +143,7 @@ public enum ChangeCodec {
                 throw SyncError(.invalidArgument, "user.status \(value) is not a known status; "
                                 + "allowed are 0 (unspecified), 1 (active) and 2 (disabled)")
             }
-            guard user.attributes.count <= DraftValidation.maximumAttributes else {
-                throw SyncError(.invalidArgument, "user.attributes has \(user.attributes.count) entries; "
-                                + "at most \(DraftValidation.maximumAttributes) are allowed")
-            }
-            for (key, value) in user.attributes {
-                guard !key.isEmpty, key.utf8.count <= DraftValidation.maximumAttributeKeyLength else {
-                    throw SyncError(.invalidArgument, "user.attributes has a key of \(key.utf8.count) bytes; keys must be "
-                                    + "1 to \(DraftValidation.maximumAttributeKeyLength) bytes long")
-                }
-                try DraftValidation.validateText(value, field: "user.attributes['\(key)']")
-            }
+            try DraftValidation.validateAttributes(user.attributes, field: "user.attributes")
             try self.validateStateVersion(user.version, field: "user.version")
             if user.hasUpdatedAt { try self.validateTimestamp(user.updatedAt, field: "user.updated_at") }
         case .group(let group)?:

@@ -47,14 +47,20 @@ public enum DraftValidation {
         }
         try self.validateText(draft.name, field: "user.name")
         try self.validateText(draft.email, field: "user.email")
-        guard draft.attributes.count <= Self.maximumAttributes else {
-            throw SyncError(.invalidArgument, "user.attributes has \(draft.attributes.count) entries; at most \(Self.maximumAttributes) are allowed")
+        try self.validateAttributes(draft.attributes, field: "user.attributes")
+    }
+
+    /// Checks a user's attributes: how many, each key's length and each value's size.
+    static func validateAttributes(_ attributes: [String: String], field: String) throws(SyncError) {
+        guard attributes.count <= Self.maximumAttributes else {
+            throw SyncError(.invalidArgument, "\(field) has \(attributes.count) entries; at most \(Self.maximumAttributes) are allowed")
         }
-        for (key, value) in draft.attributes {
+        for (key, value) in attributes {
             guard !key.isEmpty, key.utf8.count <= Self.maximumAttributeKeyLength else {
-                throw SyncError(.invalidArgument, "user.attributes keys must be 1 to \(Self.maximumAttributeKeyLength) bytes long")
+                throw SyncError(.invalidArgument, "\(field) has a key of \(key.utf8.count) bytes; keys must be 1 to "
+                                + "\(Self.maximumAttributeKeyLength) bytes long")
             }
-            try self.validateText(value, field: "user.attributes['\(key)']")
+            try self.validateText(value, field: "\(field)['\(key)']")
         }
     }
 
