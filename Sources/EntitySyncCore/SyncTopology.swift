@@ -103,7 +103,7 @@ public struct SyncTopology: Sendable, Equatable {
                 let what = error.message.components(separatedBy: " Queue arguments cannot change").first ?? error.message
                 throw SyncError(.configuration, "\(what) The queues were declared by an earlier EntitySync with other "
                                 + "arguments, which RabbitMQ cannot change in place. Stop the consumer services, then run "
-                                + "`entity-sync topology migrate` (it moves every message over; see the README, "
+                                + "`entity-sync topology migrate` (it moves every message over; see docs/OPERATIONS.md, "
                                 + "\"Upgrading queue arguments\").")
             } catch let error as AMQPError where error.code == .accessRefused {
                 let remedy = group == nil
