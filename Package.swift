@@ -39,10 +39,23 @@ let package = Package(
             pkgConfig: "librabbitmq",
             providers: [.apt(["librabbitmq-dev"])]
         ),
+        // AMQP's vocabulary (field tables, properties, declarations, deliveries, errors) and the
+        // broker protocol the sync core is written against: values only, no I/O.
+        .target(
+            name: "AMQPModel",
+            swiftSettings: swiftSettings
+        ),
+        // RabbitMQ's queueing rules in memory: the broker the sync core's tests run against.
+        .target(
+            name: "AMQPTesting",
+            dependencies: ["AMQPModel"],
+            swiftSettings: swiftSettings
+        ),
         // The only Swift code that touches librabbitmq.
         .target(
             name: "AMQPClient",
             dependencies: [
+                "AMQPModel",
                 "CRabbitMQ",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
@@ -60,7 +73,7 @@ let package = Package(
         .target(
             name: "EntitySyncCore",
             dependencies: [
-                "AMQPClient",
+                "AMQPModel",
                 "EntitySyncProto",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "Logging", package: "swift-log"),
@@ -167,13 +180,13 @@ let package = Package(
         ),
         .testTarget(
             name: "EntitySyncCoreTests",
-            dependencies: ["EntitySyncCore", "EntitySyncSQLite"],
+            dependencies: ["AMQPModel", "AMQPTesting", "EntitySyncCore", "EntitySyncSQLite", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
         // Broker, vhost and waiting helpers shared by the sync and service tests.
         .target(
             name: "EntitySyncTestSupport",
-            dependencies: ["AMQPClient", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["AMQPClient", "EntitySyncCore", .product(name: "Logging", package: "swift-log")],
             path: "Tests/EntitySyncTestSupport",
             swiftSettings: swiftSettings
         ),

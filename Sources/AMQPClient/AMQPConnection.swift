@@ -9,7 +9,7 @@ import Synchronization
 /// and await the answer, so they are safe to call from any task. After a connection loss it
 /// reconnects with capped exponential backoff, re-declares every exchange, queue and binding
 /// declared through it, and re-subscribes its consumers.
-public final class AMQPConnection: Sendable {
+public final class AMQPConnection: MessageBroker {
     public let configuration: AMQPConfiguration
     private let mailbox: Mailbox
     private let nextConsumerID = Atomic<Int>(1)
@@ -130,8 +130,14 @@ public final class AMQPConnection: Sendable {
         }
         let registration = ConsumerRegistration(id: id, queue: queue, prefetch: prefetch, continuation: continuation)
         try await self.call { .consume(registration, $0) }
-        return AMQPConsumer(id: id, queue: queue, deliveries: stream, mailbox: self.mailbox)
+        return BrokerConsumer(queue: queue, deliveries: stream) {
+            _ = try? await withCheckedThrowingContinuation { (reply: Reply<Void>) in
+                if !mailbox.post(.cancelConsumer(id: id, reply)) { reply.resume() }
+            }
+        }
     }
+
+    public var publishTimeout: Duration { self.configuration.publishTimeout }
 
     /// The connection's current state.
     public func status() async throws -> ConnectionStatus {
@@ -156,42 +162,5 @@ public final class AMQPConnection: Sendable {
     }
 }
 
-/// One message of a batch publish and where it goes.
-public struct PublishItem: Sendable {
-    public var message: OutgoingMessage
-    public var exchange: String
-    public var routingKey: String
-    public var mandatory: Bool
-
-    public init(_ message: OutgoingMessage, exchange: String, routingKey: String = "", mandatory: Bool = true) {
-        self.message = message
-        self.exchange = exchange
-        self.routingKey = routingKey
-        self.mandatory = mandatory
-    }
-}
-
-/// A subscription to one queue. Iterate `deliveries`; settle each delivery with ack or reject.
-public final class AMQPConsumer: Sendable {
-    public let queue: String
-    /// Ends when the consumer is cancelled or its connection closes.
-    public let deliveries: AsyncStream<Delivery>
-    private let id: Int
-    private let mailbox: Mailbox
-
-    init(id: Int, queue: String, deliveries: AsyncStream<Delivery>, mailbox: Mailbox) {
-        self.id = id
-        self.queue = queue
-        self.deliveries = deliveries
-        self.mailbox = mailbox
-    }
-
-    /// Stops new deliveries. Deliveries already received can still be settled; the channel
-    /// closes once they are. Keep reading `deliveries` until it ends and settle each one: a
-    /// delivery never settled keeps the channel open and its message unavailable to others.
-    public func cancel() async {
-        _ = try? await withCheckedThrowingContinuation { (reply: Reply<Void>) in
-            if !self.mailbox.post(.cancelConsumer(id: self.id, reply)) { reply.resume() }
-        }
-    }
-}
+/// A subscription to one queue of an `AMQPConnection`.
+public typealias AMQPConsumer = BrokerConsumer

@@ -102,7 +102,7 @@ struct Topology: AsyncParsableCommand {
             logger.logLevel = .warning
             let outcomes: [(queue: String, outcome: TopologyMigration.Outcome)]
             do {
-                outcomes = try await TopologyMigration(topology: topology, connection: connection, logger: logger).run()
+                outcomes = try await TopologyMigration(topology: topology, broker: connection, logger: logger).run()
             } catch {
                 await connection.close()
                 throw error

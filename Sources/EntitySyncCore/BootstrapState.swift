@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Foundation
 
 /// How a consumer group's store came to hold what it holds, as read from the store (so every

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import EntitySyncProto
 import Foundation
 import SwiftProtobuf

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Logging
 
 /// One message in a dead-letter queue, as far as it can be read.
@@ -46,12 +46,12 @@ extension ConsumerRunner {
         let deadline = ContinuousClock.now + Self.deadLetterListDeadline
         for (kind, queue) in self.topology.queues(forGroup: self.group) where kinds.contains(kind) {
             let deadLetterQueue = SyncTopology.deadLetterQueue(forQueue: queue)
-            let count = try await self.connection.queueStatus(deadLetterQueue).messageCount
+            let count = try await self.broker.queueStatus(deadLetterQueue).messageCount
             total += count
             let wanted = min(count, limit - letters.count, Self.deadLetterListLimit)
             guard wanted > 0 else { continue }
             let take = QueueTake(count: wanted, prefetch: wanted, idleTimeout: Self.deadLetterIdleTimeout, deadline: deadline)
-            let outcome = try await take.run(from: deadLetterQueue, on: self.connection) { delivery in
+            let outcome = try await take.run(from: deadLetterQueue, on: self.broker) { delivery in
                 (Self.describe(delivery, kind: kind, queue: deadLetterQueue), .putBack)
             }
             letters += outcome.values
@@ -70,12 +70,12 @@ extension ConsumerRunner {
         var remaining = limit ?? Int.max
         for (kind, queue) in self.topology.queues(forGroup: self.group) where kinds.contains(kind) && remaining > 0 {
             let deadLetterQueue = SyncTopology.deadLetterQueue(forQueue: queue)
-            let wanted = min(remaining, try await self.connection.queueStatus(deadLetterQueue).messageCount)
+            let wanted = min(remaining, try await self.broker.queueStatus(deadLetterQueue).messageCount)
             guard wanted > 0 else { continue }
             remaining -= wanted
             // Each message is settled before the next, so a small prefetch loses nothing.
             let take = QueueTake(count: wanted, prefetch: min(wanted, 64), idleTimeout: Self.deadLetterIdleTimeout, deadline: nil)
-            let outcome = try await take.run(from: deadLetterQueue, on: self.connection) { delivery -> (Step, QueueTake.Settle) in
+            let outcome = try await take.run(from: deadLetterQueue, on: self.broker) { delivery -> (Step, QueueTake.Settle) in
                 let reason: String
                 switch await self.apply(delivery, kind: kind) {
                 case .applied: return (.applied, .ack)
@@ -87,8 +87,8 @@ extension ConsumerRunner {
                 copy.properties.headers[Self.reasonHeader] = .string(reason)
                 // Through the group's forward exchange, which its (least-privilege) user may write;
                 // confirmed before the original is acked: a crash leaves a copy, never nothing.
-                try await self.connection.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group),
-                                                  routingKey: deadLetterQueue)
+                try await self.broker.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group),
+                                                  routingKey: deadLetterQueue, mandatory: true)
                 var info = Self.describe(delivery, kind: kind, queue: deadLetterQueue)
                 info.reason = reason
                 return (.failed(info), .ack)

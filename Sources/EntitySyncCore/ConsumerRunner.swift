@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Foundation
 import Logging
 import Metrics
@@ -37,7 +37,7 @@ public final class ConsumerRunner: Sendable {
 
     public let group: String
     let topology: SyncTopology
-    let connection: AMQPConnection
+    let broker: any MessageBroker
     let store: any ReplicaStore
     private let configuration: Configuration
     let logger: Logger
@@ -48,11 +48,11 @@ public final class ConsumerRunner: Sendable {
     /// Signalled after every change this instance applies (for read-your-writes waits).
     public let applied = WakeSignal()
 
-    public init(group: String, topology: SyncTopology, connection: AMQPConnection, store: any ReplicaStore,
+    public init(group: String, topology: SyncTopology, broker: any MessageBroker, store: any ReplicaStore,
                 configuration: Configuration = Configuration(), logger: Logger) {
         self.group = group
         self.topology = topology
-        self.connection = connection
+        self.broker = broker
         self.store = store
         self.configuration = configuration
         var logger = logger
@@ -70,14 +70,14 @@ public final class ConsumerRunner: Sendable {
                             + "add it to the topology's routes")
         }
         switch self.configuration.topologySetup {
-        case .declare: try await self.topology.prepare(forGroup: self.group, declare: true, on: self.connection)
-        case .verify: try await self.topology.prepare(forGroup: self.group, declare: false, on: self.connection)
+        case .declare: try await self.topology.prepare(forGroup: self.group, declare: true, on: self.broker)
+        case .verify: try await self.topology.prepare(forGroup: self.group, declare: false, on: self.broker)
         case .alreadyPrepared: break
         }
-        var subscribed: [(EntityKind, AMQPConsumer)] = []
+        var subscribed: [(EntityKind, BrokerConsumer)] = []
         for (kind, queue) in queues {
             do {
-                subscribed.append((kind, try await self.connection.consume(queue: queue, prefetch: self.configuration.prefetch)))
+                subscribed.append((kind, try await self.broker.consume(queue: queue, prefetch: self.configuration.prefetch)))
             } catch let error as AMQPError where error.code == .accessRefused {
                 throw SyncError(.configuration, "the broker refused to let this service read queue '\(queue)' (\(error.message)); "
                                 + "grant its user the permissions that `entity-sync topology permissions --group \(self.group)` prints")
@@ -204,7 +204,8 @@ public final class ConsumerRunner: Sendable {
     /// copy is confirmed, so the message is in exactly one place or, after a crash, in both.
     private func forward(_ delivery: Delivery, copy: OutgoingMessage, routingKey: String, fallbackDelay: Duration?) async {
         do {
-            try await self.connection.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group), routingKey: routingKey)
+            try await self.broker.publish(copy, exchange: SyncTopology.forwardExchange(forGroup: self.group), routingKey: routingKey,
+                                          mandatory: true)
             await self.settle(delivery) { try await delivery.ack() }
         } catch {
             self.logger.warning("could not forward message; handing it back to the broker", metadata: [

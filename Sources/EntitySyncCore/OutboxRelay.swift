@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Foundation
 import Logging
 import Metrics
@@ -67,19 +67,19 @@ public final class OutboxRelay: Sendable {
     /// How long each claim or renewal of the lease lasts.
     public let lease: Duration
     private let store: any SourceStore
-    private let connection: AMQPConnection
+    private let broker: any MessageBroker
     private let configuration: Configuration
     private let logger: Logger
     private let counters: RelayCounters
 
     /// A relay that holds the lease as exactly `owner`; see `uniqueOwner(instanceName:)`.
-    public init(store: any SourceStore, connection: AMQPConnection, owner: String,
+    public init(store: any SourceStore, broker: any MessageBroker, owner: String,
                 configuration: Configuration = Configuration(), logger: Logger) {
         self.store = store
-        self.connection = connection
+        self.broker = broker
         self.owner = owner
         self.configuration = configuration
-        self.lease = configuration.lease(publishTimeout: connection.configuration.publishTimeout)
+        self.lease = configuration.lease(publishTimeout: broker.publishTimeout)
         self.counters = RelayCounters()
         var logger = logger
         logger[metadataKey: "relay.owner"] = "\(owner)"
@@ -96,7 +96,7 @@ public final class OutboxRelay: Sendable {
 
     /// Throws a configuration error unless the lease outlives the connection's publish timeout.
     public func validate() throws(SyncError) {
-        try self.configuration.validate(publishTimeout: self.connection.configuration.publishTimeout)
+        try self.configuration.validate(publishTimeout: self.broker.publishTimeout)
     }
 
     /// Published, confirmed, returned (unroutable) and retried publishes so far.
@@ -159,7 +159,7 @@ public final class OutboxRelay: Sendable {
     /// publish timeout; renewing covers store work after the publish that waits longer than the
     /// margin (a contended SQLite lock) and connection-thread stalls past the publish deadline.
     private func renewingLease<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        let every = self.configuration.leaseRenewal(publishTimeout: self.connection.configuration.publishTimeout)
+        let every = self.configuration.leaseRenewal(publishTimeout: self.broker.publishTimeout)
         return try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
             group.addTask {
                 while true {
@@ -193,7 +193,7 @@ public final class OutboxRelay: Sendable {
         }
         self.counters.add(published: records.count)
         self.counters.backlog.record(try await self.store.outboxCount())
-        let results = await self.connection.publish(items)
+        let results = await self.broker.publish(items)
         var confirmed: [Int64] = []
         var firstError: AMQPError?
         var returned = 0

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 
 /// Takes the first messages of a queue through a short-lived consumer, bounded in count,
 /// prefetch and time. Whatever it does not ack goes back to the queue, returned in the order received,
@@ -35,9 +35,9 @@ struct QueueTake: Sendable {
 
     /// Runs `body` on each of the first `count` messages of `queue`. If `body` throws, that
     /// message and everything kept so far go back, and the error is rethrown.
-    func run<Value: Sendable>(from queue: String, on connection: AMQPConnection,
+    func run<Value: Sendable>(from queue: String, on broker: any MessageBroker,
                               _ body: @escaping @Sendable (Delivery) async throws -> (Value, Settle)) async throws -> Outcome<Value> {
-        let consumer = try await connection.consume(queue: queue, prefetch: UInt16(clamping: max(1, self.prefetch)))
+        let consumer = try await broker.consume(queue: queue, prefetch: UInt16(clamping: max(1, self.prefetch)))
         let stop = MutexBox<Stop?>(nil)
         // Nil while `body` runs: a slow step (a store write) is not idleness.
         let idleSince = MutexBox<ContinuousClock.Instant?>(.now)

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 
 /// What a consumer does with a message that failed transiently, decided from the attempt count
 /// in its headers. The count arrives over the wire from anyone who can publish, so it is clamped

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Foundation
 import Logging
 import Synchronization
@@ -77,7 +77,7 @@ public struct SnapshotBootstrap: Sendable {
     /// The instance's name, recorded in the store.
     public let instance: String
     public let configuration: Configuration
-    private let logger: Logger
+    let logger: Logger
 
     public init(store: any ReplicaStore, kinds: Set<EntityKind>, instance: String, configuration: Configuration = Configuration(),
                 logger: Logger) {

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Logging
 
 /// The producer side of a process: declares the whole topology (every exchange and every
@@ -7,15 +7,15 @@ import Logging
 public struct SyncProducer: Sendable {
     public let topology: SyncTopology
     public let relay: OutboxRelay
-    private let connection: AMQPConnection
+    private let broker: any MessageBroker
 
     /// A producer named `name` in logs; its relay's lease owner is that name made unique to this
     /// process (see `OutboxRelay.uniqueOwner(instanceName:)`).
-    public init(topology: SyncTopology, store: any SourceStore, connection: AMQPConnection, name: String,
+    public init(topology: SyncTopology, store: any SourceStore, broker: any MessageBroker, name: String,
                 relayConfiguration: OutboxRelay.Configuration = OutboxRelay.Configuration(), logger: Logger) {
         self.topology = topology
-        self.connection = connection
-        self.relay = OutboxRelay(store: store, connection: connection, owner: OutboxRelay.uniqueOwner(instanceName: name),
+        self.broker = broker
+        self.relay = OutboxRelay(store: store, broker: broker, owner: OutboxRelay.uniqueOwner(instanceName: name),
                                  configuration: relayConfiguration, logger: logger)
     }
 
@@ -25,7 +25,7 @@ public struct SyncProducer: Sendable {
     public func declareTopology() async throws {
         try self.relay.validate()
         try self.topology.validate()
-        try await self.topology.prepare(forGroup: nil, declare: true, on: self.connection)
+        try await self.topology.prepare(forGroup: nil, declare: true, on: self.broker)
     }
 
     /// Declares the topology, then relays the outbox until the task is cancelled.

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 
 /// Which consumer groups receive which entity types, and every exchange and queue name that
 /// follows from it. Names are fixed by convention so every service derives the same ones:
@@ -92,11 +92,11 @@ public struct SyncTopology: Sendable, Equatable {
     /// Makes sure what `group` (nil: the producer) needs on the broker exists: declares it, or
     /// with `declare` false only checks that the group's queues are there (the producer declared
     /// them). A refusal by the broker becomes an error that says which permission to grant.
-    public func prepare(forGroup group: String?, declare: Bool, on connection: AMQPConnection) async throws {
-        try await self.refuseUnfinishedMigration(forGroup: group, on: connection)
+    public func prepare(forGroup group: String?, declare: Bool, on broker: any MessageBroker) async throws {
+        try await self.refuseUnfinishedMigration(forGroup: group, on: broker)
         if declare {
             do {
-                try await self.declarations(forGroup: group).declare(on: connection)
+                try await self.declarations(forGroup: group).declare(on: broker)
             } catch let error as AMQPError where error.code == .preconditionFailed {
                 // The client's generic advice (configure the old arguments, or delete the queue and
                 // lose its messages) is wrong here: the arguments are EntitySync's, and migrate keeps the messages.
@@ -119,7 +119,7 @@ public struct SyncTopology: Sendable, Equatable {
         for (_, queue) in self.queues(forGroup: group) {
             for name in [queue, Self.deadLetterQueue(forQueue: queue), Self.retryQueue(forQueue: queue)] {
                 do {
-                    _ = try await connection.queueStatus(name)
+                    _ = try await broker.queueStatus(name)
                 } catch let error as AMQPError where error.code == .notFound {
                     throw SyncError(.configuration, "queue '\(name)' does not exist, and this service does not declare queues "
                                     + "(--declare-topology false): start the producer first (it declares them), "
@@ -132,11 +132,11 @@ public struct SyncTopology: Sendable, Equatable {
     /// A `<queue>.migrating` left by an interrupted `topology migrate` holds messages its queue
     /// must get back, and still receives a copy of every event: starting on top of it would strand
     /// them. A user that may not look at it (least privilege) cannot tell, and goes on.
-    private func refuseUnfinishedMigration(forGroup group: String?, on connection: AMQPConnection) async throws {
+    private func refuseUnfinishedMigration(forGroup group: String?, on broker: any MessageBroker) async throws {
         for queue in self.declarations(forGroup: group).queues {
             let temporary = TopologyMigration.temporaryQueue(for: queue.name)
             do {
-                let status = try await connection.queueStatus(temporary)
+                let status = try await broker.queueStatus(temporary)
                 throw SyncError(.configuration, "queue '\(temporary)' exists (\(status.messageCount) message(s)): a "
                                 + "`entity-sync topology migrate` was interrupted. Stop the consumer services and run it "
                                 + "again to finish it, then start the services")
@@ -210,10 +210,10 @@ public struct SyncTopology: Sendable, Equatable {
 
         /// Declares everything (idempotent); a mismatch with an existing queue fails with the
         /// client's error naming the queue and the argument.
-        public func declare(on connection: AMQPConnection) async throws {
-            for exchange in self.exchanges { try await connection.declare(exchange) }
-            for queue in self.queues { try await connection.declare(queue) }
-            for binding in self.bindings { try await connection.bind(binding) }
+        public func declare(on broker: any MessageBroker) async throws {
+            for exchange in self.exchanges { try await broker.declare(exchange) }
+            for queue in self.queues { try await broker.declare(queue) }
+            for binding in self.bindings { try await broker.bind(binding) }
         }
     }
 }

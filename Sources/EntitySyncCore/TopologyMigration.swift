@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import Logging
 
 /// Brings queues that an earlier EntitySync declared with other arguments to the arguments this
@@ -20,12 +20,12 @@ public struct TopologyMigration: Sendable {
     }
 
     public let topology: SyncTopology
-    let connection: AMQPConnection
+    let broker: any MessageBroker
     let logger: Logger
 
-    public init(topology: SyncTopology, connection: AMQPConnection, logger: Logger) {
+    public init(topology: SyncTopology, broker: any MessageBroker, logger: Logger) {
         self.topology = topology
-        self.connection = connection
+        self.broker = broker
         self.logger = logger
     }
 
@@ -35,7 +35,7 @@ public struct TopologyMigration: Sendable {
     /// Migrates every queue of the topology that needs it and declares the rest as usual.
     public func run() async throws -> [(queue: String, outcome: Outcome)] {
         let declarations = self.topology.declarations(forGroup: nil)
-        for exchange in declarations.exchanges { try await self.connection.declare(exchange) }
+        for exchange in declarations.exchanges { try await self.broker.declare(exchange) }
         // Main queues first: a main queue's retry queue is emptied into it as it moves (an old
         // retry queue dead-letters at-most-once, so nothing may expire into a queue that is
         // briefly gone). Retry queues last, by then usually empty.
@@ -49,7 +49,7 @@ public struct TopologyMigration: Sendable {
             self.logger.notice("queue checked", metadata: ["amqp.queue": "\(spec.name)", "outcome": "\(outcome)"])
             outcomes.append((spec.name, outcome))
         }
-        for binding in declarations.bindings { try await self.connection.bind(binding) }
+        for binding in declarations.bindings { try await self.broker.bind(binding) }
         return outcomes
     }
 
@@ -68,7 +68,7 @@ public struct TopologyMigration: Sendable {
         }
         let current: Bool
         do {
-            try await self.connection.declare(spec)
+            try await self.broker.declare(spec)
             current = true
         } catch let error as AMQPError where error.code == .preconditionFailed {
             self.logger.notice("queue has other arguments; migrating", metadata: [
@@ -78,18 +78,18 @@ public struct TopologyMigration: Sendable {
         }
         if current {
             guard try await self.exists(temporary.name) else { return .upToDate }
-            for binding in bindings { try await self.connection.bind(binding) }
+            for binding in bindings { try await self.broker.bind(binding) }
             return .resumed(moved: try await self.finish(temporary.name, bindings: temporaryBindings, into: spec.name))
         }
-        let status = try await self.connection.queueStatus(spec.name)
+        let status = try await self.broker.queueStatus(spec.name)
         guard status.consumerCount == 0 else {
             throw SyncError(.configuration, "queue '\(spec.name)' has \(status.consumerCount) consumer(s): stop the "
                             + "consumer services (user-rpc, org-rpc) before migrating; the producer may keep running")
         }
-        try await self.connection.declare(temporary)
+        try await self.broker.declare(temporary)
         // From here on, what the queue would receive goes to the temporary queue alone.
-        for binding in temporaryBindings { try await self.connection.bind(binding) }
-        for binding in bindings { try await self.connection.unbind(binding) }
+        for binding in temporaryBindings { try await self.broker.bind(binding) }
+        for binding in bindings { try await self.broker.unbind(binding) }
         var moved = 0
         for feeder in feeders where try await self.exists(feeder) {
             // Retried now rather than after their delay: without their TTL, or they would expire
@@ -98,14 +98,14 @@ public struct TopologyMigration: Sendable {
         }
         moved += try await self.move(from: spec.name, to: temporary.name)
         try await self.expectEmpty(spec.name)
-        let left = try await self.connection.deleteQueue(spec.name)
+        let left = try await self.broker.deleteQueue(spec.name, ifEmpty: false)
         guard left == 0 else {
             throw SyncError(.brokerUnavailable, "queue '\(spec.name)' received \(left) message(s) after it was emptied "
                             + "and unbound (is a consumer service still running?); they are lost. Stop every consumer "
                             + "service and run the migration again to finish it")
         }
-        try await self.connection.declare(spec)
-        for binding in bindings { try await self.connection.bind(binding) }
+        try await self.broker.declare(spec)
+        for binding in bindings { try await self.broker.bind(binding) }
         _ = try await self.finish(temporary.name, bindings: temporaryBindings, into: spec.name)
         return .migrated(moved: moved)
     }
@@ -114,10 +114,10 @@ public struct TopologyMigration: Sendable {
     /// itself), empties it into its queue, and deletes it. Unbound first, so that a producer
     /// publishing faster than the move cannot keep it from ever running empty.
     private func finish(_ temporary: String, bindings: [BindingSpec], into queue: String) async throws -> Int {
-        for binding in bindings { try await self.connection.unbind(binding) }
+        for binding in bindings { try await self.broker.unbind(binding) }
         let moved = try await self.move(from: temporary, to: queue)
         try await self.expectEmpty(temporary)
-        let left = try await self.connection.deleteQueue(temporary)
+        let left = try await self.broker.deleteQueue(temporary, ifEmpty: false)
         guard left == 0 else {
             throw SyncError(.brokerUnavailable, "temporary queue '\(temporary)' received \(left) message(s) after it was "
                             + "emptied and unbound; they are lost")
@@ -127,7 +127,7 @@ public struct TopologyMigration: Sendable {
 
     private func exists(_ queue: String) async throws -> Bool {
         do {
-            _ = try await self.connection.queueStatus(queue)
+            _ = try await self.broker.queueStatus(queue)
             return true
         } catch let error as AMQPError where error.code == .notFound {
             return false
@@ -136,7 +136,7 @@ public struct TopologyMigration: Sendable {
 
     /// Nothing left to lose by deleting it: no message, and nobody consuming that could be sent one.
     private func expectEmpty(_ queue: String) async throws {
-        let status = try await self.connection.queueStatus(queue)
+        let status = try await self.broker.queueStatus(queue)
         guard status.messageCount == 0, status.consumerCount == 0 else {
             throw SyncError(.configuration, "queue '\(queue)' still holds \(status.messageCount) message(s) and has "
                             + "\(status.consumerCount) consumer(s) after it was emptied; stop every consumer service and "
@@ -152,14 +152,14 @@ public struct TopologyMigration: Sendable {
         var moved = 0
         var fruitless = 0
         while true {
-            let count = try await self.connection.queueStatus(source).messageCount
+            let count = try await self.broker.queueStatus(source).messageCount
             guard count > 0 else { return moved }
             let take = QueueTake(count: count, prefetch: min(count, 256), idleTimeout: .seconds(5), deadline: nil)
-            let connection = self.connection
-            let outcome = try await take.run(from: source, on: connection) { delivery in
+            let broker = self.broker
+            let outcome = try await take.run(from: source, on: broker) { delivery in
                 var copy = OutgoingMessage(body: delivery.body, properties: delivery.properties)
                 if !keepingExpiration { copy.properties.expiration = nil }
-                try await connection.publish(copy, exchange: "", routingKey: target)
+                try await broker.publish(copy, exchange: "", routingKey: target, mandatory: true)
                 return ((), .ack)
             }
             if outcome.stop == .cancelled { throw CancellationError() }

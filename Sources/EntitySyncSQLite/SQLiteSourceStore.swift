@@ -48,7 +48,7 @@ public final class SQLiteSourceStore: SourceStore {
             if let existing, !existing.deleted {
                 throw SyncError(.alreadyExists, "user '\(draft.id)' already exists (version \(existing.version)); update it instead")
             }
-            let user = Self.user(from: draft, version: (existing?.version ?? 0) + 1)
+            let user = ChangeEvents.user(from: draft, version: (existing?.version ?? 0) + 1)
             try Self.store(db, user: user, producer: producer)
             return user
         }
@@ -61,7 +61,7 @@ public final class SQLiteSourceStore: SourceStore {
         let producer = self.producer
         let user = try await self.database.write { db -> User in
             let existing = try Self.requireLive(db, kind: .user, id: draft.id, expectedVersion: expectedVersion)
-            let user = Self.user(from: draft, version: existing.version + 1)
+            let user = ChangeEvents.user(from: draft, version: existing.version + 1)
             try Self.store(db, user: user, producer: producer)
             return user
         }
@@ -79,11 +79,9 @@ public final class SQLiteSourceStore: SourceStore {
             try Self.enqueue(db, kind: .user, id: id, version: version, state: nil, producer: producer)
             // The user leaves every group it was in; each group changes and says so itself.
             for groupID in try EntityTable.groupIDs(db, containing: id) {
-                guard var group = try EntityTable.group(db, id: groupID) else { continue }
-                group.memberIds.removeAll { $0 == id }
-                group.version += 1
-                group.updatedAt = Google_Protobuf_Timestamp(date: Date())
-                try Self.store(db, group: group, producer: producer)
+                guard let group = try EntityTable.group(db, id: groupID),
+                      let changed = ChangeEvents.group(group, losingDeletedUser: id) else { continue }
+                try Self.store(db, group: changed, producer: producer)
             }
             return version
         }
@@ -102,7 +100,7 @@ public final class SQLiteSourceStore: SourceStore {
                 throw SyncError(.alreadyExists, "group '\(draft.id)' already exists (version \(existing.version)); update it instead")
             }
             try Self.requireUsers(db, draft.memberIDs)
-            let group = Self.group(from: draft, version: (existing?.version ?? 0) + 1)
+            let group = ChangeEvents.group(from: draft, version: (existing?.version ?? 0) + 1)
             try Self.store(db, group: group, producer: producer)
             return group
         }
@@ -116,7 +114,7 @@ public final class SQLiteSourceStore: SourceStore {
         let group = try await self.database.write { db -> Group in
             let existing = try Self.requireLive(db, kind: .group, id: draft.id, expectedVersion: expectedVersion)
             try Self.requireUsers(db, draft.memberIDs)
-            let group = Self.group(from: draft, version: existing.version + 1)
+            let group = ChangeEvents.group(from: draft, version: existing.version + 1)
             try Self.store(db, group: group, producer: producer)
             return group
         }
@@ -154,24 +152,14 @@ public final class SQLiteSourceStore: SourceStore {
         let producer = self.producer
         let (group, changed) = try await self.database.write { db -> (Group, Bool) in
             _ = try Self.requireLive(db, kind: .group, id: groupID, expectedVersion: expectedVersion)
-            guard var group = try EntityTable.group(db, id: groupID) else {
+            guard let group = try EntityTable.group(db, id: groupID) else {
                 throw SyncError(.notFound, "group '\(groupID)' does not exist")
             }
-            var members = Set(group.memberIds)
-            if adding {
-                try Self.requireUsers(db, userIDs)
-                members.formUnion(userIDs)
-            } else {
-                members.subtract(userIDs)
-            }
-            let sorted = members.sorted()
+            if adding { try Self.requireUsers(db, userIDs) }
             // Nothing to change: no new version, no event.
-            guard sorted != group.memberIds else { return (group, false) }
-            group.memberIds = sorted
-            group.version += 1
-            group.updatedAt = Google_Protobuf_Timestamp(date: Date())
-            try Self.store(db, group: group, producer: producer)
-            return (group, true)
+            guard let changed = ChangeEvents.group(group, adding: adding, members: userIDs) else { return (group, false) }
+            try Self.store(db, group: changed, producer: producer)
+            return (changed, true)
         }
         if changed { self.commits.signal() }
         return group
@@ -208,21 +196,8 @@ public final class SQLiteSourceStore: SourceStore {
                 let id: String = row["id"]
                 let version = UInt64(row["version"] as Int64)
                 let deleted: Bool = row["deleted"]
-                let state = [UInt8](row["state"] as Data)
-                var change = EntityChange()
-                change.messageID = "snapshot:\(kind.rawValue):\(id):\(version)"
-                change.entityType = kind.protoType
-                change.entityID = id
-                change.version = version
-                change.operation = deleted ? .delete : .upsert
-                change.producer = producer
-                if !deleted {
-                    switch kind {
-                    case .user: change.user = try User(serializedBytes: state)
-                    case .group: change.group = try Group(serializedBytes: state)
-                    }
-                }
-                return change
+                return try ChangeEvents.snapshotEntry(kind: kind, id: id, version: version, deleted: deleted,
+                                                      state: [UInt8](row["state"] as Data), producer: producer)
             }
         }
     }
@@ -293,29 +268,6 @@ public final class SQLiteSourceStore: SourceStore {
         }
     }
 
-    private static func user(from draft: UserDraft, version: UInt64) -> User {
-        var user = User()
-        user.id = draft.id
-        user.name = draft.name
-        user.email = draft.email
-        user.status = draft.status
-        user.attributes = draft.attributes
-        user.version = version
-        user.updatedAt = Google_Protobuf_Timestamp(date: Date())
-        return user
-    }
-
-    private static func group(from draft: GroupDraft, version: UInt64) -> Group {
-        var group = Group()
-        group.id = draft.id
-        group.name = draft.name
-        group.description_p = draft.description
-        group.memberIds = Array(Set(draft.memberIDs)).sorted()
-        group.version = version
-        group.updatedAt = Google_Protobuf_Timestamp(date: Date())
-        return group
-    }
-
     private static func store(_ db: Database, user: User, producer: String) throws {
         try EntityTable.save(db, kind: .user, id: user.id, version: user.version, deleted: false, state: try user.serializedBytes())
         try self.enqueue(db, kind: .user, id: user.id, version: user.version, state: .user(user), producer: producer)
@@ -331,15 +283,7 @@ public final class SQLiteSourceStore: SourceStore {
     /// Inserts the change event into the outbox, in the caller's transaction.
     private static func enqueue(_ db: Database, kind: EntityKind, id: String, version: UInt64,
                                 state: EntityChange.OneOf_State?, producer: String) throws {
-        var change = EntityChange()
-        change.messageID = "\(kind.rawValue):\(id):\(version)"
-        change.entityType = kind.protoType
-        change.entityID = id
-        change.version = version
-        change.operation = state == nil ? .delete : .upsert
-        change.state = state
-        change.occurredAt = Google_Protobuf_Timestamp(date: Date())
-        change.producer = producer
+        let change = ChangeEvents.change(kind: kind, id: id, version: version, state: state, producer: producer)
         try db.execute(sql: """
             INSERT INTO outbox (kind, entity_id, version, message_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)
             """, arguments: [kind.rawValue, id, Int64(version), change.messageID, Data(try change.serializedBytes() as [UInt8]),

@@ -55,7 +55,7 @@ public final class ConsumerService: Service {
         runnerConfiguration.prefetch = self.configuration.prefetch
         // Prepared below, before the bootstrap; the runner need not do it again.
         runnerConfiguration.topologySetup = .alreadyPrepared
-        let runner = ConsumerRunner(group: self.group, topology: self.configuration.topology, connection: connection,
+        let runner = ConsumerRunner(group: self.group, topology: self.configuration.topology, broker: connection,
                                     store: store, configuration: runnerConfiguration, logger: self.logger)
         let query: any RegistrableRPCService = switch self.kind {
         case .userRPC: UserQueryService(store: store)
@@ -112,44 +112,23 @@ public final class ConsumerService: Service {
         }
     }
 
-    /// A group whose queues lack part of the history (added later, or its store rebuilt) loads
-    /// the producer's snapshot before it consumes (versions make the overlap harmless); a load
-    /// cut short is loaded again on the next start. Health stays NOT_SERVING meanwhile.
+    /// Loads the producer's snapshot when the store needs it (see `SnapshotBootstrap.loadIfNeeded`).
+    /// Health stays NOT_SERVING meanwhile.
     private func bootstrap(store: SQLiteReplicaStore) async throws {
         let kinds = Set(self.configuration.topology.queues(forGroup: self.group).map(\.kind))
         let bootstrap = SnapshotBootstrap(store: store, kinds: kinds, instance: self.configuration.instanceName,
                                           logger: self.logger)
-        let assessment = try await bootstrap.assess()
-        guard assessment.needsSnapshot else {
-            if assessment.state == .queuesOnly {
-                self.logger.info("store was filled from the group's queues alone; no snapshot to load")
-            }
-            return
-        }
-        guard let producer = self.configuration.producer else {
-            switch assessment.state {
-            case .inProgress:
-                self.logger.info("another instance is loading the producer's snapshot into the shared store")
-            case .incomplete:
-                self.logger.warning("""
-                    the store's snapshot load never completed and no --producer was given; entities may be missing: \
-                    restart an instance with --producer to finish it
-                    """, metadata: ["bootstrap.started_by": "\(assessment.record?.startedBy ?? "")"])
-            case .queuesOnly, .complete:
-                self.logger.warning("""
-                    store is empty and no --producer was given; serving only what the group's queues bring. Right if \
-                    they hold the group's whole history; a rebuilt store or a group added later needs --producer
-                    """)
-            }
-            return
-        }
+        let producer = self.configuration.producer
         do {
             // SIGTERM while the producer is still unreachable must stop the process, not wait for it.
             _ = try await cancelWhenGracefulShutdown {
-                try await bootstrap.load(from: "\(producer)", Self.snapshot(from: producer), isTransient: Self.isTransient)
+                try await bootstrap.loadIfNeeded(from: producer.map {
+                    SnapshotBootstrap.Producer(name: "\($0)", stream: Self.snapshot(from: $0), isTransient: Self.isTransient)
+                })
             }
         } catch let error as RPCError {
-            throw Self.refusal(error, producer: producer)
+            // Only a producer's answer is an RPCError.
+            throw Self.refusal(error, producer: producer.map { "\($0)" } ?? "")
         }
     }
 
@@ -179,7 +158,7 @@ public final class ConsumerService: Service {
         }
     }
 
-    private static func refusal(_ error: RPCError, producer: HostPort) -> SyncError {
+    private static func refusal(_ error: RPCError, producer: String) -> SyncError {
         let answer = "\(error.code): \(error.message)"
         return switch error.code {
         case .unimplemented:

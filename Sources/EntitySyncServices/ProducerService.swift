@@ -51,7 +51,7 @@ public final class ProducerService: Service {
             try await withThrowingDiscardingTaskGroup { group in
                 group.addTask { try await serving.wait() }
                 let connection = try await ServiceRuntime.connect(self.configuration, role: "producer", logger: self.logger)
-                let producer = SyncProducer(topology: self.configuration.topology, store: store, connection: connection,
+                let producer = SyncProducer(topology: self.configuration.topology, store: store, broker: connection,
                                             name: self.configuration.instanceName,
                                             relayConfiguration: self.configuration.relay, logger: self.logger)
                 try await producer.declareTopology()

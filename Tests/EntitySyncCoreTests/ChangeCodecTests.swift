@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite

@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 @testable import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite

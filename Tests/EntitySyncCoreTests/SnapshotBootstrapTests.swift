@@ -1,4 +1,4 @@
-import AMQPClient
+import AMQPModel
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
@@ -227,5 +227,37 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
             }
             try await Task.sleep(for: .milliseconds(50))
         }
+    }
+}
+
+/// What a consumer group does at start: load only when due, and only from a producer it was given.
+@Suite struct SnapshotBootstrapStartTests {
+    @Test func anEmptyStoreLoadsFromTheProducerAndALoadedOneDoesNotAgain() async throws {
+        let (source, changes) = try await seededSnapshot()
+        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let calls = Mutex(0)
+        let producer = SnapshotBootstrap.Producer(name: "seed", stream: { deliver in
+            calls.withLock { $0 += 1 }
+            for change in changes { try await deliver(change) }
+        }, isTransient: { _ in false })
+        let report = try await bootstrap(replica).loadIfNeeded(from: producer)
+        #expect(report?.applied == changes.count)
+        #expect(try await storesMatch(replica, source))
+        #expect(try await bootstrap(replica).loadIfNeeded(from: producer) == nil)
+        #expect(calls.withLock { $0 } == 1)
+    }
+
+    @Test func withoutAProducerNothingIsLoadedAndTheStoreStaysAsItWas() async throws {
+        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        #expect(try await bootstrap(replica).loadIfNeeded(from: nil) == nil)
+        #expect(try await replica.bootstrapRecord() == nil)
+        #expect(try await replica.versions(of: .user).isEmpty)
+    }
+
+    @Test func aStoreFilledFromItsQueuesNeedsNoSnapshot() async throws {
+        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        _ = try await replica.apply(try ChangeCodec.validate(sampleUserChange(), expected: .user).get())
+        let producer = SnapshotBootstrap.Producer(name: "never", stream: { _ in throw Refused() }, isTransient: { _ in false })
+        #expect(try await bootstrap(replica).loadIfNeeded(from: producer) == nil)
     }
 }

@@ -30,7 +30,7 @@ final class SyncHarness: Sendable {
         let connection = try await self.connect(name)
         var configuration = OutboxRelay.Configuration()
         configuration.backoff = Backoff(initial: .milliseconds(50), maximum: .seconds(1))
-        let producer = SyncProducer(topology: self.topology, store: store, connection: connection, name: name,
+        let producer = SyncProducer(topology: self.topology, store: store, broker: connection, name: name,
                                     relayConfiguration: configuration, logger: Broker.logger(name))
         try await producer.declareTopology()
         let relayTask = relay ? Task { await producer.relay.run() } : nil
@@ -46,7 +46,7 @@ final class SyncHarness: Sendable {
         configuration.prefetch = 4
         configuration.retryBackoff = Backoff(initial: .milliseconds(200), maximum: .seconds(1))
         configure(&configuration)
-        let runner = ConsumerRunner(group: group, topology: self.topology, connection: connection, store: replica,
+        let runner = ConsumerRunner(group: group, topology: self.topology, broker: connection, store: replica,
                                     configuration: configuration, logger: Broker.logger("\(group)-\(instance)"))
         let task = Task { try await runner.run() }
         // Subscribed once the group's queues exist and have this consumer.

@@ -96,7 +96,7 @@ struct TopologyMigrationTests {
             "\(error)".contains("entity-sync topology migrate") && "\(error)".contains("x-")
         }
 
-        let migration = TopologyMigration(topology: harness.topology, connection: connection, logger: Broker.logger("migrate"))
+        let migration = TopologyMigration(topology: harness.topology, broker: connection, logger: Broker.logger("migrate"))
         let outcomes = try await migration.run()
         #expect(outcomes.count == harness.topology.declarations(forGroup: nil).queues.count)
         #expect(outcomes.allSatisfy { $0.outcome != .upToDate }, "every old queue is migrated: \(outcomes)")
@@ -143,7 +143,7 @@ struct TopologyMigrationTests {
             try await harness.topology.prepare(forGroup: "consumer_org_rpc", declare: true, on: connection)
         } throws: { "\($0)".contains(temporary) && "\($0)".contains("topology migrate") }
 
-        let outcomes = try await TopologyMigration(topology: harness.topology, connection: connection,
+        let outcomes = try await TopologyMigration(topology: harness.topology, broker: connection,
                                                    logger: Broker.logger("resume")).run()
         #expect(outcomes.first { $0.queue == main }?.outcome == .resumed(moved: 5))
         #expect(try await Self.texts(of: main, on: connection, count: 5) == (0..<5).map { "stranded-\($0)" })

@@ -1,0 +1,40 @@
+import EntitySyncCore
+
+/// A replica store whose apply fails (as a busy or broken store would) a set number of times per entity.
+public actor FlakyStore: ReplicaStore {
+    private let wrapped: any ReplicaStore
+    private var remainingFailures: [String: Int]
+    private var attemptsByEntity: [String: Int] = [:]
+
+    public init(wrapping wrapped: any ReplicaStore, failuresPerEntity: [String: Int]) {
+        self.wrapped = wrapped
+        self.remainingFailures = failuresPerEntity
+    }
+
+    public func attempts(for id: String) -> Int { self.attemptsByEntity[id, default: 0] }
+
+    public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
+        self.attemptsByEntity[change.entityID, default: 0] += 1
+        if let remaining = self.remainingFailures[change.entityID], remaining > 0 {
+            self.remainingFailures[change.entityID] = remaining - 1
+            throw SyncError(.storeUnavailable, "simulated: database is locked")
+        }
+        return try await self.wrapped.apply(change)
+    }
+
+    public func recordDeadLetter(_ kind: EntityKind) async throws { try await self.wrapped.recordDeadLetter(kind) }
+    public func user(id: String) async throws -> User? { try await self.wrapped.user(id: id) }
+    public func group(id: String) async throws -> Group? { try await self.wrapped.group(id: id) }
+    public func versions(of kind: EntityKind) async throws -> [String: EntityVersion] { try await self.wrapped.versions(of: kind) }
+    public func statistics() async throws -> [EntityKind: ReplicaStatistics] { try await self.wrapped.statistics() }
+    public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? { try await self.wrapped.version(of: kind, id: id) }
+    public func listUsers(after: String?, limit: Int) async throws -> [User] { try await self.wrapped.listUsers(after: after, limit: limit) }
+    public func listGroups(after: String?, limit: Int) async throws -> [Group] { try await self.wrapped.listGroups(after: after, limit: limit) }
+    public func users(ids: [String]) async throws -> [User] { try await self.wrapped.users(ids: ids) }
+    public func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group] {
+        try await self.wrapped.groups(ofUser: userID, after: after, limit: limit)
+    }
+    public func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User] {
+        try await self.wrapped.members(ofGroup: groupID, after: after, limit: limit)
+    }
+}
