@@ -3,8 +3,9 @@ import EntitySyncCore
 import EntitySyncSQLite
 import Foundation
 
-struct Check: AsyncParsableCommand {
+struct CheckCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "check",
         abstract: "Compare the producer's store with each consumer group's store: every id, version and tombstone must match.",
         discussion: """
             Run it once the queues are drained (or with --wait while they drain). It reports events \

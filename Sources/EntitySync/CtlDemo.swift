@@ -33,7 +33,7 @@ struct Demo: AsyncParsableCommand {
                 try await Upsert.user(draft, admin: Entitysync_V1_EntityAdmin.Client(wrapping: client), metadata: metadata).user
             })
         }
-        try options.print(users) { Render.users(users) }
+        try options.print(users) { EntityTables.users(users) }
 
         step(2, "create group \(Self.groupID) with alice and bob")
         var draft = Group()
@@ -45,7 +45,7 @@ struct Demo: AsyncParsableCommand {
         let created = try await options.withClient(producer) { client in
             try await Upsert.group(groupDraft, admin: Entitysync_V1_EntityAdmin.Client(wrapping: client), metadata: metadata).group
         }
-        try options.print(created) { Render.groups([created]) }
+        try options.print(created) { EntityTables.groups([created]) }
 
         step(3, "add carol to \(Self.groupID)")
         var members = Entitysync_V1_GroupMembersRequest()
@@ -55,7 +55,7 @@ struct Demo: AsyncParsableCommand {
         let group = try await options.withClient(producer) { client in
             try await Entitysync_V1_EntityAdmin.Client(wrapping: client).addGroupMembers(sentMembers, metadata: metadata)
         }
-        try options.print(group) { Render.groups([group]) }
+        try options.print(group) { EntityTables.groups([group]) }
 
         step(4, "wait until user-rpc (\(userRPC)) and org-rpc (\(orgRPC)) have applied these versions")
         for service in [userRPC, orgRPC] {
@@ -71,7 +71,7 @@ struct Demo: AsyncParsableCommand {
         let alice = try await options.withClient(userRPC) { client in
             try await Entitysync_V1_UserQuery.Client(wrapping: client).getUser(sentGet)
         }
-        try options.print(alice) { Render.users([alice.user]) + "\n\ngroups:\n" + Render.groups(alice.groups) }
+        try options.print(alice) { EntityTables.users([alice.user]) + "\n\ngroups:\n" + EntityTables.groups(alice.groups) }
 
         step(6, "read \(Self.groupID) from org-rpc, with its members")
         get.id = Self.groupID
@@ -79,7 +79,7 @@ struct Demo: AsyncParsableCommand {
         let found = try await options.withClient(orgRPC) { client in
             try await Entitysync_V1_OrgQuery.Client(wrapping: client).getGroup(sentGroupGet)
         }
-        try options.print(found) { Render.groups([found.group]) + "\n\nmembers:\n" + Render.users(found.members) }
+        try options.print(found) { EntityTables.groups([found.group]) + "\n\nmembers:\n" + EntityTables.users(found.members) }
 
         step(7, "sync status of user-rpc and org-rpc")
         try await Status.show(options: options)

@@ -9,6 +9,22 @@ struct EntitySyncCommand: AsyncParsableCommand {
             Every option can also be set through the environment variable named in its help; a flag \
             wins over the environment.
             """,
-        subcommands: [Producer.self, UserRPC.self, OrgRPC.self, Topology.self, Ctl.self, Check.self]
+        subcommands: [Producer.self, UserRPC.self, OrgRPC.self, Topology.self, Ctl.self, CheckCommand.self]
     )
+
+    /// Every command runs in a `CtlSession`, so a ctl command opens one connection per service.
+    static func main() async {
+        do {
+            try await CtlSession.run {
+                var command = try self.parseAsRoot()
+                if var command = command as? any AsyncParsableCommand {
+                    try await command.run()
+                } else {
+                    try command.run()
+                }
+            }
+        } catch {
+            self.exit(withError: error)
+        }
+    }
 }

@@ -25,20 +25,6 @@ struct Producer: AsyncParsableCommand {
     }
 }
 
-struct ConsumerOptions: ParsableArguments {
-    @Option(help: "host:port of the producer, to load its snapshot when this group's store is empty (env: ENTITY_SYNC_PRODUCER; default: none).")
-    var producer: String?
-
-    @Option(help: "Unacknowledged deliveries per queue at most (env: ENTITY_SYNC_PREFETCH; default: 64).")
-    var prefetch: UInt16?
-
-    @Option(help: "Bearer token required to re-drive dead letters (env: ENTITY_SYNC_TOKEN; default: none). Set one in production.")
-    var token: String?
-
-    @Option(help: "true: declare this group's queues at startup; false: only check that the producer declared them, for a broker user without configure permission (env: ENTITY_SYNC_DECLARE_TOPOLOGY; default: true).")
-    var declareTopology: String?
-}
-
 func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer: ConsumerOptions, defaultPort: Int) async throws {
     var configuration = try options.configuration(service: kind.rawValue, defaultPort: defaultPort)
     configuration.producer = try optionalSetting(consumer.producer, "ENTITY_SYNC_PRODUCER").map { try HostPort($0) }

@@ -3,27 +3,6 @@ import EntitySyncProto
 import Foundation
 import SwiftProtobuf
 
-/// Why a message can never be applied: it goes to the dead-letter queue at once, with this reason.
-public struct PoisonReason: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: String, Sendable {
-        case unsupportedContentType = "unsupported-content-type"
-        case undecodable
-        case invalid
-    }
-    public var kind: Kind
-    public var detail: String
-    public var description: String { "\(self.kind.rawValue): \(self.detail)" }
-}
-
-/// A change event that decoded and passed validation.
-public struct ValidatedChange: Sendable, Equatable {
-    public var kind: EntityKind
-    public var entityID: String
-    public var version: UInt64
-    public var isDelete: Bool
-    public var change: EntityChange
-}
-
 /// Encodes change events for publishing and decodes and validates them on the consumer side.
 public enum ChangeCodec {
     public static let protobufContentType = "application/x-protobuf"

@@ -1,32 +1,6 @@
 import AMQPModel
 import Logging
 
-/// One message in a dead-letter queue, as far as it can be read.
-public struct DeadLetterInfo: Sendable, Equatable {
-    public var queue: String
-    public var kind: EntityKind
-    /// Nil when the body could not be decoded.
-    public var entityID: String?
-    public var version: UInt64?
-    public var messageID: String?
-    public var reason: String
-    public var contentType: String?
-    public var size: Int
-}
-
-/// What a re-drive did with the dead letters it took.
-public struct RedriveReport: Sendable, Equatable {
-    public var applied = 0
-    public var stale = 0
-    public var failed = 0
-    /// The first `failureDetailLimit` failures, with their new reason.
-    public var failures: [DeadLetterInfo] = []
-
-    public static let failureDetailLimit = 100
-
-    public init() {}
-}
-
 extension ConsumerRunner {
     /// Dead letters one list call shows per queue at most: it holds each one unacked until it has
     /// seen them all, so this is also its prefetch.

@@ -3,10 +3,10 @@ extension SnapshotBootstrap {
     /// of the stream's errors may go away if asked again.
     public struct Producer: Sendable {
         public var name: String
-        public var stream: Source
+        public var stream: SnapshotStream
         public var isTransient: @Sendable (any Error) -> Bool
 
-        public init(name: String, stream: @escaping Source, isTransient: @escaping @Sendable (any Error) -> Bool) {
+        public init(name: String, stream: @escaping SnapshotStream, isTransient: @escaping @Sendable (any Error) -> Bool) {
             self.name = name
             self.stream = stream
             self.isTransient = isTransient

@@ -27,7 +27,7 @@ public struct SnapshotBootstrap: Sendable {
     }
 
     /// Streams the snapshot: calls `deliver` once per entity and returns at the snapshot's end.
-    public typealias Source = @Sendable (_ deliver: @escaping @Sendable (EntityChange) async throws -> Void) async throws -> Void
+    public typealias SnapshotStream = @Sendable (_ deliver: @escaping @Sendable (EntityChange) async throws -> Void) async throws -> Void
 
     /// The store's bootstrap state and whether it needs a snapshot.
     public struct Assessment: Sendable, Equatable {
@@ -102,7 +102,7 @@ public struct SnapshotBootstrap: Sendable {
     /// failure, or an attempt that stalls) are retried after a growing delay, one warning each;
     /// any other error ends the load with that error. Cancellation ends it with `CancellationError`.
     /// `source` names the producer in logs.
-    public func load(from source: String, _ stream: @escaping Source,
+    public func load(from source: String, _ stream: @escaping SnapshotStream,
                      isTransient: @escaping @Sendable (any Error) -> Bool) async throws -> Report {
         do {
             return try await self.loadRecorded(from: source, stream, isTransient: isTransient)
@@ -113,7 +113,7 @@ public struct SnapshotBootstrap: Sendable {
         }
     }
 
-    private func loadRecorded(from source: String, _ stream: @escaping Source,
+    private func loadRecorded(from source: String, _ stream: @escaping SnapshotStream,
                               isTransient: @escaping @Sendable (any Error) -> Bool) async throws -> Report {
         let begun = try await self.store.beginBootstrap(instance: self.instance, covering: self.kinds, at: Date())
         guard !begun.covers(self.kinds) else {
@@ -159,7 +159,7 @@ public struct SnapshotBootstrap: Sendable {
         }
     }
 
-    private func loadRetrying(from source: String, _ stream: @escaping Source,
+    private func loadRetrying(from source: String, _ stream: @escaping SnapshotStream,
                               isTransient: @escaping @Sendable (any Error) -> Bool) async throws -> Report {
         var attempt = 0
         while true {
@@ -203,8 +203,8 @@ public struct SnapshotBootstrap: Sendable {
     }
 
     /// One pass over the snapshot, abandoned if it stalls.
-    private func attempt(_ stream: @escaping Source) async throws -> Report {
-        let progress = Progress()
+    private func attempt(_ stream: @escaping SnapshotStream) async throws -> Report {
+        let progress = LoadProgress()
         do {
             try await withThrowingTaskGroup(of: Void.self) { group in
                 group.addTask { try await stream { change in try await self.apply(change, progress) } }
@@ -221,7 +221,7 @@ public struct SnapshotBootstrap: Sendable {
         return progress.report
     }
 
-    private func watch(_ progress: Progress) async throws {
+    private func watch(_ progress: LoadProgress) async throws {
         let idle = self.configuration.idleTimeout
         while true {
             try await Task.sleep(for: idle / 4)
@@ -229,7 +229,7 @@ public struct SnapshotBootstrap: Sendable {
         }
     }
 
-    private func apply(_ change: EntityChange, _ progress: Progress) async throws {
+    private func apply(_ change: EntityChange, _ progress: LoadProgress) async throws {
         progress.touch()
         guard let kind = EntityKind(change.entityType), self.kinds.contains(kind) else { return }
         switch ChangeCodec.validate(change, expected: kind) {
@@ -258,7 +258,7 @@ struct SnapshotStalled: Error, CustomStringConvertible {
 }
 
 /// One attempt's counts, shared between the stream's callback and the watchdog.
-private final class Progress: Sendable {
+private final class LoadProgress: Sendable {
     private struct State {
         var report = SnapshotBootstrap.Report()
         var lastActivity = ContinuousClock.now

@@ -1,51 +1,6 @@
 import EntitySyncCore
 import Foundation
 
-/// One entity read from an import file.
-public enum ImportRecord: Sendable, Equatable {
-    case user(User)
-    case group(Group)
-
-    public var id: String {
-        switch self {
-        case .user(let user): user.id
-        case .group(let group): group.id
-        }
-    }
-}
-
-/// A row of an import file: what it holds, or why it cannot be imported.
-public struct ImportRow: Sendable, Equatable {
-    /// 1-based line of the row's start in the file.
-    public var line: Int
-    public var record: Result<ImportRecord, ImportRowError>
-}
-
-/// Why a row was rejected, in words a person can act on.
-public struct ImportRowError: Error, Sendable, Equatable, CustomStringConvertible {
-    public var description: String
-    public init(_ description: String) { self.description = description }
-}
-
-/// The file formats `ctl import` reads.
-public enum ImportFormat: String, Sendable, CaseIterable {
-    /// One JSON object per line: `{"type":"user","id":…,"name":…,"email":…,"status":…,"attributes":{…}}`
-    /// or `{"type":"group","id":…,"name":…,"description":…,"members":[…]}`.
-    case jsonl
-    /// A header row naming columns among type, id, name, email, status, description, members
-    /// (ids separated by `;`), and `attr.<key>` for user attributes.
-    case csv
-
-    /// The format a file name implies, if any.
-    public init?(path: String) {
-        switch (path as NSString).pathExtension.lowercased() {
-        case "jsonl", "ndjson", "json": self = .jsonl
-        case "csv": self = .csv
-        default: return nil
-        }
-    }
-}
-
 /// Reads import files. Only the shape is checked here; the producer validates the content.
 public enum ImportFile {
     public static func parse(_ text: String, format: ImportFormat) -> [ImportRow] {

@@ -133,7 +133,7 @@ public final class ConsumerService: Service {
     }
 
     /// The producer's `Snapshot` stream over gRPC.
-    private static func snapshot(from producer: HostPort) -> SnapshotBootstrap.Source {
+    private static func snapshot(from producer: HostPort) -> SnapshotBootstrap.SnapshotStream {
         { deliver in
             try await withGRPCClient(
                 transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: .plaintext)

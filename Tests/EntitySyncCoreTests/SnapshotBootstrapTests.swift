@@ -34,7 +34,7 @@ private func bootstrap(_ store: any ReplicaStore, instance: String = "test",
                       logger: Logger(label: "bootstrap-test"))
 }
 
-private func streaming(_ changes: [EntityChange]) -> SnapshotBootstrap.Source {
+private func streaming(_ changes: [EntityChange]) -> SnapshotBootstrap.SnapshotStream {
     { deliver in for change in changes { try await deliver(change) } }
 }
 
@@ -144,7 +144,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
         let (source, changes) = try await seededSnapshot()
         let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
         let calls = Mutex(0)
-        let flaky: SnapshotBootstrap.Source = { deliver in
+        let flaky: SnapshotBootstrap.SnapshotStream = { deliver in
             let call = calls.withLock { count -> Int in
                 count += 1
                 return count
@@ -171,7 +171,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
         var configuration = fastConfiguration()
         configuration.idleTimeout = .milliseconds(200)
         let calls = Mutex(0)
-        let stalling: SnapshotBootstrap.Source = { deliver in
+        let stalling: SnapshotBootstrap.SnapshotStream = { deliver in
             let call = calls.withLock { count -> Int in
                 count += 1
                 return count

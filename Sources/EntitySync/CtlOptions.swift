@@ -1,0 +1,68 @@
+import ArgumentParser
+import EntitySyncCore
+import EntitySyncGRPC
+import EntitySyncProto
+import EntitySyncServices
+import Foundation
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import SwiftProtobuf
+
+struct CtlOptions: ParsableArguments {
+    @Option(help: "Producer address (env: ENTITY_SYNC_PRODUCER; default: 127.0.0.1:50051).")
+    var producer: String?
+    @Option(help: "A user-rpc address (env: ENTITY_SYNC_USER_RPC; default: 127.0.0.1:50052).")
+    var userRPC: String?
+    @Option(help: "An org-rpc address (env: ENTITY_SYNC_ORG_RPC; default: 127.0.0.1:50053).")
+    var orgRPC: String?
+    @Option(help: "Bearer token for mutations (env: ENTITY_SYNC_TOKEN).")
+    var token: String?
+    @Flag(help: "Print JSON instead of tables.")
+    var json = false
+
+    func address(_ flag: String?, _ variable: String, _ fallback: String) throws -> HostPort {
+        try HostPort(setting(flag, variable, fallback))
+    }
+
+    var producerAddress: HostPort { get throws { try self.address(self.producer, "ENTITY_SYNC_PRODUCER", "127.0.0.1:50051") } }
+    var userRPCAddress: HostPort { get throws { try self.address(self.userRPC, "ENTITY_SYNC_USER_RPC", "127.0.0.1:50052") } }
+    var orgRPCAddress: HostPort { get throws { try self.address(self.orgRPC, "ENTITY_SYNC_ORG_RPC", "127.0.0.1:50053") } }
+
+    var metadata: Metadata {
+        var metadata = Metadata()
+        if let token = optionalSetting(self.token, "ENTITY_SYNC_TOKEN") { metadata.addString("Bearer \(token)", forKey: "authorization") }
+        return metadata
+    }
+
+    /// Runs `body` with a client connected to `address` (the command's session's connection, see
+    /// `CtlSession`); RPC failures print their status and message.
+    func withClient<T: Sendable>(_ address: HostPort, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        do {
+            if let session = CtlSession.current {
+                return try await body(try session.client(for: address))
+            }
+            return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
+                                                                       transportSecurity: .plaintext)) { client in
+                try await body(client)
+            }
+        } catch let error as RPCError where error.code == .unavailable {
+            throw CtlError(description: "could not reach \(address) (\(error.message)). Is the service running there? "
+                           + "scripts/run starts them all; --producer, --user-rpc and --org-rpc point ctl elsewhere")
+        } catch let error as RPCError {
+            throw CtlError(description: "\(address) answered \(error.code): \(error.message)")
+        }
+    }
+
+    func print(_ message: some SwiftProtobuf.Message, table: () -> String) throws {
+        try self.print([message], table: table)
+    }
+
+    /// With --json, one JSON object per line; otherwise the table.
+    func print(_ messages: [some SwiftProtobuf.Message], table: () -> String) throws {
+        if self.json {
+            for message in messages { Swift.print(try message.jsonString()) }
+        } else {
+            Swift.print(table())
+        }
+    }
+}

@@ -1,0 +1,55 @@
+import EntitySyncServices
+import GRPCCore
+import GRPCNIOTransportHTTP2
+import Synchronization
+
+/// The gRPC connections of one command: one per service address, opened on first use and closed
+/// when the command ends. A command that makes many calls (the demo makes about a dozen, an
+/// import thousands) connects once per service instead of once per call.
+final class CtlSession: Sendable {
+    typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
+
+    /// The session of the command running in this task, if any.
+    @TaskLocal static var current: CtlSession?
+
+    private struct State {
+        var clients: [HostPort: Client] = [:]
+        var connections: [Task<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+
+    /// The client for `address`, connecting on first use.
+    func client(for address: HostPort) throws -> Client {
+        try self.state.withLock { state in
+            if let client = state.clients[address] { return client }
+            let transport = try HTTP2ClientTransport.Posix(target: .dns(host: address.host, port: address.port),
+                                                           transportSecurity: .plaintext)
+            let client = GRPCClient(transport: transport)
+            state.clients[address] = client
+            // A connection that fails surfaces in the calls made on it; nothing to report here.
+            state.connections.append(Task { try? await client.runConnections() })
+            return client
+        }
+    }
+
+    /// Closes every connection once its calls have finished.
+    func close() async {
+        let (clients, connections) = self.state.withLock { ($0.clients.values, $0.connections) }
+        for client in clients { client.beginGracefulShutdown() }
+        for connection in connections { await connection.value }
+    }
+
+    /// Runs `body` with a fresh session as `current` and closes it afterwards, whatever happens.
+    static func run<Result>(isolation: isolated (any Actor)? = #isolation,
+                            _ body: () async throws -> Result) async throws -> Result {
+        let session = CtlSession()
+        do {
+            let result = try await self.$current.withValue(session, operation: body)
+            await session.close()
+            return result
+        } catch {
+            await session.close()
+            throw error
+        }
+    }
+}

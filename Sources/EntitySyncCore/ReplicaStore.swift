@@ -1,0 +1,51 @@
+import EntitySyncProto
+import Foundation
+
+/// A consumer group's copy, shared by all its instances.
+public protocol ReplicaStore: Sendable {
+    /// Applies the change in one transaction if it is newer than what is held (`VersionRule`).
+    func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision
+    func recordDeadLetter(_ kind: EntityKind) async throws
+    func user(id: String) async throws -> User?
+    func group(id: String) async throws -> Group?
+    func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
+    /// One entity's version (nil if never seen).
+    func version(of kind: EntityKind, id: String) async throws -> EntityVersion?
+    func statistics() async throws -> [EntityKind: ReplicaStatistics]
+    func listUsers(after: String?, limit: Int) async throws -> [User]
+    func listGroups(after: String?, limit: Int) async throws -> [Group]
+    /// The live users among `ids`, in the order asked for.
+    func users(ids: [String]) async throws -> [User]
+    /// Live groups `userID` belongs to, in id order after `after`.
+    func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group]
+    /// Live member users of a group, in id order after `after`.
+    func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User]
+
+    /// What the store records about loading the producer's snapshot; nil if no load ever started.
+    func bootstrapRecord() async throws -> BootstrapRecord?
+    /// In one transaction: unless a completed load covered every one of `kinds`, records that
+    /// `instance` starts one (counting the attempt; a completed load that misses a kind the group
+    /// now consumes is started again). Returns the record as it then stands.
+    func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord
+    /// Records that the instance loading the snapshot is still at it (ignored once completed).
+    func touchBootstrap(instance: String, at time: Date) async throws
+    /// Records that a load ran to the snapshot's end, with the snapshot's high-water marks.
+    func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws
+}
+
+/// Stores written before bootstrap state existed fail loudly rather than pretend a load completed.
+extension ReplicaStore {
+    public func bootstrapRecord() async throws -> BootstrapRecord? { throw Self.bootstrapUnsupported }
+    public func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord {
+        throw Self.bootstrapUnsupported
+    }
+    public func touchBootstrap(instance: String, at time: Date) async throws { throw Self.bootstrapUnsupported }
+    public func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws {
+        throw Self.bootstrapUnsupported
+    }
+
+    private static var bootstrapUnsupported: SyncError {
+        SyncError(.configuration, "the replica store \(Self.self) does not record bootstrap state; implement "
+                  + "bootstrapRecord, beginBootstrap, touchBootstrap and completeBootstrap for it")
+    }
+}

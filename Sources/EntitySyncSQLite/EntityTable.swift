@@ -1,0 +1,110 @@
+import EntitySyncCore
+import Foundation
+import GRDB
+
+/// The table both stores keep entities in: one row per entity, tombstones included, the state
+/// as serialized protobuf.
+enum EntityTable {
+    static func create(_ db: Database) throws {
+        try db.execute(sql: """
+            CREATE TABLE entities (
+                kind TEXT NOT NULL,
+                id TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                deleted INTEGER NOT NULL DEFAULT 0,
+                state BLOB NOT NULL,
+                updated_at REAL NOT NULL,
+                PRIMARY KEY (kind, id)
+            ) WITHOUT ROWID;
+            CREATE TABLE group_members (
+                group_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                PRIMARY KEY (group_id, user_id)
+            ) WITHOUT ROWID;
+            CREATE INDEX group_members_by_user ON group_members (user_id);
+            """)
+    }
+
+    struct Stored {
+        var version: UInt64
+        var deleted: Bool
+        var state: [UInt8]
+    }
+
+    static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
+        guard let row = try Row.fetchOne(db, sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?",
+                                         arguments: [kind.rawValue, id]) else { return nil }
+        let version: Int64 = row["version"]
+        let deleted: Bool = row["deleted"]
+        let state: Data = row["state"]
+        // A damaged file must fail the read, not trap the process.
+        guard let stored = UInt64(exactly: version) else {
+            throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+        }
+        return Stored(version: stored, deleted: deleted, state: [UInt8](state))
+    }
+
+    static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
+        // Validation keeps versions within Int64; this keeps a caller that skipped it from trapping.
+        guard let signed = Int64(exactly: version) else {
+            throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
+                            + "the largest the store can hold")
+        }
+        try db.execute(sql: """
+            INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+                state = excluded.state, updated_at = excluded.updated_at
+            """, arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
+    }
+
+    static func replaceMembers(_ db: Database, groupID: String, memberIDs: [String]) throws {
+        try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [groupID])
+        for member in memberIDs {
+            try db.execute(sql: "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
+                           arguments: [groupID, member])
+        }
+    }
+
+    static func groupIDs(_ db: Database, containing userID: String) throws -> [String] {
+        try String.fetchAll(db, sql: "SELECT group_id FROM group_members WHERE user_id = ? ORDER BY group_id",
+                            arguments: [userID])
+    }
+
+    static func version(_ db: Database, kind: EntityKind, id: String) throws -> EntityVersion? {
+        try self.fetch(db, kind: kind, id: id).map { EntityVersion(version: $0.version, deleted: $0.deleted) }
+    }
+
+    static func versions(_ db: Database, kind: EntityKind) throws -> [String: EntityVersion] {
+        var result: [String: EntityVersion] = [:]
+        for row in try Row.fetchAll(db, sql: "SELECT id, version, deleted FROM entities WHERE kind = ?", arguments: [kind.rawValue]) {
+            let version: Int64 = row["version"]
+            result[row["id"]] = EntityVersion(version: UInt64(version), deleted: row["deleted"])
+        }
+        return result
+    }
+
+    /// Live entities' states after `after` in id order.
+    static func states(_ db: Database, kind: EntityKind, after: String?, limit: Int) throws -> [[UInt8]] {
+        try Data.fetchAll(db, sql: """
+            SELECT state FROM entities WHERE kind = ? AND deleted = 0 AND id > ? ORDER BY id LIMIT ?
+            """, arguments: [kind.rawValue, after ?? "", limit]).map { [UInt8]($0) }
+    }
+
+    static func users(_ db: Database, after: String?, limit: Int) throws -> [User] {
+        try self.states(db, kind: .user, after: after, limit: limit).map { try User(serializedBytes: $0) }
+    }
+
+    static func groups(_ db: Database, after: String?, limit: Int) throws -> [Group] {
+        try self.states(db, kind: .group, after: after, limit: limit).map { try Group(serializedBytes: $0) }
+    }
+
+    static func user(_ db: Database, id: String) throws -> User? {
+        guard let stored = try self.fetch(db, kind: .user, id: id), !stored.deleted else { return nil }
+        return try User(serializedBytes: stored.state)
+    }
+
+    static func group(_ db: Database, id: String) throws -> Group? {
+        guard let stored = try self.fetch(db, kind: .group, id: id), !stored.deleted else { return nil }
+        return try Group(serializedBytes: stored.state)
+    }
+}
