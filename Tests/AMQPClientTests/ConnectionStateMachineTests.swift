@@ -548,6 +548,67 @@ import Testing
         ])
     }
 
+    @Test func missedHeartbeatLosesTheConnectionAndSaysSo() async {
+        var harness = Harness()
+        _ = await harness.connect()
+        harness.check([
+            Row("heartbeat timeout", ["destroy"]) {
+                $0.run { $0.readFailed(heartbeatMissed: true, libraryMessage: "heartbeat timeout", now: $1) }
+            },
+        ])
+        #expect(harness.machine.lastError?.message == "no heartbeat from the broker for 20.0 seconds")
+    }
+
+    @Test func brokerConnectionCloseIsAnsweredAndRecovered() async {
+        var harness = Harness()
+        _ = await harness.consumeOnConnected("q")
+        harness.check([
+            Row("delivery", ["deliver 3/1 1 from q"]) { $0.deliver(channel: 3, tag: 1) },
+            Row("connection.close 320", ["connection.close-ok", "destroy"]) {
+                $0.run { $0.connectionClosedByBroker(replyCode: 320, replyText: "CONNECTION_FORCED - shutdown", now: $1) }
+            },
+            Row("reconnected and resubscribed", [
+                "connect broker-a", "channel.open 1", "channel.open 2", "confirm.select",
+                "channel.open 3", "basic.qos 3 10", "basic.consume 3 q",
+            ]) { $0.reconnect() + $0.workUntilIdle() },
+        ])
+        #expect(harness.machine.lastError == nil)
+        #expect(harness.machine.consumers[1]?.unsettled.isEmpty == true)
+    }
+
+    @Test func cancelWhileDisconnectedAnswersAtOnceAndDropsTheConsumer() async {
+        var harness = Harness()
+        let stream = await harness.consumeOnConnected("q")
+        let cancelled = await Probe<Void>.make()
+        harness.check([
+            Row("lost", ["destroy"]) { $0.lose() },
+            Row("cancel", ["finish stream", "reply ok"]) { $0.command(.cancelConsumer(id: 1, cancelled.reply)) },
+            Row("reconnected: nothing to resubscribe", [
+                "connect broker-a", "channel.open 1", "channel.open 2", "confirm.select", "finish stream",
+            ]) { $0.reconnect() + $0.workUntilIdle() },
+        ])
+        var iterator = stream.makeAsyncIterator()
+        #expect(await iterator.next() == nil)
+        #expect(harness.machine.consumers.isEmpty)
+    }
+
+    @Test func commandsAfterTheConnectionFinishedAreRefused() async {
+        var harness = Harness()
+        _ = await harness.connect()
+        let closed = await Probe<Void>.make()
+        let declared = await Probe<Void>.make()
+        let status = await Probe<ConnectionStatus>.make()
+        harness.check([
+            Row("close with nothing in flight", ["connection.close", "shut down", "reply ok"]) {
+                $0.command(.close(drainTimeout: .seconds(5), closed.reply)) + $0.work()
+            },
+            Row("declare", ["reply closed"]) { $0.command(.declareExchange(ExchangeSpec(name: "x"), declared.reply)) },
+            Row("status", ["reply status"]) { $0.command(.status(status.reply)) },
+        ])
+        #expect(await declared.errorCode == .closed)
+        #expect(try! await status.task.value.isConnected == false)
+    }
+
     // MARK: Status
 
     @Test func statusReportsTheLastErrorWhileDisconnected() async {
