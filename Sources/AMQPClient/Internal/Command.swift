@@ -2,18 +2,15 @@ import Synchronization
 
 /// A request from the async API to the connection thread. Every command that carries a
 /// continuation is answered exactly once, whatever happens to the connection.
+///
+/// Broker operations (declare, bind, delete, …) are a kind of their own, `BrokerOperation`, so the
+/// code that queues and runs them handles exactly those cases and the compiler checks it does.
 enum Command: Sendable {
     case publish(PublishRequest)
     /// Publishes sent in this order; each still confirmed on its own.
     case publishBatch([PublishRequest])
-    case declareExchange(ExchangeSpec, Reply<Void>)
-    case declareQueue(QueueSpec, Reply<QueueStatus>)
-    case bind(BindingSpec, Reply<Void>)
-    case unbind(BindingSpec, Reply<Void>)
-    case inspectQueue(String, Reply<QueueStatus>)
-    case deleteQueue(String, ifEmpty: Bool, Reply<Int>)
-    case deleteExchange(String, Reply<Void>)
-    case purgeQueue(String, Reply<Int>)
+    /// A broker round trip on the control channel, queued while disconnected until its deadline.
+    case operation(BrokerOperation)
     case consume(ConsumerRegistration, Reply<Void>)
     case cancelConsumer(id: Int, Reply<Void>)
     /// Nobody reads the consumer's deliveries any more (its stream was dropped or its reading
@@ -23,6 +20,41 @@ enum Command: Sendable {
     case settle(Settlement, tag: UInt64, channel: ChannelRef, Reply<Void>)
     case status(Reply<ConnectionStatus>)
     case close(drainTimeout: Duration, Reply<Void>?)
+}
+
+/// A broker operation on the control channel and the caller waiting for its result.
+enum BrokerOperation: Sendable {
+    case declareExchange(ExchangeSpec, Reply<Void>)
+    case declareQueue(QueueSpec, Reply<QueueStatus>)
+    case bind(BindingSpec, Reply<Void>)
+    case unbind(BindingSpec, Reply<Void>)
+    case inspectQueue(String, Reply<QueueStatus>)
+    case deleteQueue(String, ifEmpty: Bool, Reply<Int>)
+    case deleteExchange(String, Reply<Void>)
+    case purgeQueue(String, Reply<Int>)
+}
+
+// The spellings AMQPConnection uses (`.declareExchange(spec, reply)`), kept so the public API file
+// does not change with the split.
+extension Command {
+    static func declareExchange(_ spec: ExchangeSpec, _ reply: Reply<Void>) -> Command {
+        .operation(.declareExchange(spec, reply))
+    }
+    static func declareQueue(_ spec: QueueSpec, _ reply: Reply<QueueStatus>) -> Command {
+        .operation(.declareQueue(spec, reply))
+    }
+    static func bind(_ spec: BindingSpec, _ reply: Reply<Void>) -> Command { .operation(.bind(spec, reply)) }
+    static func unbind(_ spec: BindingSpec, _ reply: Reply<Void>) -> Command { .operation(.unbind(spec, reply)) }
+    static func inspectQueue(_ name: String, _ reply: Reply<QueueStatus>) -> Command {
+        .operation(.inspectQueue(name, reply))
+    }
+    static func deleteQueue(_ name: String, ifEmpty: Bool, _ reply: Reply<Int>) -> Command {
+        .operation(.deleteQueue(name, ifEmpty: ifEmpty, reply))
+    }
+    static func deleteExchange(_ name: String, _ reply: Reply<Void>) -> Command {
+        .operation(.deleteExchange(name, reply))
+    }
+    static func purgeQueue(_ name: String, _ reply: Reply<Int>) -> Command { .operation(.purgeQueue(name, reply)) }
 }
 
 typealias Reply<Value> = CheckedContinuation<Value, any Error>

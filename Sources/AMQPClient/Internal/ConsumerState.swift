@@ -1,6 +1,6 @@
 import DequeModule
 
-/// What the connection thread knows about one consumer.
+/// What the connection state machine knows about one consumer.
 struct ConsumerState {
     let registration: ConsumerRegistration
     let channel: UInt16
@@ -10,6 +10,9 @@ struct ConsumerState {
     var subscribed = false
     /// Cancelled by this process: no re-subscribe; the channel closes once nothing is unsettled.
     var cancelled = false
+    /// Cancelled while subscribed: basic.cancel is still to be sent, and `cancelReplies` wait for it.
+    var cancelPending = false
+    var cancelReplies: [Reply<Void>] = []
     var retryAt: ContinuousClock.Instant?
     var retryAttempt = 0
     /// Delivery tags handed out and not yet acked or rejected, in delivery order.
@@ -28,11 +31,13 @@ struct ConsumerState {
         self.epoch = 0
         self.subscribed = false
         self.consumerTag = nil
+        self.cancelPending = false
         self.unsettled.removeAll()
     }
 
-    mutating func scheduleRetry(backoff: Backoff) {
-        self.retryAt = .now + backoff.delay(attempt: self.retryAttempt)
+    /// `random` in 0...1 picks the jitter, so tests can fix it.
+    mutating func scheduleRetry(backoff: Backoff, now: ContinuousClock.Instant, random: Double) {
+        self.retryAt = now + backoff.delay(attempt: self.retryAttempt, random: random)
         self.retryAttempt += 1
     }
 
