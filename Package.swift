@@ -163,14 +163,10 @@ let package = Package(
             dependencies: ["CRabbitMQ"],
             path: "Benchmarks/AMQPPublishBenchC"
         ),
+        // Tests by cost (docs/TESTING.md). Unit: no broker, no processes (`scripts/test --unit`).
         .testTarget(
             name: "AMQPClientTests",
             dependencies: ["AMQPClient"],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "AMQPClientIntegrationTests",
-            dependencies: ["AMQPClient", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -183,15 +179,33 @@ let package = Package(
             dependencies: ["AMQPModel", "AMQPTesting", "EntitySyncCore", "EntitySyncSQLite", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
-        // Broker, vhost and waiting helpers shared by the sync and service tests.
+        .testTarget(
+            name: "EntitySyncServicesTests",
+            dependencies: ["EntitySyncServices", "EntitySyncCore", "AMQPClient"],
+            swiftSettings: swiftSettings
+        ),
+        // What more than one test target needs, once: the process spawner, the test broker and
+        // its vhosts, fixtures, waiting, free ports.
         .target(
             name: "EntitySyncTestSupport",
             dependencies: ["AMQPClient", "EntitySyncCore", .product(name: "Logging", package: "swift-log")],
             path: "Tests/EntitySyncTestSupport",
             swiftSettings: swiftSettings
         ),
+        // Broker integration: a RabbitMQ broker, rabbitmqctl for some.
         .testTarget(
-            name: "EntitySyncServicesTests",
+            name: "AMQPClientIntegrationTests",
+            dependencies: ["AMQPClient", "EntitySyncTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "EntitySyncIntegrationTests",
+            dependencies: ["EntitySyncCore", "EntitySyncSQLite", "AMQPClient", "EntitySyncTestSupport"],
+            swiftSettings: swiftSettings
+        ),
+        // System: the services over real gRPC, the built binary as processes, h2load, the chaos scenarios.
+        .testTarget(
+            name: "EntitySyncSystemTests",
             dependencies: [
                 "EntitySyncServices",
                 "EntitySyncTestSupport",
@@ -204,11 +218,6 @@ let package = Package(
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
             ],
-            swiftSettings: swiftSettings
-        ),
-        .testTarget(
-            name: "EntitySyncIntegrationTests",
-            dependencies: ["EntitySyncCore", "EntitySyncSQLite", "AMQPClient", "EntitySyncTestSupport"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,10 +1,11 @@
 import AMQPClient
+import EntitySyncTestSupport
 import Foundation
 import Testing
 
 /// Faults that hit every connection on the broker. `scripts/test` runs this suite on its own,
 /// after the others, so no other test's connections are disturbed.
-@Suite(.serialized, .enabled(if: TestBroker.isControllable, "needs a private broker (scripts/test starts one)"))
+@Suite(.serialized, .enabled(if: Broker.isAvailable, "needs a private broker (scripts/test starts one)"))
 struct BrokerDisruptionTests {
     /// Publishes (retrying retryable failures, as a caller should) while one consumer acks, and
     /// injects `fault` twice mid-stream, each time awaiting reconnection of both connections and
@@ -17,8 +18,8 @@ struct BrokerDisruptionTests {
             $0.operationTimeout = .seconds(10)
             $0.connectTimeout = .seconds(3)
         }
-        let publisher = try await TestBroker.connect("\(name)_publisher", configure: configure)
-        let subscriber = try await TestBroker.connect("\(name)_consumer", configure: configure)
+        let publisher = try await Broker.connect("\(name)_publisher", configure: configure)
+        let subscriber = try await Broker.connect("\(name)_consumer", configure: configure)
         let scratch = Scratch(name)
         try await scratch.declare(on: publisher)
         try await scratch.declare(on: subscriber)
@@ -83,22 +84,21 @@ struct BrokerDisruptionTests {
 
     @Test func recoversWhenTheBrokerClosesAllConnections() async throws {
         try await self.runThroughFaults("close_all") {
-            try TestBroker.ctl("close_all_connections", "closed by a test")
+            try Broker.ctl("close_all_connections", "closed by a test")
         }
     }
 
     @Test func recoversAfterBrokerStopAndStartApp() async throws {
         try await self.runThroughFaults("restart") {
-            try TestBroker.ctl("stop_app")
-            try TestBroker.ctl("start_app")
+            try Broker.ctl("stop_app")
+            try Broker.ctl("start_app")
         }
     }
 
     @Test func detectsAFrozenBrokerAndRecovers() async throws {
         // SIGSTOP keeps TCP connections open but silent: only missed heartbeats (and the
         // watchdog on blocked sends) reveal it. Heartbeat 1 s → detected after about 2 s.
-        let pid = try TestBroker.ctl("eval", "os:getpid().").trimmingCharacters(in: CharacterSet(charactersIn: "\"\n "))
-        guard let pidNumber = Int32(pid) else { throw TestFailure("no broker pid in '\(pid)'") }
+        let pidNumber = try Broker.pid()
         try await self.runThroughFaults("frozen", heartbeat: .seconds(1)) {
             kill(pidNumber, SIGSTOP)
             // Frozen for over two heartbeat intervals: the connections must be declared dead.

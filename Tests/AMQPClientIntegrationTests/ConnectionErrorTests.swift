@@ -1,16 +1,17 @@
 import AMQPClient
+import EntitySyncTestSupport
 import Foundation
 import Testing
 
-@Suite(.enabled(if: TestBroker.isAvailable, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
+@Suite(.enabled(if: Broker.isConfigured, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
 struct ConnectionErrorTests {
     func connectError(_ url: String) async throws -> AMQPError {
-        var configuration = try TestBroker.configuration("errors", url: url)
+        var configuration = try Broker.configuration("errors", url: url)
         configuration.connectTimeout = .seconds(5)
         return try await self.connectError(configuration)
     }
 
-    var base: AMQPURL { get throws { try AMQPURL(TestBroker.url ?? "") } }
+    var base: AMQPURL { get throws { try AMQPURL(Broker.url ?? "") } }
 
     @Test func connectionRefusedNamesHostAndPort() async throws {
         // A port nobody listens on: bind one, note it, release it.
@@ -35,8 +36,8 @@ struct ConnectionErrorTests {
     }
 
     @Test func conflictingQueueArgumentsNameTheQueueAndArgument() async throws {
-        let connection = try await TestBroker.connect("conflict")
-        let queue = TestBroker.uniqueName("conflict")
+        let connection = try await Broker.connect("conflict")
+        let queue = Broker.uniqueName("conflict")
         try await connection.declare(QueueSpec(name: queue, arguments: QueueArguments(queueType: .quorum)))
         try await connection.declare(QueueSpec(name: queue, arguments: QueueArguments(queueType: .quorum)))
         do {
@@ -54,8 +55,8 @@ struct ConnectionErrorTests {
     }
 
     @Test func missingQueueIsNotFound() async throws {
-        let connection = try await TestBroker.connect("not_found")
-        let queue = TestBroker.uniqueName("absent")
+        let connection = try await Broker.connect("not_found")
+        let queue = Broker.uniqueName("absent")
         do {
             _ = try await connection.queueStatus(queue)
             Issue.record("a missing queue was found")
@@ -72,13 +73,13 @@ struct ConnectionErrorTests {
         await connection.close()
     }
 
-    @Test(.enabled(if: TestBroker.tlsURL != nil && TestBroker.tlsDirectory != nil, "needs the TLS listener of scripts/test"))
+    @Test(.enabled(if: Broker.tlsURL != nil && Broker.tlsDirectory != nil, "needs the TLS listener of scripts/test"))
     func tlsVerifiesTheBrokerCertificate() async throws {
-        let tlsURL = try #require(TestBroker.tlsURL)
-        let directory = try #require(TestBroker.tlsDirectory)
-        var trusted = try TestBroker.configuration("tls", url: tlsURL)
+        let tlsURL = try #require(Broker.tlsURL)
+        let directory = try #require(Broker.tlsDirectory)
+        var trusted = try Broker.configuration("tls", url: tlsURL)
         trusted.tls = .init(caCertificatePath: "\(directory)/ca.pem")
-        let connection = try await AMQPConnection.connect(trusted, logger: TestBroker.logger("tls"))
+        let connection = try await AMQPConnection.connect(trusted, logger: Broker.logger("tls"))
         let scratch = Scratch("tls")
         try await scratch.declare(on: connection, arguments: QueueArguments(queueType: .classic))
         try await connection.publish(message("over tls"), exchange: scratch.exchange)
@@ -88,7 +89,7 @@ struct ConnectionErrorTests {
         var withClientCertificate = trusted
         withClientCertificate.tls.clientCertificatePath = "\(directory)/client.pem"
         withClientCertificate.tls.clientKeyPath = "\(directory)/client.key"
-        let second = try await AMQPConnection.connect(withClientCertificate, logger: TestBroker.logger("tls"))
+        let second = try await AMQPConnection.connect(withClientCertificate, logger: Broker.logger("tls"))
         await second.close()
 
         var untrusted = trusted
@@ -99,30 +100,11 @@ struct ConnectionErrorTests {
 
     func connectError(_ configuration: AMQPConfiguration) async throws -> AMQPError {
         do {
-            let connection = try await AMQPConnection.connect(configuration, logger: TestBroker.logger("errors"))
+            let connection = try await AMQPConnection.connect(configuration, logger: Broker.logger("errors"))
             await connection.close()
-            throw TestFailure("connecting succeeded")
+            throw HarnessError("connecting succeeded")
         } catch let error as AMQPError {
             return error
         }
     }
-}
-
-func freePort() throws -> Int {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard descriptor >= 0 else { throw TestFailure("socket() failed") }
-    defer { close(descriptor) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic -> Int32 in
-            guard bind(descriptor, generic, length) == 0 else { return -1 }
-            return getsockname(descriptor, generic, &length)
-        }
-    }
-    guard bound == 0 else { throw TestFailure("bind() failed") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -1,4 +1,5 @@
 import AMQPClient
+import EntitySyncTestSupport
 import Testing
 
 /// Runs `handler` for every delivery of `consumer` until the stream ends.
@@ -15,10 +16,10 @@ actor Gate {
     func open() { self.isOpen = true }
 }
 
-@Suite(.enabled(if: TestBroker.isAvailable, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
+@Suite(.enabled(if: Broker.isConfigured, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
 struct ConsumeTests {
     @Test func ackRejectAndRequeue() async throws {
-        let connection = try await TestBroker.connect("ack_reject")
+        let connection = try await Broker.connect("ack_reject")
         let scratch = Scratch("ack_reject")
         try await scratch.declare(on: connection)
         for text in ["ack-me", "requeue-me", "drop-me"] {
@@ -46,7 +47,7 @@ struct ConsumeTests {
     }
 
     @Test func prefetchIsHonoured() async throws {
-        let connection = try await TestBroker.connect("prefetch")
+        let connection = try await Broker.connect("prefetch")
         let scratch = Scratch("prefetch")
         try await scratch.declare(on: connection)
         for index in 0..<10 { try await connection.publish(message("m\(index)"), exchange: scratch.exchange) }
@@ -76,7 +77,7 @@ struct ConsumeTests {
     }
 
     @Test func poisonMessagePastDeliveryLimitLandsInDeadLetterQueue() async throws {
-        let connection = try await TestBroker.connect("delivery_limit")
+        let connection = try await Broker.connect("delivery_limit")
         let scratch = Scratch("delivery_limit")
         let deadLetters = ExchangeSpec(name: scratch.exchange + "_dlx")
         let deadLetterQueue = scratch.queue + ".dlq"
@@ -124,8 +125,8 @@ struct ConsumeTests {
     }
 
     @Test func consumerCancelledByTheBrokerResubscribes() async throws {
-        let connection = try await TestBroker.connect("broker_cancel")
-        let operator_ = try await TestBroker.connect("broker_cancel_operator")
+        let connection = try await Broker.connect("broker_cancel")
+        let operator_ = try await Broker.connect("broker_cancel_operator")
         let scratch = Scratch("broker_cancel")
         try await scratch.declare(on: connection)
         let received = Collector<String>()
@@ -150,8 +151,8 @@ struct ConsumeTests {
     }
 
     @Test func closeLetsInFlightHandlersAck() async throws {
-        let connection = try await TestBroker.connect("graceful_close")
-        let inspector = try await TestBroker.connect("graceful_close_inspector")
+        let connection = try await Broker.connect("graceful_close")
+        let inspector = try await Broker.connect("graceful_close_inspector")
         let scratch = Scratch("graceful_close")
         try await scratch.declare(on: connection)
         for index in 0..<5 { try await connection.publish(message("m\(index)"), exchange: scratch.exchange) }

@@ -1,14 +1,15 @@
 import AMQPClient
+import EntitySyncTestSupport
 import Testing
 
 /// Consumer channels are a bounded resource of a connection (channel_max): they must come back
 /// when a consumer ends, whichever way it ends.
-@Suite(.enabled(if: TestBroker.isAvailable, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
+@Suite(.enabled(if: Broker.isConfigured, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
 struct ConsumerChannelTests {
     /// Issue 12 item 8: ids and channels only grew, capped at 2,000 per connection, so a
     /// long-running service failed its ~2,000th dead-letter listing until restarted.
     @Test(.timeLimit(.minutes(2))) func channelsOfCancelledConsumersAreReused() async throws {
-        let connection = try await TestBroker.connect("channel_reuse")
+        let connection = try await Broker.connect("channel_reuse")
         let empty = Scratch("channel_reuse")
         try await empty.declare(on: connection)
         let probe = Scratch("channel_probe")
@@ -51,7 +52,7 @@ struct ConsumerChannelTests {
     /// consumer subscribed, every new delivery rejected and redelivered in a tight loop, and
     /// the deliveries it had been given pinned for good.
     @Test(.timeLimit(.minutes(1))) func aConsumerWhoseReaderIsCancelledGivesEverythingBack() async throws {
-        let connection = try await TestBroker.connect("abandon")
+        let connection = try await Broker.connect("abandon")
         let scratch = Scratch("abandon")
         try await scratch.declare(on: connection)
         for index in 0..<10 { try await connection.publish(message("m\(index)"), exchange: scratch.exchange) }

@@ -1,10 +1,11 @@
 import AMQPClient
+import EntitySyncTestSupport
 import Testing
 
-@Suite(.enabled(if: TestBroker.isAvailable, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
+@Suite(.enabled(if: Broker.isConfigured, "needs ENTITY_SYNC_TEST_AMQP_URL (scripts/test sets it)"))
 struct PublishTests {
     @Test func confirmedPublishesReachTheQueue() async throws {
-        let connection = try await TestBroker.connect("publish")
+        let connection = try await Broker.connect("publish")
         let scratch = Scratch("publish")
         try await scratch.declare(on: connection)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -21,8 +22,8 @@ struct PublishTests {
     }
 
     @Test func mandatoryPublishWithNoQueueBoundIsReturned() async throws {
-        let connection = try await TestBroker.connect("unroutable")
-        let lonely = TestBroker.uniqueName("lonely")
+        let connection = try await Broker.connect("unroutable")
+        let lonely = Broker.uniqueName("lonely")
         try await connection.declare(ExchangeSpec(name: lonely))
         do {
             try await connection.publish(message("nobody listens"), exchange: lonely)
@@ -42,8 +43,8 @@ struct PublishTests {
     }
 
     @Test func publishToMissingExchangeFailsAndThePublisherRecovers() async throws {
-        let connection = try await TestBroker.connect("missing_exchange")
-        let missing = TestBroker.uniqueName("missing")
+        let connection = try await Broker.connect("missing_exchange")
+        let missing = Broker.uniqueName("missing")
         do {
             try await connection.publish(message("x"), exchange: missing)
             Issue.record("a publish to a missing exchange succeeded")
@@ -59,7 +60,7 @@ struct PublishTests {
     }
 
     @Test func propertiesAndHeadersArriveIntact() async throws {
-        let connection = try await TestBroker.connect("properties")
+        let connection = try await Broker.connect("properties")
         let scratch = Scratch("properties")
         try await scratch.declare(on: connection)
         let sent = OutgoingMessage(body: [0, 1, 2, 255], contentType: "application/x-protobuf", messageID: "event-1",
@@ -86,10 +87,10 @@ struct PublishTests {
     }
 
     @Test func batchPublishReportsEachOutcomeAndKeepsOrder() async throws {
-        let connection = try await TestBroker.connect("batch")
+        let connection = try await Broker.connect("batch")
         let scratch = Scratch("batch")
         try await scratch.declare(on: connection)
-        let lonely = TestBroker.uniqueName("batch_lonely")
+        let lonely = Broker.uniqueName("batch_lonely")
         try await connection.declare(ExchangeSpec(name: lonely))
         var batch = (0..<100).map { PublishItem(message("m\($0)"), exchange: scratch.exchange) }
         batch[50] = PublishItem(message("returned"), exchange: lonely)
@@ -116,7 +117,7 @@ struct PublishTests {
     }
 
     @Test func closeWaitsForOutstandingConfirms() async throws {
-        let connection = try await TestBroker.connect("close_confirms")
+        let connection = try await Broker.connect("close_confirms")
         let scratch = Scratch("close_confirms")
         try await scratch.declare(on: connection)
         let confirmed = Collector<Int>()
@@ -136,7 +137,7 @@ struct PublishTests {
             let done = await confirmed.count
             return inFlight > 0 || done > 0
         }
-        let inspector = try await TestBroker.connect("close_confirms_inspector")
+        let inspector = try await Broker.connect("close_confirms_inspector")
         await connection.close()
         // Everything accepted before close was sent and confirmed, or failed loudly: never lost silently.
         let outcome = await publishers.result

@@ -2,30 +2,14 @@ import AMQPModel
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import SwiftProtobuf
 import Testing
 
-func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
-    var user = User()
-    user.id = id
-    user.name = "Ada"
-    user.email = "ada@example.com"
-    user.status = .active
-    user.version = version
-    var change = EntityChange()
-    change.messageID = "user:\(id):\(version)"
-    change.entityType = .user
-    change.entityID = id
-    change.version = version
-    change.operation = .upsert
-    change.user = user
-    return change
-}
-
 @Suite struct ChangeCodecTests {
     @Test func protobufRoundTrip() throws {
-        let change = sampleUserChange()
+        let change = Fixtures.userChange()
         let message = try ChangeCodec.message(for: change)
         #expect(message.properties.contentType == "application/x-protobuf")
         #expect(message.properties.messageID == "user:u1:3")
@@ -37,7 +21,7 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
     }
 
     @Test func acceptsTheProtobufJSONForm() throws {
-        let json = try sampleUserChange().jsonString()
+        let json = try Fixtures.userChange().jsonString()
         let decoded = try ChangeCodec.decode(body: Array(json.utf8), contentType: "application/json; charset=utf-8",
                                              expected: .user).get()
         #expect(decoded.entityID == "u1")
@@ -55,22 +39,22 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
     static func bytes(_ change: EntityChange) -> [UInt8] { (try? change.serializedBytes()) ?? [] }
 
     static let poisonCases: [PoisonCase] = {
-        var unknownType = sampleUserChange()
+        var unknownType = Fixtures.userChange()
         unknownType.entityType = .unspecified
-        var noID = sampleUserChange()
+        var noID = Fixtures.userChange()
         noID.entityID = ""
-        var zeroVersion = sampleUserChange()
+        var zeroVersion = Fixtures.userChange()
         zeroVersion.version = 0
-        var noState = sampleUserChange()
+        var noState = Fixtures.userChange()
         noState.state = nil
-        var mismatchedID = sampleUserChange()
+        var mismatchedID = Fixtures.userChange()
         mismatchedID.entityID = "u2"
-        var deleteEvent = sampleUserChange()
+        var deleteEvent = Fixtures.userChange()
         deleteEvent.operation = .unspecified
         return [
-            PoisonCase(name: "wrong content type", body: bytes(sampleUserChange()), contentType: "text/plain",
+            PoisonCase(name: "wrong content type", body: bytes(Fixtures.userChange()), contentType: "text/plain",
                        expected: .user, kind: .unsupportedContentType),
-            PoisonCase(name: "no content type", body: bytes(sampleUserChange()), contentType: nil,
+            PoisonCase(name: "no content type", body: bytes(Fixtures.userChange()), contentType: nil,
                        expected: .user, kind: .unsupportedContentType),
             PoisonCase(name: "garbage bytes", body: [0xff, 0xfe, 0x00, 0x13, 0x37], contentType: "application/x-protobuf",
                        expected: .user, kind: .undecodable),
@@ -80,7 +64,7 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
                        expected: .user, kind: .invalid),
             PoisonCase(name: "unknown entity type", body: bytes(unknownType), contentType: "application/x-protobuf",
                        expected: .user, kind: .invalid),
-            PoisonCase(name: "user event on group queue", body: bytes(sampleUserChange()), contentType: "application/x-protobuf",
+            PoisonCase(name: "user event on group queue", body: bytes(Fixtures.userChange()), contentType: "application/x-protobuf",
                        expected: .group, kind: .invalid),
             PoisonCase(name: "empty id", body: bytes(noID), contentType: "application/x-protobuf", expected: .user, kind: .invalid),
             PoisonCase(name: "version 0", body: bytes(zeroVersion), contentType: "application/x-protobuf", expected: .user, kind: .invalid),
@@ -104,28 +88,12 @@ func sampleUserChange(id: String = "u1", version: UInt64 = 3) -> EntityChange {
     }
 
     @Test func deleteNeedsNoState() throws {
-        var change = sampleUserChange(version: 4)
+        var change = Fixtures.userChange(version: 4)
         change.operation = .delete
         change.state = nil
         let decoded = try ChangeCodec.validate(change, expected: .user).get()
         #expect(decoded.isDelete)
     }
-}
-
-func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String] = ["u1", "u2"]) -> EntityChange {
-    var group = Group()
-    group.id = id
-    group.name = "Admins"
-    group.memberIds = members
-    group.version = version
-    var change = EntityChange()
-    change.messageID = "group:\(id):\(version)"
-    change.entityType = .group
-    change.entityID = id
-    change.version = version
-    change.operation = .upsert
-    change.group = group
-    return change
 }
 
 /// Issue 12 item 4: every field of an incoming event is checked before it reaches a store.
@@ -139,7 +107,7 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
     }
 
     static func user(_ edit: (inout EntityChange, inout User) -> Void) -> EntityChange {
-        var change = sampleUserChange()
+        var change = Fixtures.userChange()
         var user = change.user
         edit(&change, &user)
         change.user = user
@@ -147,7 +115,7 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
     }
 
     static func group(_ edit: (inout EntityChange, inout Group) -> Void) -> EntityChange {
-        var change = sampleGroupChange()
+        var change = Fixtures.groupChange()
         var group = change.group
         edit(&change, &group)
         change.group = group
@@ -165,46 +133,46 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
 
     static let invalidCases: [Case] = [
         // The issue's example: 2^63 passed validation and trapped in the store's Int64(version).
-        Case(name: "version 2^63", change: sampleUserChange(version: 1 << 63), mentions: ["version", "9223372036854775807"]),
-        Case(name: "version UInt64.max", change: sampleUserChange(version: .max), mentions: ["version", "9223372036854775807"]),
+        Case(name: "version 2^63", change: Fixtures.userChange(version: 1 << 63), mentions: ["version", "9223372036854775807"]),
+        Case(name: "version UInt64.max", change: Fixtures.userChange(version: .max), mentions: ["version", "9223372036854775807"]),
         Case(name: "version 2^63 on a delete", change: {
-            var change = sampleUserChange(version: 1 << 63)
+            var change = Fixtures.userChange(version: 1 << 63)
             change.operation = .delete
             change.state = nil
             return change
         }(), mentions: ["version", "9223372036854775807"]),
-        Case(name: "version 0", change: sampleUserChange(version: 0), mentions: ["version", "at least 1"]),
-        Case(name: "entity_id over 128 bytes", change: sampleUserChange(id: String(repeating: "a", count: 129)),
+        Case(name: "version 0", change: Fixtures.userChange(version: 0), mentions: ["version", "at least 1"]),
+        Case(name: "entity_id over 128 bytes", change: Fixtures.userChange(String(repeating: "a", count: 129)),
              mentions: ["entity_id", "128"]),
-        Case(name: "entity_id not ASCII", change: sampleUserChange(id: "ümlaut"), mentions: ["entity_id", "ASCII"]),
-        Case(name: "entity_id with a space", change: sampleUserChange(id: "a b"), mentions: ["entity_id", "ASCII"]),
+        Case(name: "entity_id not ASCII", change: Fixtures.userChange("ümlaut"), mentions: ["entity_id", "ASCII"]),
+        Case(name: "entity_id with a space", change: Fixtures.userChange("a b"), mentions: ["entity_id", "ASCII"]),
         Case(name: "message_id over 16 KiB", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.messageID = tooLong
             return change
         }(), mentions: ["message_id", "16384"]),
         Case(name: "producer over 16 KiB", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.producer = tooLong
             return change
         }(), mentions: ["producer", "16384"]),
         Case(name: "occurred_at after year 9999", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.occurredAt = timestamp(seconds: .max)
             return change
         }(), mentions: ["occurred_at.seconds", "253402300799"]),
         Case(name: "occurred_at before year 1", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.occurredAt = timestamp(seconds: .min)
             return change
         }(), mentions: ["occurred_at.seconds", "-62135596800"]),
         Case(name: "occurred_at negative nanos", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.occurredAt = timestamp(seconds: 0, nanos: -1)
             return change
         }(), mentions: ["occurred_at.nanos", "999999999"]),
         Case(name: "occurred_at a whole second of nanos", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.occurredAt = timestamp(seconds: 0, nanos: 1_000_000_000)
             return change
         }(), mentions: ["occurred_at.nanos", "999999999"]),
@@ -250,9 +218,9 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
         Case(name: "group.updated_at out of range", change: group { _, group in group.updatedAt = timestamp(seconds: -62_135_596_801) },
              mentions: ["group.updated_at.seconds", "-62135596800"]),
         Case(name: "a delete carrying the other type's state", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.operation = .delete
-            change.group = sampleGroupChange(id: "u1").group
+            change.group = Fixtures.groupChange("u1").group
             return change
         }(), mentions: ["delete", "state"]),
         Case(name: "a delete carrying a state with a bad field", change: {
@@ -261,7 +229,7 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
             return change
         }(), mentions: ["user.status", "3"]),
         Case(name: "unknown operation", change: {
-            var change = sampleUserChange()
+            var change = Fixtures.userChange()
             change.operation = .UNRECOGNIZED(5)
             return change
         }(), mentions: ["operation", "5"]),
@@ -283,10 +251,10 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
 
     /// What a legitimate producer emits, at every limit, must still apply.
     static let acceptedCases: [Case] = [
-        Case(name: "version Int64.max", change: sampleUserChange(version: UInt64(Int64.max)), mentions: []),
-        Case(name: "version 1", change: sampleUserChange(version: 1), mentions: []),
-        Case(name: "a 128-byte id of every allowed character", change: sampleUserChange(
-            id: String(repeating: "aZ9._:@-", count: 16)), mentions: []),
+        Case(name: "version Int64.max", change: Fixtures.userChange(version: UInt64(Int64.max)), mentions: []),
+        Case(name: "version 1", change: Fixtures.userChange(version: 1), mentions: []),
+        Case(name: "a 128-byte id of every allowed character", change: Fixtures.userChange(
+            String(repeating: "aZ9._:@-", count: 16)), mentions: []),
         Case(name: "texts of exactly 16 KiB", change: user { change, user in
             let text = String(repeating: "é", count: 8 * 1024)
             user.name = text
@@ -318,7 +286,7 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
              mentions: []),
         Case(name: "a group without members", change: group { _, group in group.memberIds = [] }, mentions: []),
         Case(name: "a delete without state", change: {
-            var change = sampleGroupChange(version: UInt64(Int64.max))
+            var change = Fixtures.groupChange(version: UInt64(Int64.max))
             change.operation = .delete
             change.state = nil
             return change
@@ -334,7 +302,7 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
 
     /// Events exactly as the SQLite producer writes them to its outbox pass.
     @Test func theProducersOwnEventsPass() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("producer-events"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("producer-events"), producer: "p1")
         let attributes = Dictionary(uniqueKeysWithValues: (0..<DraftValidation.maximumAttributes).map {
             ("key\($0)", String(repeating: "v", count: DraftValidation.maximumTextLength))
         })
@@ -371,80 +339,5 @@ func sampleGroupChange(id: String = "g1", version: UInt64 = 3, members: [String]
         case .success: Issue.record("accepted version \(version)")
         case .failure(let reason): #expect(reason.kind == .invalid && reason.detail.contains("version"), "\(reason)")
         }
-    }
-}
-
-@Suite struct DraftValidationTests {
-    @Test(arguments: ["", "has space", "ümlaut", String(repeating: "x", count: 129)])
-    func badIDs(_ id: String) {
-        #expect(throws: SyncError.self) { try DraftValidation.validateID(id, field: "user.id") }
-    }
-
-    @Test(arguments: ["nope", "a@b", "@b.c", "a@.c", "a b@c.d", "a@b."])
-    func badEmails(_ email: String) {
-        do {
-            try DraftValidation.validate(UserDraft(id: "u1", name: "A", email: email))
-            Issue.record("accepted \(email)")
-        } catch {
-            #expect(error.code == .invalidArgument)
-            #expect(error.message.contains("user.email"))
-        }
-    }
-
-    @Test func goodDrafts() throws {
-        try DraftValidation.validate(UserDraft(id: "user-1@corp:eu.x_y", name: "Ada", email: "ada@example.com"))
-        try DraftValidation.validate(GroupDraft(id: "g1", name: "Admins", memberIDs: ["u1", "u2"]))
-    }
-}
-
-@Suite struct GeneratedCodeTests {
-    /// The committed generated code must come from the committed proto/ files.
-    @Test func generatedCodeMatchesProto() throws {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let recorded = try String(contentsOf: root.appendingPathComponent("Sources/EntitySyncProto/Generated/proto.sha256"),
-                                  encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
-        let process = Process()
-        process.executableURL = root.appendingPathComponent("scripts/proto-hash")
-        let output = Pipe()
-        process.standardOutput = output
-        try process.run()
-        let current = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        process.waitUntilExit()
-        #expect(current == recorded, "proto/ changed since the Swift code was generated: run scripts/generate-proto")
-    }
-}
-
-@Suite struct WakeSignalTests {
-    @Test func aSignalBeforeTheWaitIsKept() async {
-        let signal = WakeSignal()
-        signal.signal()
-        let start = ContinuousClock.now
-        await signal.wait(timeout: .seconds(30))
-        #expect(start.duration(to: .now) < .seconds(10))
-    }
-
-    @Test func aWaitEndsOnSignal() async {
-        let signal = WakeSignal()
-        let waiter = Task { await signal.wait(timeout: .seconds(60)) }
-        // Keep signalling until the waiter has returned: proves wake-up without relying on timing.
-        while !Task.isCancelled {
-            signal.signal()
-            let returned = await Task { () -> Bool in
-                await withTaskGroup(of: Bool.self) { group in
-                    group.addTask { await waiter.value; return true }
-                    group.addTask { try? await Task.sleep(for: .milliseconds(50)); return false }
-                    let first = await group.next() ?? false
-                    group.cancelAll()
-                    return first
-                }
-            }.value
-            if returned { break }
-        }
-    }
-
-    @Test func aWaitEndsAtItsTimeout() async {
-        let signal = WakeSignal()
-        await signal.wait(timeout: .milliseconds(20))
     }
 }

@@ -2,6 +2,7 @@ import AMQPModel
 @testable import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import SwiftProtobuf
 import Testing
@@ -304,7 +305,7 @@ struct HostileChanges {
     /// On tmpfs where there is one: the properties are about values, and the fsyncs of WAL
     /// checkpoints on a shared disk would stretch a few seconds into a minute.
     static func storePath() -> String {
-        guard FileManager.default.isWritableFile(atPath: "/dev/shm") else { return temporaryDatabasePath("property") }
+        guard FileManager.default.isWritableFile(atPath: "/dev/shm") else { return Fixtures.temporaryDatabasePath("property") }
         return "/dev/shm/entitysync-property-\(UUID().uuidString).sqlite"
     }
 

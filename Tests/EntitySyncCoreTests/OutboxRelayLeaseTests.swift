@@ -1,5 +1,6 @@
 import EntitySyncCore
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import Testing
 
@@ -70,7 +71,7 @@ import Testing
     /// With owners unique per process, a restarted producer is a new owner: the stopped one
     /// must give the lease up, or every restart would hold relaying for a whole lease.
     @Test func aStoppedRelayReleasesItsLeaseAndOnlyItsOwn() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("release"), producer: "p")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("release"), producer: "p")
         _ = try await store.createUser(UserDraft(id: "u0", name: "N", email: "n0@example.com"))
         let lease = Duration.seconds(600)
         let old = OutboxRelay.uniqueOwner(instanceName: "p")
@@ -85,7 +86,7 @@ import Testing
     }
 
     @Test func aSecondOwnerCannotClaimWhileTheFirstLeaseIsLiveEvenWithTheSameInstanceName() async throws {
-        let path = temporaryDatabasePath("shared-source")
+        let path = Fixtures.temporaryDatabasePath("shared-source")
         let name = "producer@\(ProcessInfo.processInfo.hostName)"
         let firstStore = try SQLiteSourceStore(path: path, producer: name)
         let secondStore = try SQLiteSourceStore(path: path, producer: name)

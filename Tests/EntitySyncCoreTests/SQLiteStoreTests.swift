@@ -1,14 +1,10 @@
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import SwiftProtobuf
 import Testing
-
-func temporaryDatabasePath(_ name: String) -> String {
-    let directory = FileManager.default.temporaryDirectory.appendingPathComponent("entitysync-tests-\(UUID().uuidString)")
-    return directory.appendingPathComponent("\(name).sqlite").path
-}
 
 func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
     try await store.claimOutbox(owner: "inspector", lease: .seconds(1), limit: 1000).map { try EntityChange(serializedBytes: $0.payload) }
@@ -16,7 +12,7 @@ func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
 
 @Suite struct SQLiteSourceStoreTests {
     @Test func versionsTombstonesAndOutboxInOneTransaction() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("source"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("source"), producer: "p1")
         let created = try await store.createUser(UserDraft(id: "u1", name: "Ada", email: "ada@example.com"))
         #expect(created.version == 1)
         let updated = try await store.updateUser(UserDraft(id: "u1", name: "Ada L.", email: "ada@example.com"), expectedVersion: 1)
@@ -52,7 +48,7 @@ func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
     }
 
     @Test func deletingAUserRemovesItFromItsGroups() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("cascade"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("cascade"), producer: "p1")
         _ = try await store.createUser(UserDraft(id: "u1", name: "A", email: "a@example.com"))
         _ = try await store.createUser(UserDraft(id: "u2", name: "B", email: "b@example.com"))
         _ = try await store.createGroup(GroupDraft(id: "g1", name: "One", memberIDs: ["u2", "u1"]))
@@ -67,7 +63,7 @@ func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
     }
 
     @Test func membershipNeedsExistingUsersAndUnchangedMembershipMakesNoEvent() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("members"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("members"), producer: "p1")
         _ = try await store.createUser(UserDraft(id: "u1", name: "A", email: "a@example.com"))
         do {
             _ = try await store.createGroup(GroupDraft(id: "g1", name: "G", memberIDs: ["u1", "ghost"]))
@@ -87,7 +83,7 @@ func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
     }
 
     @Test func outboxIsOrderedAndLeasedToOneRelay() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("lease"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("lease"), producer: "p1")
         for index in 0..<5 {
             _ = try await store.createUser(UserDraft(id: "u\(index)", name: "N", email: "n\(index)@example.com"))
         }
@@ -104,7 +100,7 @@ func outboxEvents(_ store: SQLiteSourceStore) async throws -> [EntityChange] {
     }
 
     @Test func invalidInputIsRejectedWithTheField() async throws {
-        let store = try SQLiteSourceStore(path: temporaryDatabasePath("invalid"), producer: "p1")
+        let store = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("invalid"), producer: "p1")
         do {
             _ = try await store.createUser(UserDraft(id: "", name: "A", email: "a@example.com"))
             Issue.record("an empty id was accepted")
@@ -133,17 +129,17 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
 
 @Suite struct SQLiteReplicaStoreTests {
     @Test func appliesOnlyNewerVersions() async throws {
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
-        #expect(try await replica.apply(validated(sampleUserChange(version: 2))) == .apply)
-        #expect(try await replica.apply(validated(sampleUserChange(version: 2))) == .stale)
-        #expect(try await replica.apply(validated(sampleUserChange(version: 1))) == .stale)
-        var delete = sampleUserChange(version: 3)
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .apply)
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .stale)
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 1))) == .stale)
+        var delete = Fixtures.userChange(version: 3)
         delete.operation = .delete
         delete.state = nil
         #expect(try await replica.apply(validated(delete)) == .apply)
         #expect(try await replica.user(id: "u1") == nil)
         // An older upsert arriving after the delete must not resurrect the user.
-        #expect(try await replica.apply(validated(sampleUserChange(version: 2))) == .stale)
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .stale)
         #expect(try await replica.versions(of: .user)["u1"] == EntityVersion(version: 3, deleted: true))
         let statistics = try await replica.statistics()[.user]
         #expect(statistics?.applied == 2)
@@ -157,7 +153,7 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
     /// one of them must open it.
     @Test func instancesOpeningAFreshFileTogetherAllSucceed() async throws {
         for _ in 0..<10 {
-            let path = temporaryDatabasePath("race")
+            let path = Fixtures.temporaryDatabasePath("race")
             try await withThrowingTaskGroup(of: Void.self) { group in
                 for _ in 0..<4 { group.addTask { _ = try SQLiteReplicaStore(path: path) } }
                 try await group.waitForAll()
@@ -166,13 +162,13 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
     }
 
     @Test func twoInstancesOnOneFileConverge() async throws {
-        let path = temporaryDatabasePath("shared")
+        let path = Fixtures.temporaryDatabasePath("shared")
         let first = try SQLiteReplicaStore(path: path)
         let second = try SQLiteReplicaStore(path: path)
         // Versions 1...50 of 20 users, split between the instances in scrambled order.
         var changes: [ValidatedChange] = []
         for user in 0..<20 {
-            for version in 1...5 { changes.append(try validated(sampleUserChange(id: "u\(user)", version: UInt64(version)))) }
+            for version in 1...5 { changes.append(try validated(Fixtures.userChange("u\(user)", version: UInt64(version)))) }
         }
         changes.shuffle()
         let halves = [Array(changes.prefix(50)), Array(changes.suffix(50))]

@@ -2,6 +2,7 @@ import AMQPModel
 import EntitySyncCore
 import EntitySyncProto
 import EntitySyncSQLite
+import EntitySyncTestSupport
 import Foundation
 import Logging
 import Synchronization
@@ -9,7 +10,7 @@ import Testing
 
 /// A producer store with users (one updated, one deleted) and a group, and its whole snapshot.
 private func seededSnapshot() async throws -> (SQLiteSourceStore, [EntityChange]) {
-    let source = try SQLiteSourceStore(path: temporaryDatabasePath("source"), producer: "seed")
+    let source = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("source"), producer: "seed")
     for index in 0..<30 {
         _ = try await source.createUser(UserDraft(id: "u\(index)", name: "User \(index)", email: "u\(index)@example.com"))
     }
@@ -95,7 +96,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
 
     @Test func anUnfinishedLoadIsLoadedAgainAndRecordedWithItsMarks() async throws {
         let (source, changes) = try await seededSnapshot()
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         // What a killed instance left: the load recorded as started, a third of the snapshot applied.
         _ = try await replica.beginBootstrap(instance: "killed", covering: [.user, .group], at: Date().addingTimeInterval(-600))
         for change in changes.prefix(10) {
@@ -123,7 +124,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
     /// Instances of one group share the store: loading it from two at once is harmless.
     @Test func twoInstancesLoadingAtOnceAgree() async throws {
         let (source, changes) = try await seededSnapshot()
-        let path = temporaryDatabasePath("replica")
+        let path = Fixtures.temporaryDatabasePath("replica")
         let first = try SQLiteReplicaStore(path: path)
         let second = try SQLiteReplicaStore(path: path)
         async let a = bootstrap(first, instance: "a").load(from: "test", streaming(changes)) { _ in false }
@@ -142,7 +143,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
 
     @Test func anUnreachableProducerIsRetriedAndARefusalIsNot() async throws {
         let (source, changes) = try await seededSnapshot()
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         let calls = Mutex(0)
         let flaky: SnapshotBootstrap.SnapshotStream = { deliver in
             let call = calls.withLock { count -> Int in
@@ -158,7 +159,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
         #expect(report.attempts == 3)
         #expect(try await storesMatch(replica, source))
 
-        let other = try SQLiteReplicaStore(path: temporaryDatabasePath("refused"))
+        let other = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("refused"))
         await #expect(throws: Refused.self) {
             _ = try await bootstrap(other).load(from: "test", { _ in throw Refused() }) { $0 is Unreachable }
         }
@@ -167,7 +168,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
 
     @Test func aStalledStreamIsAbandonedAndRetried() async throws {
         let (source, changes) = try await seededSnapshot()
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         var configuration = fastConfiguration()
         configuration.idleTimeout = .milliseconds(200)
         let calls = Mutex(0)
@@ -188,7 +189,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
     }
 
     @Test func cancellingAWaitingLoadEndsItAtOnce() async throws {
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         let load = Task {
             try await bootstrap(replica).load(from: "test", { _ in throw Unreachable() }) { $0 is Unreachable }
         }
@@ -201,7 +202,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
     }
 
     @Test func theHeartbeatKeepsALoadInProgressForOtherInstances() async throws {
-        let path = temporaryDatabasePath("replica")
+        let path = Fixtures.temporaryDatabasePath("replica")
         let replica = try SQLiteReplicaStore(path: path)
         let observer = try SQLiteReplicaStore(path: path)
         var configuration = fastConfiguration()
@@ -234,7 +235,7 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
 @Suite struct SnapshotBootstrapStartTests {
     @Test func anEmptyStoreLoadsFromTheProducerAndALoadedOneDoesNotAgain() async throws {
         let (source, changes) = try await seededSnapshot()
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         let calls = Mutex(0)
         let producer = SnapshotBootstrap.Producer(name: "seed", stream: { deliver in
             calls.withLock { $0 += 1 }
@@ -248,15 +249,15 @@ private func storesMatch(_ replica: any ReplicaStore, _ source: SQLiteSourceStor
     }
 
     @Test func withoutAProducerNothingIsLoadedAndTheStoreStaysAsItWas() async throws {
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
         #expect(try await bootstrap(replica).loadIfNeeded(from: nil) == nil)
         #expect(try await replica.bootstrapRecord() == nil)
         #expect(try await replica.versions(of: .user).isEmpty)
     }
 
     @Test func aStoreFilledFromItsQueuesNeedsNoSnapshot() async throws {
-        let replica = try SQLiteReplicaStore(path: temporaryDatabasePath("replica"))
-        _ = try await replica.apply(try ChangeCodec.validate(sampleUserChange(), expected: .user).get())
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("replica"))
+        _ = try await replica.apply(try ChangeCodec.validate(Fixtures.userChange(), expected: .user).get())
         let producer = SnapshotBootstrap.Producer(name: "never", stream: { _ in throw Refused() }, isTransient: { _ in false })
         #expect(try await bootstrap(replica).loadIfNeeded(from: producer) == nil)
     }

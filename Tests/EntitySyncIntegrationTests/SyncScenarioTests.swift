@@ -75,8 +75,9 @@ struct SyncScenarioTests {
         let injector = try await harness.connect("injector")
         let queue = SyncTopology.queue(for: .user, group: "consumer_org_rpc")
         for (version, name) in [(1, "Ada v1"), (2, "Ada v2"), (3, "Ada v3"), (3, "Ada v3"), (2, "stale")] {
-            var change = sampleChange(id: "ada", version: UInt64(version))
-            change.user.name = name
+            // Each with a message id of its own, as separate publishes by another client would have.
+            let change = Fixtures.userChange("ada", version: UInt64(version), name: name,
+                                             messageID: "inject:ada:\(version):\(UUID().uuidString)", producer: "injector")
             try await injector.publish(try ChangeCodec.message(for: change), exchange: "", routingKey: queue)
         }
         try await eventually("five injected events counted as stale") {
@@ -193,22 +194,4 @@ struct SyncScenarioTests {
         try await consumer.stop()
         await producer.stop()
     }
-}
-
-func sampleChange(id: String, version: UInt64) -> EntityChange {
-    var user = User()
-    user.id = id
-    user.name = "Sample"
-    user.email = "\(id)@example.com"
-    user.status = .active
-    user.version = version
-    var change = EntityChange()
-    change.messageID = "inject:\(id):\(version):\(UUID().uuidString)"
-    change.entityType = .user
-    change.entityID = id
-    change.version = version
-    change.operation = .upsert
-    change.user = user
-    change.producer = "injector"
-    return change
 }

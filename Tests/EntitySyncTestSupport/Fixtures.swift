@@ -3,12 +3,12 @@ import Foundation
 
 /// The one place tests build entities and change events.
 public enum Fixtures {
-    /// A valid user at `version`.
-    public static func user(_ id: String = "u1", version: UInt64 = 3, name: String = "Ada") -> User {
+    /// A valid user at `version`; its email is `<id>@example.com` unless `email` says otherwise.
+    public static func user(_ id: String = "u1", version: UInt64 = 3, name: String = "Ada", email: String? = nil) -> User {
         var user = User()
         user.id = id
         user.name = name
-        user.email = "\(id)@example.com"
+        user.email = email ?? "\(id)@example.com"
         user.status = .active
         user.version = version
         return user
@@ -27,10 +27,11 @@ public enum Fixtures {
 
     /// An upsert of user `id` at `version`. Its message id is `user:<id>:<version>` unless
     /// `messageID` says otherwise.
-    public static func userChange(_ id: String = "u1", version: UInt64 = 3, name: String = "Ada",
+    public static func userChange(_ id: String = "u1", version: UInt64 = 3, name: String = "Ada", email: String? = nil,
                                   messageID: String? = nil, producer: String = "fixtures") -> EntityChange {
         var change = ChangeEvents.change(kind: .user, id: id, version: version,
-                                         state: .user(self.user(id, version: version, name: name)), producer: producer)
+                                         state: .user(self.user(id, version: version, name: name, email: email)),
+                                         producer: producer)
         if let messageID { change.messageID = messageID }
         return change
     }
@@ -53,5 +54,11 @@ public enum Fixtures {
             .appendingPathComponent("entitysync-\(prefix)-\(UUID().uuidString.prefix(8))").path
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
+    }
+
+    /// A path for a SQLite file in a fresh temporary directory, which the store creates.
+    public static func temporaryDatabasePath(_ name: String) -> String {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("entitysync-tests-\(UUID().uuidString)")
+        return directory.appendingPathComponent("\(name).sqlite").path
     }
 }

@@ -21,44 +21,24 @@ import Testing
         return command
     }
 
-    static func portIsFree(_ port: Int) -> Bool {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(descriptor) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = in_port_t(UInt16(port).bigEndian)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        } == 0
-    }
-
     /// A base port with the five service ports and their metrics ports free.
     static func freeBasePort() throws -> Int {
         for _ in 0..<50 {
             let base = Int.random(in: 20_000...28_000)
-            if (0..<5).allSatisfy({ self.portIsFree(base + $0) && self.portIsFree(base + 1000 + $0) }) { return base }
+            if (0..<5).allSatisfy({ portIsFree(base + $0) && portIsFree(base + 1000 + $0) }) { return base }
         }
         throw HarnessError("no free range of ports for the run command")
     }
 
     /// The run command in the background, its output in a file.
     final class Run: Sendable {
-        let process: Process
+        let process: ChildProcess
         let output: String
 
         init(_ command: String, environment: [String: String], output: String) throws {
             self.output = output
-            _ = FileManager.default.createFile(atPath: output, contents: nil)
-            self.process = Process()
-            self.process.executableURL = URL(fileURLWithPath: "/bin/bash")
-            self.process.arguments = ["-c", command]
-            self.process.currentDirectoryURL = ReadmeTests.root
-            self.process.environment = environment
-            let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
-            self.process.standardOutput = handle
-            self.process.standardError = handle
-            try self.process.run()
+            self.process = try ChildProcess("/bin/bash", ["-c", command], environment: environment,
+                                            directory: ReadmeTests.root.path, log: output)
         }
 
         var text: String { (try? String(contentsOfFile: self.output, encoding: .utf8)) ?? "" }
@@ -70,27 +50,19 @@ import Testing
             }
         }
 
-        /// Ctrl-C, then waits for the command to finish; returns its exit status.
+        /// Ctrl-C, then waits for the command to finish; returns its exit code (-1 if a signal ended it).
         func interrupt() async throws -> Int32 {
-            self.process.interrupt()
-            try await eventually("the run command exits after SIGINT", timeout: .seconds(90)) { !self.process.isRunning }
-            return self.process.terminationStatus
+            self.process.signal(SIGINT)
+            try await self.process.waitForExit("the run command exits after SIGINT", timeout: .seconds(90))
+            return self.process.exitCode ?? -1
         }
     }
 
+    /// Runs `command` with bash in the repository's root to completion; returns its exit code
+    /// (-1 if a signal ended it) and combined output.
     static func shell(_ command: String, environment: [String: String]) throws -> (Int32, String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/bin/bash")
-        process.arguments = ["-c", command]
-        process.currentDirectoryURL = self.root
-        process.environment = environment
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let text = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        return (process.terminationStatus, text)
+        let completion = try ChildProcess.run("/bin/bash", ["-c", command], environment: environment, directory: self.root.path)
+        return (completion.exitCode ?? -1, completion.output)
     }
 
     @Test func runCommandServesTheDemoStopsOnCtrlCAndResumesItsData() async throws {
@@ -119,7 +91,7 @@ import Testing
         }
 
         let first = try Run(runCommand, environment: environment, output: "\(data).first.log")
-        defer { if first.process.isRunning { first.process.terminate() } }
+        defer { if first.process.isRunning { first.process.signal(SIGTERM) } }
         try await first.waitUntilServing()
         #expect(first.text.contains("127.0.0.1:\(base + 3)") && first.text.contains("127.0.0.1:\(base + 4)"),
                 "it must print where every instance listens:\n\(first.text)")
@@ -140,11 +112,11 @@ import Testing
         #expect(first.text.contains("stopping the private broker"))
         #expect(!FileManager.default.fileExists(atPath: "\(data)/run.pids"))
         #expect(!FileManager.default.fileExists(atPath: "\(data)/broker/server.pid"), "the broker must be stopped")
-        #expect((0..<5).allSatisfy { Self.portIsFree(base + $0) }, "a service still holds its port")
+        #expect((0..<5).allSatisfy { portIsFree(base + $0) }, "a service still holds its port")
 
         // Again: the same data comes back, from the broker and the stores.
         let second = try Run(runCommand, environment: environment, output: "\(data).second.log")
-        defer { if second.process.isRunning { second.process.terminate() } }
+        defer { if second.process.isRunning { second.process.signal(SIGTERM) } }
         try await second.waitUntilServing()
         let (getStatus, alice) = try Self.shell("'\(entitySyncBinary)' ctl group get engineering --json", environment: client)
         #expect(getStatus == 0, "\(alice)")
@@ -154,7 +126,7 @@ import Testing
 
         // --clean starts afresh: the demo's entities are gone.
         let third = try Run(runCommand + " --clean", environment: environment, output: "\(data).third.log")
-        defer { if third.process.isRunning { third.process.terminate() } }
+        defer { if third.process.isRunning { third.process.signal(SIGTERM) } }
         try await third.waitUntilServing()
         let (cleanStatus, clean) = try Self.shell("'\(entitySyncBinary)' ctl group get engineering --from producer", environment: client)
         #expect(cleanStatus != 0 && clean.contains("notFound"), "--clean kept the old data:\n\(clean)")
@@ -204,8 +176,8 @@ import Testing
         // --watch redraws until interrupted.
         let watch = try Run("exec \(ctl) status --watch --interval 0.3", environment: client, output: "\(data)/watch.log")
         try await eventually("two frames of status --watch") { watch.text.components(separatedBy: "ctl status --watch").count >= 3 }
-        watch.process.terminate()
-        try await eventually("status --watch stops") { !watch.process.isRunning }
+        watch.process.signal(SIGTERM)
+        try await watch.process.waitForExit("status --watch stops", timeout: .seconds(30))
 
         // The convergence check reads the stores the run command keeps in its data folder.
         let (checkStatus, check) = try self.shell("'\(entitySyncBinary)' check --producer-db '\(data)/producer.sqlite' "

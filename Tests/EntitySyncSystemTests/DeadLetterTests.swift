@@ -11,18 +11,8 @@ import Testing
 /// place, and a re-drive applies what is newer, drops what is stale and puts back what fails.
 @Suite(.serialized) struct DeadLetterTests {
     static func change(_ id: String, version: UInt64, name: String) throws -> OutgoingMessage {
-        var change = EntityChange()
-        change.messageID = "dead:\(id):\(version)"
-        change.entityType = .user
-        change.entityID = id
-        change.version = version
-        change.operation = .upsert
-        change.user.id = id
-        change.user.name = name
-        change.user.email = "\(id)@example.com"
-        change.user.version = version
-        change.producer = "dead-letter-test"
-        return try ChangeCodec.message(for: change)
+        try ChangeCodec.message(for: Fixtures.userChange(id, version: version, name: name, messageID: "dead:\(id):\(version)",
+                                                         producer: "dead-letter-test"))
     }
 
     @Test func listShowsDeadLettersInPlaceAndRedriveReportsAppliedStaleAndFailed() async throws {

@@ -19,16 +19,10 @@ struct InteroperabilityTests {
         let userRPC = try await system.userRPC[0].address.port()
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("python/grpc_client_check.py")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", script.path, "127.0.0.1:\(producer)", "127.0.0.1:\(userRPC)", RunningSystem.token]
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0, "python client failed:\n\(text)")
+        let completion = try ChildProcess.run("/usr/bin/env", ["python3", script.path, "127.0.0.1:\(producer)",
+                                                               "127.0.0.1:\(userRPC)", RunningSystem.token])
+        let text = completion.output
+        #expect(completion.succeeded, "python client failed:\n\(text)")
         #expect(text.contains("python grpc client: ok"))
         try await system.stop()
     }

@@ -321,7 +321,7 @@ struct HostileInputTests {
 
     /// Runs h2load with gRPC's headers; returns its output.
     static func h2load(port: Int, path: String, body: String, requests: Int, clients: Int, streams: Int) throws -> String {
-        try Broker.shell("h2load -n \(requests) -c \(clients) -m \(streams) -H 'content-type: application/grpc' -H 'te: trailers' "
+        try ChildProcess.shell("h2load -n \(requests) -c \(clients) -m \(streams) -H 'content-type: application/grpc' -H 'te: trailers' "
                          + "-d '\(body)' http://127.0.0.1:\(port)\(path) 2>&1")
     }
 }

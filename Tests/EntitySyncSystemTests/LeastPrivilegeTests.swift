@@ -72,14 +72,7 @@ struct LeastPrivilegeTests {
         var configuration = try AMQPConfiguration(url: urls["user-rpc", default: ""], connectionName: "least-privilege probe")
         configuration.connectTimeout = .seconds(5)
         let consumerCredentials = try await AMQPConnection.connect(configuration, logger: Broker.logger("lp"))
-        let forged = try ChangeCodec.message(for: {
-            var change = EntityChange()
-            change.entityType = .user
-            change.entityID = "ada"
-            change.version = 99
-            change.operation = .delete
-            return change
-        }())
+        let forged = try ChangeCodec.message(for: Fixtures.deletion(.user, "ada", version: 99))
         await #expect {
             try await consumerCredentials.publish(forged, exchange: SyncTopology.exchange(for: .user))
         } throws: { ($0 as? AMQPError)?.message.contains("access to exchange 'exchange_user'") == true }

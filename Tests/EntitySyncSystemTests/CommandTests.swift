@@ -13,23 +13,6 @@ import FoundationNetworking
 let entitySyncBinary = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
     .appendingPathComponent("entity-sync").path
 
-func freePort() throws -> Int {
-    let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(descriptor) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let result = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { generic -> Int32 in
-            guard bind(descriptor, generic, length) == 0 else { return -1 }
-            return getsockname(descriptor, generic, &length)
-        }
-    }
-    guard result == 0 else { throw HarnessError("no free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// The overall grpc.health status of the server on 127.0.0.1:`port`, or nil if it does not answer.
 func healthStatus(port: Int) async -> Grpc_Health_V1_HealthCheckResponse.ServingStatus? {
     try? await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
@@ -38,19 +21,11 @@ func healthStatus(port: Int) async -> Grpc_Health_V1_HealthCheckResponse.Serving
     }
 }
 
-/// Runs the command to completion; returns its exit status and combined output.
+/// Runs the command to completion; returns its exit code (-1 if a signal ended it) and combined output.
 func run(_ arguments: [String], environment: [String: String] = [:]) throws -> (Int32, String) {
-    let process = Process()
-    process.executableURL = URL(fileURLWithPath: entitySyncBinary)
-    process.arguments = arguments
-    process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-    let output = Pipe()
-    process.standardOutput = output
-    process.standardError = output
-    try process.run()
-    let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    process.waitUntilExit()
-    return (process.terminationStatus, text)
+    let completion = try ChildProcess.run(entitySyncBinary, arguments,
+                                          environment: ProcessInfo.processInfo.environment.merging(environment) { $1 })
+    return (completion.exitCode ?? -1, completion.output)
 }
 
 @Suite(.enabled(if: Broker.isAvailable && FileManager.default.isExecutableFile(atPath: entitySyncBinary),
@@ -63,18 +38,15 @@ struct CommandTests {
         let metricsPort = try freePort()
         let log = host.directory + "/producer.log"
         try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let producer = Process()
-        producer.executableURL = URL(fileURLWithPath: entitySyncBinary)
         // Flags and environment mixed, as a deployment would.
-        producer.arguments = ["producer", "--listen", "127.0.0.1:\(grpcPort)", "--db", host.path("producer"),
-                              "--metrics-listen", "127.0.0.1:\(metricsPort)"]
-        producer.environment = ProcessInfo.processInfo.environment.merging([
-            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": "cmd-token", "ENTITY_SYNC_LOG_LEVEL": "info",
-        ]) { $1 }
-        producer.standardOutput = FileHandle(forWritingAtPath: log)
-        producer.standardError = FileHandle(forWritingAtPath: log)
-        try producer.run()
+        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(grpcPort)",
+                                                           "--db", host.path("producer"),
+                                                           "--metrics-listen", "127.0.0.1:\(metricsPort)"],
+                                        environment: ProcessInfo.processInfo.environment.merging([
+                                            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": "cmd-token",
+                                            "ENTITY_SYNC_LOG_LEVEL": "info",
+                                        ]) { $1 }, log: log)
+        defer { producer.signal(SIGKILL) }
 
         try await eventually("producer SERVING") {
             return await healthStatus(port: grpcPort) == .serving
@@ -101,9 +73,9 @@ struct CommandTests {
             return String(decoding: data, as: UTF8.self).contains("entitysync_outbox_confirmed_total")
         }
 
-        producer.terminate()  // SIGTERM
-        try await eventually("producer exited", timeout: .seconds(20)) { !producer.isRunning }
-        #expect(producer.terminationReason == .exit && producer.terminationStatus == 0)
+        producer.signal(SIGTERM)
+        try await producer.waitForExit("producer exited", timeout: .seconds(20))
+        #expect(producer.exitedCleanly, "\(producer.termination)")
         let logText = try String(contentsOfFile: log, encoding: .utf8)
         #expect(logText.contains("producer shutting down"))
         #expect(logText.contains("amqp connection closed"))
@@ -128,22 +100,18 @@ struct CommandTests {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let log = directory + "/service.log"
-        _ = FileManager.default.createFile(atPath: log, contents: nil)
-        let service = Process()
-        service.executableURL = URL(fileURLWithPath: entitySyncBinary)
         // Port 1 on loopback: nothing listens, so the service keeps retrying the broker.
-        service.arguments = [command, "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--listen", "127.0.0.1:\(try freePort())",
-                             "--db", directory + "/store.sqlite"]
-        service.standardOutput = FileHandle(forWritingAtPath: log)
-        service.standardError = FileHandle(forWritingAtPath: log)
-        try service.run()
+        let service = try ChildProcess(entitySyncBinary, [command, "--amqp-url", "amqp://guest:guest@127.0.0.1:1/",
+                                                          "--listen", "127.0.0.1:\(try freePort())",
+                                                          "--db", directory + "/store.sqlite"], log: log)
+        defer { service.signal(SIGKILL) }
         try await eventually("the service retries the broker") {
             (try String(contentsOfFile: log, encoding: .utf8)).contains("broker not reachable yet")
         }
-        service.terminate()  // SIGTERM
-        try await eventually("\(command) exited", timeout: .seconds(10)) { !service.isRunning }
+        service.signal(SIGTERM)
+        try await service.waitForExit("\(command) exited", timeout: .seconds(10))
         let text = try String(contentsOfFile: log, encoding: .utf8)
-        #expect(service.terminationReason == .exit && service.terminationStatus == 0, "\(text)")
+        #expect(service.exitedCleanly, "\(service.termination): \(text)")
         #expect(text.contains("stopped before it was ready"), "\(text)")
     }
 }
