@@ -10,7 +10,9 @@ import Synchronization
 /// Faults a real broker deals are injected by hand: `dropConnection()` requeues everything
 /// unsettled and refuses late settlements, as a lost connection does; `failNextPublishes` makes
 /// publishes fail. Not modelled: topic and headers exchanges, max-length, priorities, streams,
-/// permissions, and publish flow control.
+/// permissions, and publish flow control. Two differences to know: deleting a queue ends its
+/// consumers' streams here, where `AMQPConnection` re-declares the queue and re-subscribes; and
+/// `x-delivery-count` counts every return of a message (RabbitMQ up to 4.2; 4.3 counts only rejects).
 public final class InMemoryBroker: MessageBroker, DeliverySettler {
     public let publishTimeout: Duration
     private let state = Mutex(State())
@@ -135,7 +137,8 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
             }
             let id = state.nextConsumerID
             state.nextConsumerID += 1
-            state.consumers[id] = ConsumerState(queue: queue, prefetch: Int(prefetch), continuation: continuation)
+            state.consumers[id] = ConsumerState(queue: queue, prefetch: Int(prefetch), continuation: continuation,
+                                                epoch: state.epoch)
             state.queues[queue]?.consumerOrder.append(id)
             return id
         }
@@ -144,6 +147,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
             if case .cancelled = termination { self?.abandon(consumer: id) }
         }
         self.state.withLock { state in state.dispatch(queue: queue, settler: self) }
+        self.scheduleExpiry()
         return BrokerConsumer(queue: queue, deliveries: stream) { [weak self] in self?.cancel(consumer: id) }
     }
 
@@ -152,8 +156,18 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
     public func settle(_ settlement: Settlement, tag: UInt64, channel: ChannelRef) async throws {
         try self.state.withLock { state in
             let consumerID = Int(channel.number)
-            guard channel.epoch == state.epoch, state.consumers[consumerID]?.unsettled.contains(where: { $0.tag == tag }) == true else {
+            guard let holder = state.consumers[consumerID], channel.epoch == holder.epoch else {
                 throw AMQPError(.deliveryExpired, "the channel this message arrived on is closed; the broker redelivers the message")
+            }
+            guard holder.unsettled.contains(where: { $0.tag == tag }) else {
+                // RabbitMQ answers a settlement of an unknown tag (settled twice) by closing the
+                // channel: every delivery it held goes back, and their settlements fail too.
+                for held in holder.unsettled { state.giveBack(held.message, to: holder.queue) }
+                state.epoch += 1
+                state.consumers[consumerID]?.unsettled.removeAll()
+                state.consumers[consumerID]?.epoch = state.epoch
+                state.dispatch(queue: holder.queue, settler: self)
+                throw AMQPError(.channelClosed, "PRECONDITION_FAILED - unknown delivery tag \(tag)", replyCode: 406)
             }
             guard var consumer = state.consumers[consumerID] else { return }
             switch settlement {
@@ -190,6 +204,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
                     state.consumers[id] = nil
                 } else {
                     state.consumers[id]?.unsettled.removeAll()
+                    state.consumers[id]?.epoch = state.epoch
                 }
             }
             for name in state.queues.keys { state.dispatch(queue: name, settler: self) }
@@ -304,6 +319,8 @@ extension InMemoryBroker {
         var continuation: AsyncStream<Delivery>.Continuation
         var unsettled: [(tag: UInt64, message: StoredMessage)] = []
         var cancelled = false
+        /// The incarnation of the consumer's channel: a new one after each (simulated) close.
+        var epoch: UInt64
     }
 
     struct State {
@@ -314,7 +331,7 @@ extension InMemoryBroker {
         var nextConsumerID = 1
         var nextTag: UInt64 = 1
         var nextSequence: UInt64 = 1
-        /// Bumped by each simulated connection loss; deliveries carry the epoch they came in.
+        /// The last channel incarnation handed out; deliveries carry their consumer's.
         var epoch: UInt64 = 1
         var publishFaults: [(exchange: String?, fault: PublishFault)] = []
         var expiryWake: ContinuousClock.Instant?
@@ -364,7 +381,9 @@ extension InMemoryBroker {
             var message = message
             message.sequence = self.nextSequence
             self.nextSequence += 1
-            let ttl = message.properties.expiration.flatMap(Int.init) ?? queue.spec.arguments.messageTTL
+            // Both set: the smaller wins, as in RabbitMQ.
+            let ttls = [message.properties.expiration.flatMap(Int.init), queue.spec.arguments.messageTTL].compactMap { $0 }
+            let ttl = ttls.min()
             message.expiresAt = ttl.map { ContinuousClock.now + .milliseconds(max(0, $0)) }
             queue.ready.append(message)
             self.queues[name] = queue
@@ -450,15 +469,15 @@ extension InMemoryBroker {
                 }) else { break }
                 let id = queue.consumerOrder.remove(at: slot)
                 queue.consumerOrder.append(id)
+                guard var consumer = self.consumers[id] else { continue }
                 let message = queue.ready.removeFirst()
                 let tag = self.nextTag
                 self.nextTag += 1
                 let delivery = Delivery(body: message.body, properties: message.properties, exchange: message.exchange,
                                         routingKey: message.routingKey, queue: name, redelivered: message.redelivered,
                                         deliveryTag: tag, channelRef: ChannelRef(number: UInt16(truncatingIfNeeded: id),
-                                                                                 epoch: self.epoch),
+                                                                                 epoch: consumer.epoch),
                                         settler: settler)
-                guard var consumer = self.consumers[id] else { continue }
                 if case .terminated = consumer.continuation.yield(delivery) {
                     queue.consumerOrder.removeAll { $0 == id }
                     queue.ready.insert(message, at: 0)
@@ -470,17 +489,19 @@ extension InMemoryBroker {
             self.queues[name] = queue
         }
 
+        /// RabbitMQ expires a message only at the head of its queue: one with a long TTL holds
+        /// back those behind it, however short theirs.
         func nextExpiry() -> ContinuousClock.Instant? {
-            self.queues.values.lazy.flatMap { $0.ready.compactMap(\.expiresAt) }.min()
+            self.queues.values.compactMap { $0.ready.first?.expiresAt }.min()
         }
 
-        /// Dead-letters every ready message whose TTL has run out.
+        /// Dead-letters expired messages from the head of every queue.
         mutating func expire(now: ContinuousClock.Instant, settler: InMemoryBroker?) {
             for name in self.queues.keys.sorted() {
-                guard let queue = self.queues[name], queue.ready.contains(where: { ($0.expiresAt ?? now) < now }) else { continue }
-                let expired = queue.ready.filter { ($0.expiresAt ?? now) < now }
-                self.queues[name]?.ready.removeAll { ($0.expiresAt ?? now) < now }
-                for message in expired { self.deadLetter(message, from: name, reason: "expired") }
+                while let head = self.queues[name]?.ready.first, let expiresAt = head.expiresAt, expiresAt <= now {
+                    self.queues[name]?.ready.removeFirst()
+                    self.deadLetter(head, from: name, reason: "expired")
+                }
             }
             if let settler { self.dispatchPending(settler: settler) }
         }

@@ -15,6 +15,7 @@ final class CtlSession: Sendable {
     private struct State {
         var clients: [HostPort: Client] = [:]
         var connections: [Task<Void, Never>] = []
+        var closed = false
     }
     private let state = Mutex(State())
 
@@ -22,6 +23,9 @@ final class CtlSession: Sendable {
     func client(for address: HostPort) throws -> Client {
         try self.state.withLock { state in
             if let client = state.clients[address] { return client }
+            guard !state.closed else {
+                throw CtlError(description: "internal: a gRPC call was started after its command ended")
+            }
             let transport = try HTTP2ClientTransport.Posix(target: .dns(host: address.host, port: address.port),
                                                            transportSecurity: .plaintext)
             let client = GRPCClient(transport: transport)
@@ -34,7 +38,10 @@ final class CtlSession: Sendable {
 
     /// Closes every connection once its calls have finished.
     func close() async {
-        let (clients, connections) = self.state.withLock { ($0.clients.values, $0.connections) }
+        let (clients, connections) = self.state.withLock { state in
+            state.closed = true
+            return (state.clients.values, state.connections)
+        }
         for client in clients { client.beginGracefulShutdown() }
         for connection in connections { await connection.value }
     }

@@ -27,7 +27,9 @@ struct Status: AsyncParsableCommand {
         }
         let tty = Terminal.outputIsTerminal
         while !Task.isCancelled {
-            let view = await Self.view(options: self.options)
+            // A fresh session each refresh: a reused connection to a service that restarted
+            // would sit in its reconnect backoff and show it unreachable long after it is back.
+            let view = try await CtlSession.run { await Self.view(options: self.options) }
             let stamp = "entity-sync ctl status --watch (every \(self.interval) s; Ctrl-C to stop)  \(Date())\n\n"
             // Home, draw, clear what is left of a longer previous view: no flicker.
             let frame = (tty ? "\u{1B}[H" : "") + stamp + view.text() + (tty ? "\u{1B}[J" : "\n")

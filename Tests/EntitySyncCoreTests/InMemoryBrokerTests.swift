@@ -174,4 +174,40 @@ import Testing
         #expect(try await broker.deleteQueue("q", ifEmpty: false) == 1)
         #expect(!broker.hasQueue("q"))
     }
+
+    @Test func aMessageExpiresOnlyAtTheHeadOfItsQueue() async throws {
+        let broker = InMemoryBroker()
+        try await broker.declare(QueueSpec(name: "main"))
+        try await broker.declare(QueueSpec(name: "wait", arguments: QueueArguments(deadLetterExchange: "",
+                                                                                  deadLetterRoutingKey: "main")))
+        var slow = Self.body("slow")
+        slow.properties.expiration = "300"
+        var quick = Self.body("quick")
+        quick.properties.expiration = "1"
+        try await broker.publish(slow, exchange: "", routingKey: "wait", mandatory: true)
+        try await broker.publish(quick, exchange: "", routingKey: "wait", mandatory: true)
+        let consumer = try await broker.consume(queue: "main", prefetch: 2)
+        var iterator = consumer.deliveries.makeAsyncIterator()
+        // The short TTL behind the long one waits for it, as on RabbitMQ.
+        #expect(Self.text(try #require(await iterator.next())) == "slow")
+        #expect(Self.text(try #require(await iterator.next())) == "quick")
+        await consumer.cancel()
+    }
+
+    @Test func settlingTwiceClosesTheChannelAndReturnsWhatItHeld() async throws {
+        let broker = try await Self.broker()
+        try await Self.publish(broker, "1", "2")
+        let consumer = try await broker.consume(queue: "q", prefetch: 2)
+        var iterator = consumer.deliveries.makeAsyncIterator()
+        let first = try #require(await iterator.next())
+        let second = try #require(await iterator.next())
+        try await first.ack()
+        await #expect(throws: AMQPError.self) { try await first.ack() }
+        await #expect(throws: AMQPError.self) { try await second.ack() }
+        let again = try #require(await iterator.next())
+        #expect(Self.text(again) == "2")
+        #expect(again.redelivered)
+        try await again.ack()
+        await consumer.cancel()
+    }
 }
