@@ -220,9 +220,14 @@ extension ConnectionStateMachine {
             self.channelEpoch += 1
             self.consumers[id]?.epoch = self.channelEpoch
         case .confirmSelect:
-            _ = self.confirms.reset()
+            // Confirms are reset whenever the publishing channel closes, so none are pending here;
+            // were one left, its caller must still hear back instead of waiting for ever.
+            let orphaned = self.confirms.reset()
             self.publishChannelOpen = true
             self.publishChannelRetryAt = nil
+            let lost = AMQPError(.connectionLost, "the publishing channel reopened before the broker confirmed this "
+                                 + "publish; it may or may not have been delivered. Retry it.")
+            return orphaned.map { .answer(.publish($0, .failure(lost))) }
         case .basicConsume(let channel, let queue):
             guard case .subscribe(let id) = kind, case .consumerTag(let tag) = result else { break }
             self.consumers[id]?.consumerTag = tag
