@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
         .library(name: "EntitySyncCore", targets: ["EntitySyncCore"]),
         .library(name: "EntitySyncSQLite", targets: ["EntitySyncSQLite"]),
+        .library(name: "EntitySyncPostgres", targets: ["EntitySyncPostgres"]),
         .executable(name: "entity-sync", targets: ["EntitySync"]),
         .executable(name: "amqp-publish-bench", targets: ["AMQPPublishBench"]),
         .executable(name: "amqp-publish-bench-c", targets: ["AMQPPublishBenchC"]),
@@ -31,6 +32,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
     ],
     targets: [
         // librabbitmq from the system (Debian: librabbitmq-dev), plus a header-only shim.
@@ -92,6 +95,20 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The PostgreSQL (postgres-nio) stores, for producers and groups whose instances span hosts.
+        .target(
+            name: "EntitySyncPostgres",
+            dependencies: [
+                "EntitySyncCore",
+                "EntitySyncProto",
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // gRPC stubs generated from proto/ (services and the standard health service).
         .target(
             name: "EntitySyncGRPC",
@@ -109,6 +126,7 @@ let package = Package(
                 "AMQPClient",
                 "EntitySyncCore",
                 "EntitySyncSQLite",
+                "EntitySyncPostgres",
                 "EntitySyncGRPC",
                 "EntitySyncProto",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
@@ -184,11 +202,22 @@ let package = Package(
             dependencies: ["EntitySyncServices", "EntitySyncCore", "AMQPClient"],
             swiftSettings: swiftSettings
         ),
+        // The store contract, one suite over every backend: SQLite always, PostgreSQL when
+        // scripts/test started one (ENTITY_SYNC_TEST_POSTGRES_URL).
+        .testTarget(
+            name: "EntitySyncStoreTests",
+            dependencies: ["EntitySyncCore", "EntitySyncSQLite", "EntitySyncPostgres", "EntitySyncProto", "EntitySyncTestSupport",
+                           .product(name: "SwiftProtobuf", package: "swift-protobuf")],
+            swiftSettings: swiftSettings
+        ),
         // What more than one test target needs, once: the process spawner, the test broker and
         // its vhosts, fixtures, waiting, free ports.
         .target(
             name: "EntitySyncTestSupport",
-            dependencies: ["AMQPClient", "EntitySyncCore", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "AMQPClient", "EntitySyncCore", "EntitySyncSQLite", "EntitySyncPostgres",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             path: "Tests/EntitySyncTestSupport",
             swiftSettings: swiftSettings
         ),

@@ -1,6 +1,6 @@
 import ArgumentParser
 import EntitySyncCore
-import EntitySyncSQLite
+import EntitySyncServices
 import Foundation
 
 struct CheckCommand: AsyncParsableCommand {
@@ -12,8 +12,8 @@ struct CheckCommand: AsyncParsableCommand {
             produced, and per group entities, applied, stale and dead-lettered events, and every \
             entity that differs. The exit status is 1 if anything differs.
             """)
-    @Option(help: "The producer's store file.") var producerDB = "data/producer.sqlite"
-    @Option(name: .customLong("group"), help: "A consumer group's store as name=path (repeatable; default: user-rpc and org-rpc under data/).")
+    @Option(help: "The producer's store: a SQLite file or a postgres:// URL.") var producerDB = "data/producer.sqlite"
+    @Option(name: .customLong("group"), help: "A consumer group's store as name=path or name=postgres://… (repeatable; default: user-rpc and org-rpc under data/).")
     var groups: [String] = []
     @Option(help: "Seconds to keep checking until the stores agree.") var wait: Double = 0
     @Flag(help: "Print JSON.") var json = false
@@ -28,14 +28,19 @@ struct CheckCommand: AsyncParsableCommand {
                 }
                 return (parts[0], parts[1])
             }
-        for path in [self.producerDB] + stores.map(\.1) where !FileManager.default.fileExists(atPath: path) {
+        let producer = try StoreLocation(self.producerDB)
+        // A service's name stands for its consumer group, whose PostgreSQL schema is named after it.
+        let groups = try stores.map { name, store in
+            (ConsumerService.Kind(rawValue: name)?.group ?? name, try StoreLocation(store))
+        }
+        for case .sqlite(let path) in [producer] + groups.map(\.1) where !FileManager.default.fileExists(atPath: path) {
             throw ValidationError("no store at \(path)")
         }
         let deadline = ContinuousClock.now + .milliseconds(Int64(max(0, self.wait) * 1000))
-        var report = try await ConvergenceReport.check(producerStore: self.producerDB, groupStores: stores.map { ($0.0, $0.1) })
+        var report = try await ConvergenceReport.check(producerStore: producer, groupStores: groups)
         while !report.converged && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(250))
-            report = try await ConvergenceReport.check(producerStore: self.producerDB, groupStores: stores.map { ($0.0, $0.1) })
+            report = try await ConvergenceReport.check(producerStore: producer, groupStores: groups)
         }
         if self.json {
             let object: [String: Any] = [

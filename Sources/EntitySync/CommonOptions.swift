@@ -22,7 +22,7 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "host:port the gRPC server listens on (env: ENTITY_SYNC_LISTEN; default: 127.0.0.1 and the service's port).")
     var listen: String?
 
-    @Option(help: "Path of the SQLite store file (env: ENTITY_SYNC_DB; default: data/<service>.sqlite).")
+    @Option(help: "The store: a SQLite file path, or postgres://USER:PASSWORD@HOST:PORT/DATABASE for instances on several hosts (env: ENTITY_SYNC_DB; default: data/<service>.sqlite).")
     var db: String?
 
     @Option(help: "Queue type for declared queues: quorum or classic (env: ENTITY_SYNC_QUEUE_TYPE; default: quorum).")
@@ -52,7 +52,7 @@ struct ServiceOptions: ParsableArguments {
         let host = ProcessInfo.processInfo.hostName
         return ServiceConfiguration(
             amqpURL: amqpURL, listen: listen,
-            databasePath: setting(self.db, "ENTITY_SYNC_DB", "data/\(service).sqlite"),
+            database: setting(self.db, "ENTITY_SYNC_DB", "data/\(service).sqlite"),
             topology: SyncTopology(queueType: queueType),
             instanceName: setting(self.name, "ENTITY_SYNC_NAME", "\(service)@\(host)")
         )

@@ -90,3 +90,20 @@ public struct ConvergenceReport: Sendable, Equatable {
         }
     }
 }
+
+extension ConvergenceReport {
+    /// Reads the producer's store and each group's store and compares them. Safe while the
+    /// services run: both backends let readers in beside the writers.
+    public static func check(source: any SourceStore, groups: [(name: String, store: any ReplicaStore)],
+                             confirmed: [EntityKind: [String: UInt64]] = [:]) async throws -> ConvergenceReport {
+        var producer: Versions = [:]
+        for kind in EntityKind.allCases { producer[kind] = try await source.versions(of: kind) }
+        var read: [(name: String, versions: Versions, statistics: [EntityKind: ReplicaStatistics])] = []
+        for (name, store) in groups {
+            var versions: Versions = [:]
+            for kind in EntityKind.allCases { versions[kind] = try await store.versions(of: kind) }
+            read.append((name, versions, try await store.statistics()))
+        }
+        return self.compare(producer: producer, groups: read, confirmed: confirmed)
+    }
+}

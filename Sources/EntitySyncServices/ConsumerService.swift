@@ -2,7 +2,6 @@ import AMQPClient
 import EntitySyncCore
 import EntitySyncGRPC
 import EntitySyncProto
-import EntitySyncSQLite
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import Logging
@@ -49,7 +48,8 @@ public final class ConsumerService: Service {
         guard !self.configuration.topology.queues(forGroup: self.group).isEmpty else {
             throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type in the topology")
         }
-        let store = try SQLiteReplicaStore(path: self.configuration.databasePath)
+        let location = try StoreLocation(self.configuration.database)
+        let store = try await location.openReplica(group: self.group, logger: self.logger)
         let connection = try await ServiceRuntime.connect(self.configuration, role: self.kind.rawValue, logger: self.logger)
         var runnerConfiguration = ConsumerRunner.Configuration()
         runnerConfiguration.prefetch = self.configuration.prefetch
@@ -96,7 +96,7 @@ public final class ConsumerService: Service {
                 self.health.set(serving: true)
                 let port = try await self.address.port()
                 self.logger.info("consumer service ready", metadata: [
-                    "grpc.port": "\(port)", "store": "\(self.configuration.databasePath)",
+                    "grpc.port": "\(port)", "store": "\(location)",
                 ])
                 group.addTask {
                     // Deliveries in hand are applied and acked before queries stop and the connection closes.
@@ -114,7 +114,7 @@ public final class ConsumerService: Service {
 
     /// Loads the producer's snapshot when the store needs it (see `SnapshotBootstrap.loadIfNeeded`).
     /// Health stays NOT_SERVING meanwhile.
-    private func bootstrap(store: SQLiteReplicaStore) async throws {
+    private func bootstrap(store: any ReplicaStore) async throws {
         let kinds = Set(self.configuration.topology.queues(forGroup: self.group).map(\.kind))
         let bootstrap = SnapshotBootstrap(store: store, kinds: kinds, instance: self.configuration.instanceName,
                                           logger: self.logger)

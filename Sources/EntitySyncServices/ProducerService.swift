@@ -1,7 +1,6 @@
 import AMQPClient
 import EntitySyncCore
 import EntitySyncGRPC
-import EntitySyncSQLite
 import GRPCCore
 import Logging
 import ServiceLifecycle
@@ -32,7 +31,8 @@ public final class ProducerService: Service {
 
     private func runUntilShutdown() async throws {
         try self.configuration.topology.validate()
-        let store = try SQLiteSourceStore(path: self.configuration.databasePath, producer: self.configuration.instanceName)
+        let location = try StoreLocation(self.configuration.database)
+        let store = try await location.openSource(producer: self.configuration.instanceName, logger: self.logger)
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
         let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
             EntityAdminService(store: store),
@@ -60,7 +60,7 @@ public final class ProducerService: Service {
                 self.health.set(serving: true)
                 let port = try await self.address.port()
                 self.logger.info("producer ready", metadata: [
-                    "grpc.port": "\(port)", "store": "\(self.configuration.databasePath)",
+                    "grpc.port": "\(port)", "store": "\(location)",
                 ])
                 group.addTask {
                     await relay.value

@@ -6,7 +6,7 @@ import EntitySyncCore
 public struct ServiceConfiguration: Sendable {
     public var amqpURL: String
     public var listen: HostPort
-    public var databasePath: String
+    public var database: String
     /// Mutations need `authorization: Bearer <token>` when set.
     public var token: String?
     public var topology: SyncTopology
@@ -27,13 +27,13 @@ public struct ServiceConfiguration: Sendable {
     /// publish timeout unless set here.
     public var relay = OutboxRelay.Configuration()
 
-    public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, databasePath: String,
+    public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, database: String,
                 token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 64,
                 producer: HostPort? = nil, instanceName: String, maxConcurrentStreams: Int = 100,
                 maxRequestBytes: Int = 4 * 1024 * 1024) {
         self.amqpURL = amqpURL
         self.listen = listen
-        self.databasePath = databasePath
+        self.database = database
         self.token = token
         self.topology = topology
         self.prefetch = prefetch

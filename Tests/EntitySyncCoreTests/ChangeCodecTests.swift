@@ -341,3 +341,7 @@ import Testing
         }
     }
 }
+
+private func outboxEvents(_ store: any SourceStore) async throws -> [EntityChange] {
+    try await store.claimOutbox(owner: "inspector", lease: .seconds(1), limit: 1000).map { try EntityChange(serializedBytes: $0.payload) }
+}

@@ -8,13 +8,13 @@ import Testing
     /// Configurations as the command line and the tests build them (the URL's query can change
     /// the connection's settings, so a few are included).
     static let configurations: [ServiceConfiguration] = [
-        ServiceConfiguration(listen: HostPort(host: "127.0.0.1", port: 50051), databasePath: "data/producer.sqlite",
+        ServiceConfiguration(listen: HostPort(host: "127.0.0.1", port: 50051), database: "data/producer.sqlite",
                              instanceName: "producer@host"),
         ServiceConfiguration(amqpURL: "amqp://user:secret@broker:5672/vhost?heartbeat=5&connection_timeout=2000",
-                             listen: HostPort(host: "0.0.0.0", port: 0), databasePath: "/tmp/p.sqlite",
+                             listen: HostPort(host: "0.0.0.0", port: 0), database: "/tmp/p.sqlite",
                              token: "t", instanceName: "producer"),
         ServiceConfiguration(amqpURL: "amqps://user:secret@broker:5671/?verify=verify_none&frame_max=65536",
-                             listen: HostPort(host: "::1", port: 50051), databasePath: "p.sqlite",
+                             listen: HostPort(host: "::1", port: 50051), database: "p.sqlite",
                              topology: SyncTopology(queueType: .classic), instanceName: "producer-2"),
     ]
 

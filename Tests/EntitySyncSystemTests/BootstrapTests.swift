@@ -164,7 +164,7 @@ struct BootstrapTests {
 
         let logger = Broker.logger("resume")
         func configuration(_ store: String, producer: HostPort? = nil) -> ServiceConfiguration {
-            ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0), databasePath: host.path(store),
+            ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0), database: host.path(store),
                                  producer: producer, instanceName: store)
         }
         let producer = ProducerService(configuration: configuration("producer"), logger: logger)

@@ -49,7 +49,7 @@ struct InteroperabilityTests {
         let topology = SyncTopology(routes: [.user: groups, .group: groups])
         let store = system.host.path("audit")
         let configuration = ServiceConfiguration(amqpURL: system.host.url, listen: HostPort(host: "127.0.0.1", port: 0),
-                                                 databasePath: store, topology: topology,
+                                                 database: store, topology: topology,
                                                  producer: HostPort(host: "127.0.0.1", port: producerPort), instanceName: "audit")
         let audit = ConsumerService(kind: .userRPC, group: "consumer_audit", configuration: configuration,
                                     logger: Broker.logger("audit"))

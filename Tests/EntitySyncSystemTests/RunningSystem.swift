@@ -34,7 +34,7 @@ final class RunningSystem: Sendable {
     static func start(_ name: String) async throws -> RunningSystem {
         let host = try TestVirtualHost(name)
         func configuration(_ service: String, store: String) -> ServiceConfiguration {
-            ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0), databasePath: host.path(store),
+            ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0), database: host.path(store),
                                  token: Self.token, prefetch: 8, instanceName: service)
         }
         let logger = Broker.logger(name)

@@ -119,8 +119,9 @@ final class ChaosSystem: Sendable {
 
     /// Compares every store, checking the confirmed changes too.
     func check(confirmed: [EntityKind: [String: UInt64]]) async throws -> ConvergenceReport {
-        try await ConvergenceReport.check(producerStore: self.storePath("producer"),
-                                          groupStores: Self.groups.map { ($0.0, self.storePath($0.1)) }, confirmed: confirmed)
+        try await ConvergenceReport.check(producerStore: .sqlite(path: self.storePath("producer")),
+                                          groupStores: Self.groups.map { ($0.0, .sqlite(path: self.storePath($0.1))) },
+                                          confirmed: confirmed)
     }
 
     /// Waits until every store holds exactly what the producer holds; returns the last report.

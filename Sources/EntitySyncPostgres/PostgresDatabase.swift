@@ -1,0 +1,313 @@
+import EntitySyncCore
+import Foundation
+import Logging
+import NIOCore
+import NIOSSL
+import PostgresNIO
+import Synchronization
+
+/// A pool of connections to one PostgreSQL database, its tables in one schema, created and
+/// migrated at startup under an advisory lock. Every operation has a deadline and fails as
+/// `SyncError.storeUnavailable` (naming the URL without its password) when the server is down.
+final class PostgresDatabase: Sendable {
+    /// One step of a store's schema; applied once, in order, in one transaction.
+    struct Migration: Sendable {
+        let version: Int
+        let statements: [String]
+    }
+
+    let url: PostgresURL
+    let schema: String
+    let logger: Logger
+    private let client: PostgresClient
+    private let running: Task<Void, Never>
+    /// How long one operation (waiting for a connection included) may take before it fails.
+    let deadline: Duration
+
+    init(url: PostgresURL, defaultSchema: String, migrations: [Migration], deadline: Duration = .seconds(10),
+         logger: Logger) async throws {
+        let schema = url.schema ?? defaultSchema
+        guard PostgresURL.isValidSchema(schema) else {
+            throw SyncError(.configuration, "'\(schema)' is not a usable PostgreSQL schema name; set one with ?schema= "
+                            + "(lowercase letters, digits and underscores)")
+        }
+        self.url = url
+        self.schema = schema
+        self.deadline = deadline
+        var logger = logger
+        logger[metadataKey: "store.url"] = "\(url)"
+        self.logger = logger
+        // One connection first, so that a wrong password or a refused connection fails at once
+        // with its reason instead of as a timeout while the pool retries in the background.
+        if let failure = await Self.probe(url) {
+            throw Self.translate(failure, what: "connect", url: url)
+        }
+        // The pool logs each failed connection attempt; the store reports outages itself.
+        var poolLogger = logger
+        poolLogger.logLevel = max(logger.logLevel, .warning)
+        let client = PostgresClient(configuration: Self.configuration(url: url, schema: schema), backgroundLogger: poolLogger)
+        self.client = client
+        self.running = Task { await client.run() }
+        do {
+            try await self.migrate(migrations)
+        } catch {
+            self.running.cancel()
+            throw error
+        }
+    }
+
+    deinit {
+        self.running.cancel()
+    }
+
+    /// Closes every connection; operations after this fail.
+    func close() {
+        self.running.cancel()
+    }
+
+    /// Why one new connection to `url` fails, or nil if it logs in.
+    static func probe(_ url: PostgresURL) async -> (any Error)? {
+        var configuration: PostgresConnection.Configuration
+        do {
+            if let directory = url.socketDirectory {
+                configuration = .init(unixSocketPath: "\(directory)/.s.PGSQL.\(url.port)", username: url.user,
+                                      password: url.password, database: url.database)
+            } else {
+                let mode: PostgresConnection.Configuration.TLS
+                switch url.tls {
+                case .disable: mode = .disable
+                case .prefer: mode = .prefer(try NIOSSLContext(configuration: Self.tlsConfiguration))
+                case .require: mode = .require(try NIOSSLContext(configuration: Self.tlsConfiguration))
+                }
+                configuration = .init(host: url.host ?? "localhost", port: url.port, username: url.user,
+                                      password: url.password, database: url.database, tls: mode)
+            }
+            configuration.options.connectTimeout = .seconds(5)
+            let connection = try await PostgresConnection.connect(
+                on: PostgresClient.defaultEventLoopGroup.any(), configuration: configuration, id: 0,
+                logger: Logger(label: "entitysync.postgres.probe", factory: { _ in SwiftLogNoOpLogHandler() })).get()
+            try? await connection.close()
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// libpq's meaning of prefer and require: encrypt without checking who answers.
+    private static var tlsConfiguration: TLSConfiguration {
+        var tls = TLSConfiguration.makeClientConfiguration()
+        tls.certificateVerification = .none
+        return tls
+    }
+
+    private static func configuration(url: PostgresURL, schema: String) -> PostgresClient.Configuration {
+        var configuration: PostgresClient.Configuration
+        if let directory = url.socketDirectory {
+            configuration = .init(unixSocketPath: "\(directory)/.s.PGSQL.\(url.port)", username: url.user,
+                                  password: url.password, database: url.database)
+        } else {
+            let mode: PostgresClient.Configuration.TLS
+            switch url.tls {
+            case .disable: mode = .disable
+            case .prefer: mode = .prefer(Self.tlsConfiguration)
+            case .require: mode = .require(Self.tlsConfiguration)
+            }
+            configuration = .init(host: url.host ?? "localhost", port: url.port, username: url.user,
+                                  password: url.password, database: url.database, tls: mode)
+        }
+        // Unqualified names resolve in the store's schema, on every pooled connection.
+        configuration.options.additionalStartupParameters = [("search_path", schema), ("application_name", "entity-sync")]
+        configuration.options.maximumConnections = 8
+        configuration.options.connectTimeout = .seconds(5)
+        // Idle connections are checked often, so that a restarted server is noticed before use.
+        configuration.options.keepAliveBehavior = .init(frequency: .seconds(10))
+        return configuration
+    }
+
+    // MARK: Operations
+
+    /// Runs `body` in one transaction (BEGIN … COMMIT, rolled back if it throws).
+    func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
+        let client = self.client
+        let logger = self.logger
+        return try await self.withDeadline(what) {
+            try await client.withTransaction(logger: logger) { connection in
+                try await body(SQL(connection: connection, logger: logger))
+            }
+        }
+    }
+
+    /// Runs `body` on one pooled connection, outside a transaction (each statement commits).
+    func read<T: Sendable>(_ what: String, _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
+        let client = self.client
+        let logger = self.logger
+        return try await self.withDeadline(what) {
+            try await client.withConnection { connection in
+                try await body(SQL(connection: connection, logger: logger))
+            }
+        }
+    }
+
+    /// `body`'s result, or `storeUnavailable` once the deadline passes. The work is not awaited
+    /// past the deadline: a query stuck on a dead server must not hold its caller too.
+    private func withDeadline<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let url = self.url
+        let deadline = self.deadline
+        let outcome = RaceOutcome<T>()
+        let work = Task {
+            do { outcome.finish(.success(try await body())) } catch { outcome.finish(.failure(error)) }
+        }
+        let timer = Task {
+            guard (try? await Task.sleep(for: deadline)) != nil else { return }
+            // Say why, if a fresh connection can tell (refused, login, unknown database).
+            let cause = await Self.probe(url).map { ": a new connection fails with \(Self.reason($0))" } ?? ""
+            outcome.finish(.failure(SyncError(.storeUnavailable, "PostgreSQL at \(url) did not \(what) within \(deadline)\(cause); "
+                                              + "check that the server is up and reachable")))
+        }
+        let result = await withTaskCancellationHandler {
+            await outcome.value
+        } onCancel: {
+            work.cancel()
+            outcome.finish(.failure(CancellationError()))
+        }
+        timer.cancel()
+        switch result {
+        case .success(let value): return value
+        case .failure(let error): throw Self.translate(error, what: what, url: url)
+        }
+    }
+
+    /// What the server or the network said, in a few words, for a message.
+    static func reason(_ error: any Error) -> String {
+        guard let error = error as? PSQLError else { return "\(error)" }
+        if error.code == .server, let info = error.serverInfo {
+            return "\(info[.message] ?? "an error") (SQLSTATE \(info[.sqlState] ?? "?"))"
+        }
+        return error.underlying.map { "\($0)" } ?? "\(error.code)"
+    }
+
+    /// A store error that says what failed and what to do, without the password.
+    static func translate(_ error: any Error, what: String, url: PostgresURL) -> any Error {
+        switch error {
+        case let error as SyncError:
+            return error
+        case is CancellationError:
+            return error
+        case let error as PostgresTransactionError:
+            if let inner = error.closureError ?? error.beginError ?? error.commitError {
+                return self.translate(inner, what: what, url: url)
+            }
+            return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what): the transaction failed")
+        case let error as PSQLError:
+            if error.code == .server, let info = error.serverInfo {
+                let state = info[.sqlState] ?? ""
+                let message = info[.message] ?? "no message"
+                if state.hasPrefix("28") {
+                    return SyncError(.configuration, "PostgreSQL at \(url) refused the login: \(message). Check the user "
+                                     + "and password in the URL and the server's pg_hba.conf")
+                }
+                if state == "3D000" {
+                    return SyncError(.configuration, "PostgreSQL at \(url): \(message). Create the database first "
+                                     + "(createdb \(url.database)) or name an existing one in the URL")
+                }
+                return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what): \(message) (SQLSTATE \(state))")
+            }
+            let cause = error.underlying.map { ": \($0)" } ?? ""
+            return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what) (\(error.code)\(cause)); "
+                             + "check that the server is up and reachable")
+        default:
+            return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what): \(error)")
+        }
+    }
+
+    // MARK: Schema
+
+    /// Creates the schema and applies the migrations it lacks. Instances starting together wait
+    /// on one advisory lock, so exactly one applies each step and the rest find it applied.
+    private func migrate(_ migrations: [Migration]) async throws {
+        let schema = self.schema
+        let lockKey = "entitysync-migrate:\(schema)"
+        try await self.read("create its schema") { sql in
+            try await sql.execute("SELECT pg_advisory_lock(hashtext(\(lockKey)))")
+            do {
+                try await sql.execute(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"))
+                try await sql.execute(PostgresQuery(unsafeSQL: "SET search_path TO \(schema)"))
+                try await sql.execute("""
+                    CREATE TABLE IF NOT EXISTS schema_migrations (
+                        version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
+                    """)
+                let applied = Set(try await sql.rows("SELECT version FROM schema_migrations").map { try $0.decode(Int.self) })
+                if let newest = applied.max(), let known = migrations.map(\.version).max(), newest > known {
+                    throw SyncError(.configuration, "the PostgreSQL schema '\(schema)' is at version \(newest), newer than "
+                                    + "this build knows (\(known)); run a newer entity-sync or point it at another schema")
+                }
+                for migration in migrations.sorted(by: { $0.version < $1.version }) where !applied.contains(migration.version) {
+                    try await sql.execute("BEGIN")
+                    do {
+                        for statement in migration.statements { try await sql.execute(PostgresQuery(unsafeSQL: statement)) }
+                        try await sql.execute("INSERT INTO schema_migrations (version) VALUES (\(migration.version))")
+                        try await sql.execute("COMMIT")
+                    } catch {
+                        try? await sql.execute("ROLLBACK")
+                        throw error
+                    }
+                }
+            } catch {
+                try? await sql.execute("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
+                throw error
+            }
+            try await sql.execute("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
+        }
+    }
+}
+
+/// One connection and the logger its statements log to.
+struct SQL: Sendable {
+    let connection: PostgresConnection
+    let logger: Logger
+
+    func execute(_ query: PostgresQuery) async throws {
+        _ = try await self.connection.query(query, logger: self.logger).collect()
+    }
+
+    func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
+        try await self.connection.query(query, logger: self.logger).collect()
+    }
+
+    /// Serializes the transaction it runs in against every other holder of `key` on this server.
+    func lock(_ key: String) async throws {
+        try await self.execute("SELECT pg_advisory_xact_lock(hashtext(\(key)))")
+    }
+}
+
+/// The first of several results; later ones are dropped.
+private final class RaceOutcome<T: Sendable>: Sendable {
+    private struct State {
+        var result: Result<T, any Error>?
+        var waiter: CheckedContinuation<Result<T, any Error>, Never>?
+    }
+    private let state = Mutex(State())
+
+    func finish(_ result: Result<T, any Error>) {
+        let waiter = self.state.withLock { state -> CheckedContinuation<Result<T, any Error>, Never>? in
+            guard state.result == nil else { return nil }
+            state.result = result
+            defer { state.waiter = nil }
+            return state.waiter
+        }
+        waiter?.resume(returning: result)
+    }
+
+    var value: Result<T, any Error> {
+        get async {
+            await withCheckedContinuation { continuation in
+                let ready = self.state.withLock { state -> Result<T, any Error>? in
+                    if let result = state.result { return result }
+                    state.waiter = continuation
+                    return nil
+                }
+                if let ready { continuation.resume(returning: ready) }
+            }
+        }
+    }
+}

@@ -1,0 +1,265 @@
+import EntitySyncCore
+import EntitySyncProto
+import Foundation
+import Logging
+import NIOCore
+import PostgresNIO
+
+/// A consumer group's copy in PostgreSQL, shared by the group's instances on any hosts.
+/// Applying is one transaction whose write carries the version rule
+/// (`… ON CONFLICT … WHERE stored.version < excluded.version`), so competing instances,
+/// duplicates and reordering cannot make it regress. Counters and bootstrap state live here too.
+public final class PostgresReplicaStore: ReplicaStore {
+    private let database: PostgresDatabase
+    private let bootstrapLock: String
+
+    static let migrations = [
+        PostgresDatabase.Migration(version: 1, statements: PostgresEntityTable.create + [
+            """
+            CREATE TABLE sync_statistics (
+                kind TEXT PRIMARY KEY,
+                applied BIGINT NOT NULL DEFAULT 0,
+                stale BIGINT NOT NULL DEFAULT 0,
+                dead_lettered BIGINT NOT NULL DEFAULT 0,
+                last_applied_at DOUBLE PRECISION
+            )
+            """,
+            """
+            CREATE TABLE bootstrap (
+                id INTEGER PRIMARY KEY CHECK (id = 1),
+                started_at DOUBLE PRECISION NOT NULL,
+                started_by TEXT NOT NULL,
+                attempts BIGINT NOT NULL,
+                heartbeat_at DOUBLE PRECISION NOT NULL,
+                completed_at DOUBLE PRECISION,
+                completed_by TEXT
+            )
+            """,
+            """
+            CREATE TABLE bootstrap_marks (
+                kind TEXT PRIMARY KEY,
+                entities BIGINT NOT NULL,
+                highest_version BIGINT NOT NULL
+            )
+            """,
+        ]),
+    ]
+
+    /// Connects to the database at `url` and creates or migrates the group's schema: by default
+    /// `entitysync_<group>` (dashes become underscores), so several groups can share a database.
+    public init(url: PostgresURL, group: String, logger: Logger = Logger(label: "entitysync.postgres")) async throws {
+        self.database = try await PostgresDatabase(url: url, defaultSchema: Self.defaultSchema(group: group),
+                                                   migrations: Self.migrations, logger: logger)
+        self.bootstrapLock = "entitysync-bootstrap:\(self.database.schema)"
+    }
+
+    /// The schema a group's store uses unless its URL names one.
+    public static func defaultSchema(group: String) -> String {
+        let cleaned = String(group.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" })
+        return String("entitysync_\(cleaned)".prefix(63))
+    }
+
+    /// Closes the store's connections.
+    public func close() { self.database.close() }
+
+    public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
+        try await self.database.transaction("apply a change") { sql in
+            let wrote: Bool
+            if change.isDelete {
+                wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: change.kind, id: change.entityID,
+                                                                  version: change.version, deleted: true, state: [])
+                if wrote && change.kind == .group {
+                    try await PostgresEntityTable.replaceMembers(sql, groupID: change.entityID, memberIDs: [])
+                }
+            } else {
+                switch change.change.state {
+                case .user(var user)?:
+                    user.version = change.version
+                    wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .user, id: user.id, version: change.version,
+                                                                      deleted: false, state: try user.serializedBytes())
+                case .group(var group)?:
+                    group.version = change.version
+                    wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: group.id, version: change.version,
+                                                                      deleted: false, state: try group.serializedBytes())
+                    if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: group.id, memberIDs: group.memberIds) }
+                case nil:
+                    // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
+                    throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
+                }
+            }
+            try await Self.count(sql, change.kind, column: wrote ? "applied" : "stale", touch: wrote)
+            return wrote ? .apply : .stale
+        }
+    }
+
+    public func recordDeadLetter(_ kind: EntityKind) async throws {
+        try await self.database.read("count a dead letter") { sql in try await Self.count(sql, kind, column: "dead_lettered") }
+    }
+
+    public func user(id: String) async throws -> User? {
+        try await self.database.read("read a user") { sql in try await PostgresEntityTable.user(sql, id: id) }
+    }
+
+    public func group(id: String) async throws -> Group? {
+        try await self.database.read("read a group") { sql in try await PostgresEntityTable.group(sql, id: id) }
+    }
+
+    public func versions(of kind: EntityKind) async throws -> [String: EntityVersion] {
+        try await self.database.read("read versions") { sql in try await PostgresEntityTable.versions(sql, kind: kind) }
+    }
+
+    public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
+        try await self.database.read("read a version") { sql in try await PostgresEntityTable.version(sql, kind: kind, id: id) }
+    }
+
+    public func listUsers(after: String?, limit: Int) async throws -> [User] {
+        try await self.database.read("list users") { sql in try await PostgresEntityTable.users(sql, after: after, limit: limit) }
+    }
+
+    public func listGroups(after: String?, limit: Int) async throws -> [Group] {
+        try await self.database.read("list groups") { sql in try await PostgresEntityTable.groups(sql, after: after, limit: limit) }
+    }
+
+    public func users(ids: [String]) async throws -> [User] {
+        guard !ids.isEmpty else { return [] }
+        let found = try await self.database.read("read users") { sql in
+            try await sql.rows("""
+                SELECT state FROM entities WHERE kind = 'user' AND NOT deleted AND id = ANY(\(Array(Set(ids))))
+                """).map { try User(serializedBytes: Array(try $0.decode(ByteBuffer.self).readableBytesView)) }
+        }
+        let byID = Dictionary(found.map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+        return ids.compactMap { byID[$0] }
+    }
+
+    public func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group] {
+        try await self.database.read("read a user's groups") { sql in
+            try await sql.rows("""
+                SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
+                WHERE m.user_id = \(userID) AND NOT e.deleted AND m.group_id > \(after ?? "") ORDER BY m.group_id LIMIT \(limit)
+                """).map { try Group(serializedBytes: Array(try $0.decode(ByteBuffer.self).readableBytesView)) }
+        }
+    }
+
+    public func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User] {
+        try await self.database.read("read a group's members") { sql in
+            try await sql.rows("""
+                SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'user' AND e.id = m.user_id
+                WHERE m.group_id = \(groupID) AND NOT e.deleted AND m.user_id > \(after ?? "") ORDER BY m.user_id LIMIT \(limit)
+                """).map { try User(serializedBytes: Array(try $0.decode(ByteBuffer.self).readableBytesView)) }
+        }
+    }
+
+    public func statistics() async throws -> [EntityKind: ReplicaStatistics] {
+        try await self.database.read("read statistics") { sql in
+            var result: [EntityKind: ReplicaStatistics] = [:]
+            for kind in EntityKind.allCases {
+                var statistics = ReplicaStatistics()
+                if let row = try await sql.rows("""
+                    SELECT count(*) FILTER (WHERE NOT deleted), max(version) FROM entities WHERE kind = \(kind.rawValue)
+                    """).first {
+                    let (live, highest) = try row.decode((Int, Int64?).self)
+                    statistics.entities = live
+                    statistics.highestVersion = UInt64(clamping: highest ?? 0)
+                }
+                if let row = try await sql.rows("""
+                    SELECT applied, stale, dead_lettered, last_applied_at FROM sync_statistics WHERE kind = \(kind.rawValue)
+                    """).first {
+                    let (applied, stale, deadLettered, last) = try row.decode((Int, Int, Int, Double?).self)
+                    statistics.applied = applied
+                    statistics.stale = stale
+                    statistics.deadLettered = deadLettered
+                    statistics.lastAppliedAt = last.map { Date(timeIntervalSince1970: $0) }
+                }
+                result[kind] = statistics
+            }
+            return result
+        }
+    }
+
+    // MARK: Bootstrap
+
+    public func bootstrapRecord() async throws -> BootstrapRecord? {
+        try await self.database.read("read the bootstrap record") { sql in try await Self.bootstrapRecord(sql) }
+    }
+
+    public func beginBootstrap(instance: String, covering kinds: Set<EntityKind>, at time: Date) async throws -> BootstrapRecord {
+        let lock = self.bootstrapLock
+        return try await self.database.transaction("record a bootstrap start") { sql in
+            // Checked and written under one lock: an instance that finds the load completed by
+            // another must not turn it back into "started".
+            try await sql.lock(lock)
+            if let record = try await Self.bootstrapRecord(sql), record.covers(kinds) { return record }
+            let now = time.timeIntervalSince1970
+            try await sql.execute("""
+                INSERT INTO bootstrap (id, started_at, started_by, attempts, heartbeat_at) VALUES (1, \(now), \(instance), 1, \(now))
+                ON CONFLICT (id) DO UPDATE SET started_at = EXCLUDED.started_at, started_by = EXCLUDED.started_by,
+                    attempts = bootstrap.attempts + 1, heartbeat_at = EXCLUDED.heartbeat_at, completed_at = NULL,
+                    completed_by = NULL
+                """)
+            guard let record = try await Self.bootstrapRecord(sql) else {
+                throw SyncError(.storeUnavailable, "the bootstrap record just written to the replica store is missing")
+            }
+            return record
+        }
+    }
+
+    public func touchBootstrap(instance: String, at time: Date) async throws {
+        try await self.database.read("record a bootstrap heartbeat") { sql in
+            try await sql.execute("UPDATE bootstrap SET heartbeat_at = \(time.timeIntervalSince1970) WHERE completed_at IS NULL")
+        }
+    }
+
+    public func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws {
+        let lock = self.bootstrapLock
+        try await self.database.transaction("record a bootstrap completion") { sql in
+            try await sql.lock(lock)
+            let now = time.timeIntervalSince1970
+            try await sql.execute("""
+                INSERT INTO bootstrap (id, started_at, started_by, attempts, heartbeat_at, completed_at, completed_by)
+                VALUES (1, \(now), \(instance), 1, \(now), \(now), \(instance))
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, completed_at = EXCLUDED.completed_at,
+                    completed_by = EXCLUDED.completed_by
+                """)
+            // Merged per type, not replaced: instances rolled out with different entity types
+            // must not erase each other's coverage and reload for ever.
+            for (kind, mark) in marks {
+                try await sql.execute("""
+                    INSERT INTO bootstrap_marks (kind, entities, highest_version)
+                    VALUES (\(kind.rawValue), \(mark.entities), \(Int64(clamping: mark.highestVersion)))
+                    ON CONFLICT (kind) DO UPDATE SET entities = EXCLUDED.entities, highest_version = EXCLUDED.highest_version
+                    """)
+            }
+        }
+    }
+
+    private static func bootstrapRecord(_ sql: SQL) async throws -> BootstrapRecord? {
+        guard let row = try await sql.rows("""
+            SELECT started_at, started_by, attempts, heartbeat_at, completed_at, completed_by FROM bootstrap WHERE id = 1
+            """).first else { return nil }
+        let (startedAt, startedBy, attempts, heartbeatAt, completedAt, completedBy) =
+            try row.decode((Double, String, Int, Double, Double?, String?).self)
+        var marks: [EntityKind: SnapshotMark] = [:]
+        for mark in try await sql.rows("SELECT kind, entities, highest_version FROM bootstrap_marks") {
+            let (kindName, entities, highest) = try mark.decode((String, Int, Int64).self)
+            // A kind this build does not know (written by a newer one) is left out, not fatal.
+            guard let kind = EntityKind(rawValue: kindName) else { continue }
+            marks[kind] = SnapshotMark(entities: entities, highestVersion: UInt64(clamping: highest))
+        }
+        return BootstrapRecord(startedAt: Date(timeIntervalSince1970: startedAt), startedBy: startedBy, attempts: attempts,
+                               heartbeatAt: Date(timeIntervalSince1970: heartbeatAt),
+                               completedAt: completedAt.map { Date(timeIntervalSince1970: $0) },
+                               completedBy: completedBy, marks: marks)
+    }
+
+    private static func count(_ sql: SQL, _ kind: EntityKind, column: String, touch: Bool = false) async throws {
+        // `column` is one of three literals chosen in this file, never input.
+        var binds = PostgresBindings()
+        binds.append(kind.rawValue)
+        binds.append(touch ? Date().timeIntervalSince1970 : nil)
+        try await sql.execute(PostgresQuery(unsafeSQL: """
+            INSERT INTO sync_statistics (kind, \(column), last_applied_at) VALUES ($1, 1, $2)
+            ON CONFLICT (kind) DO UPDATE SET \(column) = sync_statistics.\(column) + 1\(
+                touch ? ", last_applied_at = EXCLUDED.last_applied_at" : "")
+            """, binds: binds))
+    }
+}

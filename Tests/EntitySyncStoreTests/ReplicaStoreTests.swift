@@ -1,0 +1,71 @@
+import EntitySyncCore
+import EntitySyncProto
+import EntitySyncTestSupport
+import Foundation
+import SwiftProtobuf
+import Testing
+
+func validated(_ change: EntityChange) throws -> ValidatedChange {
+    try ChangeCodec.validate(change, expected: nil).get()
+}
+
+/// The replica store contract, run against every backend.
+@Suite struct ReplicaStoreTests {
+    @Test(arguments: StoreBackend.available) func appliesOnlyNewerVersions(backend: StoreBackend) async throws {
+        let replica = try await backend.place("replica").replica()
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .apply)
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .stale)
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 1))) == .stale)
+        var delete = Fixtures.userChange(version: 3)
+        delete.operation = .delete
+        delete.state = nil
+        #expect(try await replica.apply(validated(delete)) == .apply)
+        #expect(try await replica.user(id: "u1") == nil)
+        // An older upsert arriving after the delete must not resurrect the user.
+        #expect(try await replica.apply(validated(Fixtures.userChange(version: 2))) == .stale)
+        #expect(try await replica.versions(of: .user)["u1"] == EntityVersion(version: 3, deleted: true))
+        let statistics = try await replica.statistics()[.user]
+        #expect(statistics?.applied == 2)
+        #expect(statistics?.stale == 3)
+        #expect(statistics?.entities == 0)
+        #expect(statistics?.highestVersion == 3)
+        #expect(statistics?.lastAppliedAt != nil)
+    }
+
+    /// Instances of a group starting together on a new store race to create the schema; every
+    /// one of them must open it.
+    @Test(arguments: StoreBackend.available) func instancesOpeningAFreshFileTogetherAllSucceed(backend: StoreBackend) async throws {
+        for _ in 0..<10 {
+            let place = try backend.place("race")
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 { group.addTask { _ = try await place.replica() } }
+                try await group.waitForAll()
+            }
+        }
+    }
+
+    @Test(arguments: StoreBackend.available) func twoInstancesOnOneFileConverge(backend: StoreBackend) async throws {
+        let place = try backend.place("shared")
+        let first = try await place.replica()
+        let second = try await place.replica()
+        // Versions 1...50 of 20 users, split between the instances in scrambled order.
+        var changes: [ValidatedChange] = []
+        for user in 0..<20 {
+            for version in 1...5 { changes.append(try validated(Fixtures.userChange("u\(user)", version: UInt64(version)))) }
+        }
+        changes.shuffle()
+        let halves = [Array(changes.prefix(50)), Array(changes.suffix(50))]
+        await withTaskGroup(of: Void.self) { group in
+            for (store, half) in zip([first, second], halves) {
+                group.addTask {
+                    for change in half { _ = try? await store.apply(change) }
+                }
+            }
+        }
+        let versions = try await first.versions(of: .user)
+        #expect(versions.count == 20)
+        #expect(versions.values.allSatisfy { $0.version == 5 && !$0.deleted })
+        let statistics = try await second.statistics()[.user]
+        #expect((statistics?.applied ?? 0) + (statistics?.stale ?? 0) == 100)
+    }
+}

@@ -1,0 +1,69 @@
+import EntitySyncCore
+import EntitySyncPostgres
+import EntitySyncSQLite
+import Foundation
+
+/// A store backend the store suite runs against: SQLite always, PostgreSQL when scripts/test
+/// started one (`ENTITY_SYNC_TEST_POSTGRES_URL`).
+public enum StoreBackend: String, Sendable, CaseIterable, CustomStringConvertible {
+    case sqlite
+    case postgres
+
+    /// `ENTITY_SYNC_TEST_POSTGRES_URL`: a database the tests may create schemas in.
+    public static let postgresURL = ProcessInfo.processInfo.environment["ENTITY_SYNC_TEST_POSTGRES_URL"]
+
+    /// The backends this run can reach.
+    public static var available: [StoreBackend] { self.postgresURL == nil ? [.sqlite] : [.sqlite, .postgres] }
+
+    public var description: String { self.rawValue }
+
+    /// A new, empty place for one store (a file, or a schema of its own), which every store
+    /// opened on it shares, as a group's instances share theirs.
+    public func place(_ name: String) throws -> Place {
+        switch self {
+        case .sqlite:
+            return Place(backend: self, location: Fixtures.temporaryDatabasePath(name))
+        case .postgres:
+            guard let url = Self.postgresURL else {
+                throw HarnessError("ENTITY_SYNC_TEST_POSTGRES_URL is not set; scripts/test starts a private PostgreSQL")
+            }
+            let schema = "t_\(name.lowercased().filter { $0.isLetter || $0.isNumber })_\(UUID().uuidString.prefix(8).lowercased())"
+            return Place(backend: self, location: url + (url.contains("?") ? "&" : "?") + "schema=\(schema)")
+        }
+    }
+
+    /// Where one test's store lives: a SQLite path or a PostgreSQL URL with its own schema.
+    public struct Place: Sendable {
+        public let backend: StoreBackend
+        public let location: String
+
+        public func source(producer: String = "p1") async throws -> any SourceStore {
+            switch self.backend {
+            case .sqlite: try SQLiteSourceStore(path: self.location, producer: producer)
+            case .postgres: try await PostgresSourceStore(url: try PostgresURL(self.location), producer: producer)
+            }
+        }
+
+        public func replica(group: String = "test") async throws -> any ReplicaStore {
+            switch self.backend {
+            case .sqlite: try SQLiteReplicaStore(path: self.location)
+            case .postgres: try await PostgresReplicaStore(url: try PostgresURL(self.location), group: group)
+            }
+        }
+    }
+}
+
+/// Runs SQL against a PostgreSQL store's schema with psql, as an operator would.
+public enum PostgresAdmin {
+    public static func execute(_ url: PostgresURL, _ statement: String) async throws {
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGPASSWORD"] = url.password ?? ""
+        environment["PGOPTIONS"] = "-c search_path=\(url.schema ?? "public")"
+        environment["PGSSLMODE"] = url.tls.rawValue
+        let completion = try ChildProcess.run("/usr/bin/psql", [
+            "-v", "ON_ERROR_STOP=1", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
+            "-U", url.user, "-d", url.database, "-c", statement,
+        ], environment: environment)
+        guard completion.succeeded else { throw HarnessError("psql failed (\(completion.termination)): \(completion.output)") }
+    }
+}
