@@ -24,6 +24,11 @@ public final class ConsumerRunner: Sendable {
         public var retryBackoff = Backoff(initial: .seconds(1), maximum: .seconds(60), multiplier: 4)
         /// What `run()` does about the group's queues before consuming.
         public var topologySetup = TopologySetup.declare
+        /// How often a paused runner checks whether its store is back.
+        public var storeCheckBackoff = Backoff(initial: .milliseconds(100), maximum: .seconds(5))
+        /// Told `false` when the store becomes unreachable and the runner pauses, `true` when it
+        /// is back (a service turns this into its health status).
+        public var storeAvailabilityChanged: @Sendable (Bool) -> Void = { _ in }
 
         public init() {}
     }
@@ -42,6 +47,12 @@ public final class ConsumerRunner: Sendable {
     private let configuration: Configuration
     let logger: Logger
     private let handledCount = MutexBox(0)
+    /// Workers paused because the store is unreachable.
+    private let pausedWorkers = MutexBox(0)
+    /// Set when `run()` is cancelled: a paused worker stops waiting for the store and leaves its
+    /// delivery unsettled, for the broker to redeliver.
+    private let stopping = MutexBox(false)
+    private let stopSignal = WakeSignal()
 
     /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
     public var handled: Int { self.handledCount.read { $0 } }
@@ -93,6 +104,8 @@ public final class ConsumerRunner: Sendable {
         await withTaskCancellationHandler {
             for worker in workers { await worker.value }
         } onCancel: {
+            self.stopping.update { $0 = true }
+            self.stopSignal.signal()
             Task { for (_, consumer) in consumers { await consumer.cancel() } }
         }
         self.logger.info("consumer stopped")
@@ -100,7 +113,18 @@ public final class ConsumerRunner: Sendable {
 
     func handle(_ delivery: Delivery, kind: EntityKind) async {
         defer { self.handledCount.update { $0 += 1 } }
-        switch await self.apply(delivery, kind: kind) {
+        var outcome = await self.apply(delivery, kind: kind)
+        // A store that cannot be reached is an outage, not this message's fault: hold the
+        // delivery (unacked, so the queue keeps it) and apply it again once the store answers.
+        while case .failed(let error) = outcome, await self.storeIsDown(after: error) {
+            guard await self.waitForStore(after: error) else {
+                self.logger.info("stopping while the store is unreachable; the delivery will be redelivered",
+                                 metadata: ["amqp.queue": "\(delivery.queue)"])
+                return
+            }
+            outcome = await self.apply(delivery, kind: kind)
+        }
+        switch outcome {
         case .poison(let poison):
             self.logger.error("poison message dead-lettered", metadata: [
                 "amqp.queue": "\(delivery.queue)", "amqp.message_id": "\(delivery.properties.messageID ?? "")",
@@ -153,6 +177,53 @@ public final class ConsumerRunner: Sendable {
                 return .failed(error)
             }
         }
+    }
+
+    /// Whether `error` came from an unreachable store rather than from this change: the store
+    /// failed, and a plain read fails too.
+    private func storeIsDown(after error: any Error) async -> Bool {
+        guard let error = error as? SyncError, error.code == .storeUnavailable else { return false }
+        do {
+            try await self.store.checkReachable()
+            return false
+        } catch {
+            return true
+        }
+    }
+
+    /// Waits until the store answers (true) or the runner stops (false), reporting the outage.
+    private func waitForStore(after error: any Error) async -> Bool {
+        let started = ContinuousClock.now
+        let first = self.pausedWorkers.update { count -> Bool in
+            count += 1
+            return count == 1
+        }
+        if first {
+            self.logger.error("store unreachable; consuming paused, nothing is acked or dead-lettered until it is back",
+                              metadata: ["error": "\(error)"])
+            self.configuration.storeAvailabilityChanged(false)
+        }
+        defer {
+            let last = self.pausedWorkers.update { count -> Bool in
+                count -= 1
+                return count == 0
+            }
+            if last {
+                self.configuration.storeAvailabilityChanged(true)
+            }
+        }
+        var attempt = 0
+        while !self.stopping.read({ $0 }) {
+            await self.stopSignal.wait(timeout: self.configuration.storeCheckBackoff.delay(attempt: attempt))
+            attempt += 1
+            guard !self.stopping.read({ $0 }) else { break }
+            if (try? await self.store.checkReachable()) != nil {
+                self.logger.notice("store reachable again; consuming resumes",
+                                   metadata: ["outage": "\(ContinuousClock.now - started)"])
+                return true
+            }
+        }
+        return false
     }
 
     private func retry(_ delivery: Delivery, kind: EntityKind, error: any Error) async {

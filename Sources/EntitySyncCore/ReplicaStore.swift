@@ -33,6 +33,14 @@ public protocol ReplicaStore: Sendable {
     func completeBootstrap(instance: String, marks: [EntityKind: SnapshotMark], at time: Date) async throws
 }
 
+extension ReplicaStore {
+    /// Throws if the store cannot be read at all (a server down, a file gone): how a consumer
+    /// tells an outage from a failure of one change.
+    public func checkReachable() async throws {
+        _ = try await self.version(of: .user, id: "")
+    }
+}
+
 /// Stores written before bootstrap state existed fail loudly rather than pretend a load completed.
 extension ReplicaStore {
     public func bootstrapRecord() async throws -> BootstrapRecord? { throw Self.bootstrapUnsupported }

@@ -55,6 +55,7 @@ public final class ConsumerService: Service {
         runnerConfiguration.prefetch = self.configuration.prefetch
         // Prepared below, before the bootstrap; the runner need not do it again.
         runnerConfiguration.topologySetup = .alreadyPrepared
+        runnerConfiguration.storeAvailabilityChanged = { [health] available in health.set(storeAvailable: available) }
         let runner = ConsumerRunner(group: self.group, topology: self.configuration.topology, broker: connection,
                                     store: store, configuration: runnerConfiguration, logger: self.logger)
         let query: any RegistrableRPCService = switch self.kind {

@@ -117,6 +117,56 @@ import Testing
         try await rig.stop()
     }
 
+    /// A store that cannot be reached is an outage: the runner holds its deliveries unacked,
+    /// sends nothing to the retry or dead-letter queues however long it lasts, says so, and
+    /// applies everything once the store is back.
+    @Test func aStoreOutagePausesWithoutAckingOrDeadLetteringAndResumes() async throws {
+        final class Availability: Sendable {
+            let changes = Mutex<[Bool]>([])
+        }
+        let availability = Availability()
+        let rig = try await Rig(store: { FlakyStore(wrapping: $0) }, configure: { configuration in
+            configuration.maxAttempts = 2
+            configuration.storeCheckBackoff = Backoff(initial: .milliseconds(5), maximum: .milliseconds(10))
+            configuration.storeAvailabilityChanged = { available in availability.changes.withLock { $0.append(available) } }
+        })
+        let flaky = try #require(rig.store as? FlakyStore)
+        await flaky.set(down: true)
+        for index in 1...5 { try await rig.publish(Fixtures.userChange("u\(index)", version: 1)) }
+        // Far more checks than the retry limit allows attempts: an outage must not spend them.
+        try await eventually("the paused runner checked the store 20 times") { await flaky.readsWhileDown >= 20 }
+        #expect(availability.changes.withLock { $0 } == [false])
+        #expect(rig.runner.handled == 0)
+        #expect(rig.broker.unsettledCount(in: Self.queue) == 5)
+        #expect(rig.broker.messages(in: SyncTopology.retryQueue(forQueue: Self.queue)).isEmpty)
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+
+        await flaky.set(down: false)
+        try await rig.settled(handled: 5)
+        for index in 1...5 { #expect(try await rig.store.user(id: "u\(index)")?.version == 1) }
+        #expect(availability.changes.withLock { $0 } == [false, true])
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+        try await rig.stop()
+    }
+
+    /// Stopping during an outage must not wait for the store: the held deliveries go back to
+    /// the queue unsettled.
+    @Test func stoppingDuringAnOutageLeavesTheDeliveriesForTheBroker() async throws {
+        let rig = try await Rig(store: { FlakyStore(wrapping: $0) }, configure: { configuration in
+            configuration.storeCheckBackoff = Backoff(initial: .seconds(30), maximum: .seconds(30))
+        })
+        let flaky = try #require(rig.store as? FlakyStore)
+        await flaky.set(down: true)
+        try await rig.publish(Fixtures.userChange("ada", version: 1))
+        try await eventually("paused on the store") { await flaky.readsWhileDown >= 1 }
+        try await rig.stop()
+        // Unacked, so the connection's close (which the service does next) hands it back.
+        #expect(rig.broker.unsettledCount(in: Self.queue) == 1)
+        rig.broker.dropConnection()
+        #expect(try await rig.broker.queueStatus(Self.queue).messageCount == 1)
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+    }
+
     @Test func aChangeFailingOnEveryAttemptIsDeadLetteredWithTheLastError() async throws {
         let rig = try await Rig(store: { FlakyStore(wrapping: $0, failuresPerEntity: ["ada": 100]) },
                                 configure: { $0.maxAttempts = 3 })

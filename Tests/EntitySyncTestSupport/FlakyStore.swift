@@ -1,20 +1,28 @@
 import EntitySyncCore
 
-/// A replica store whose apply fails (as a busy or broken store would) a set number of times per entity.
+/// A replica store whose apply fails (as a busy or broken store would) a set number of times per
+/// entity, and which can be taken down altogether (as a database server that stopped).
 public actor FlakyStore: ReplicaStore {
     private let wrapped: any ReplicaStore
     private var remainingFailures: [String: Int]
     private var attemptsByEntity: [String: Int] = [:]
+    private var down = false
+    /// Versions read while down: how often a paused consumer has checked on it.
+    public private(set) var readsWhileDown = 0
 
-    public init(wrapping wrapped: any ReplicaStore, failuresPerEntity: [String: Int]) {
+    public init(wrapping wrapped: any ReplicaStore, failuresPerEntity: [String: Int] = [:]) {
         self.wrapped = wrapped
         self.remainingFailures = failuresPerEntity
     }
 
     public func attempts(for id: String) -> Int { self.attemptsByEntity[id, default: 0] }
 
+    /// While down, applying and reading a version fail as an unreachable server does.
+    public func set(down: Bool) { self.down = down }
+
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
         self.attemptsByEntity[change.entityID, default: 0] += 1
+        if self.down { throw SyncError(.storeUnavailable, "simulated: the database server is down") }
         if let remaining = self.remainingFailures[change.entityID], remaining > 0 {
             self.remainingFailures[change.entityID] = remaining - 1
             throw SyncError(.storeUnavailable, "simulated: database is locked")
@@ -27,7 +35,13 @@ public actor FlakyStore: ReplicaStore {
     public func group(id: String) async throws -> Group? { try await self.wrapped.group(id: id) }
     public func versions(of kind: EntityKind) async throws -> [String: EntityVersion] { try await self.wrapped.versions(of: kind) }
     public func statistics() async throws -> [EntityKind: ReplicaStatistics] { try await self.wrapped.statistics() }
-    public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? { try await self.wrapped.version(of: kind, id: id) }
+    public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
+        if self.down {
+            self.readsWhileDown += 1
+            throw SyncError(.storeUnavailable, "simulated: the database server is down")
+        }
+        return try await self.wrapped.version(of: kind, id: id)
+    }
     public func listUsers(after: String?, limit: Int) async throws -> [User] { try await self.wrapped.listUsers(after: after, limit: limit) }
     public func listGroups(after: String?, limit: Int) async throws -> [Group] { try await self.wrapped.listGroups(after: after, limit: limit) }
     public func users(ids: [String]) async throws -> [User] { try await self.wrapped.users(ids: ids) }
