@@ -19,7 +19,14 @@ public struct AMQPConfiguration: Sendable {
         }
     }
 
-    public var url: AMQPURL
+    /// The brokers (the nodes of a cluster), tried in order: the first connection tries each
+    /// once, and every reconnect moves on to the next. Never empty.
+    public private(set) var urls: [AMQPURL]
+    /// The first broker; setting it replaces the whole list with this one broker.
+    public var url: AMQPURL {
+        get { self.urls[0] }
+        set { self.urls = [newValue] }
+    }
     public var tls: TLS
     /// Shown in the broker's management UI and `rabbitmqctl list_connections name`.
     public var connectionName: String
@@ -40,7 +47,7 @@ public struct AMQPConfiguration: Sendable {
     /// `keyfile`, `verify` (`verify_none` disables peer verification) and `connection_name` from
     /// the URL's query, as RabbitMQ's URI specification describes them.
     public init(url: AMQPURL, connectionName: String = "entity-sync") {
-        self.url = url
+        self.urls = [url]
         self.connectionName = url.query["connection_name"] ?? connectionName
         self.heartbeat = .seconds(Int(url.query["heartbeat"] ?? "") ?? 10)
         self.connectTimeout = .milliseconds(Int(url.query["connection_timeout"] ?? "") ?? 10_000)
@@ -53,7 +60,21 @@ public struct AMQPConfiguration: Sendable {
                        clientKeyPath: url.query["keyfile"], verifyPeer: url.query["verify"] != "verify_none")
     }
 
-    public init(url: String, connectionName: String = "entity-sync") throws(AMQPError) {
-        self.init(url: try AMQPURL(url), connectionName: connectionName)
+    /// `urls`: one URL, or several separated by commas (the nodes of a cluster). Settings in the
+    /// query (heartbeat, TLS files, …) are read from the first; every URL keeps its own host,
+    /// port, credentials and vhost.
+    public init(url urls: String, connectionName: String = "entity-sync") throws(AMQPError) {
+        let parsed = try AMQPURL.list(urls)
+        self.init(url: parsed[0], connectionName: connectionName)
+        self.urls = parsed
+    }
+
+    /// Several brokers, tried in order; settings come from the first one's query.
+    public init(urls: [AMQPURL], connectionName: String = "entity-sync") throws(AMQPError) {
+        guard let first = urls.first else {
+            throw AMQPError(.invalidURL, "no broker URL given; name at least one amqp:// or amqps:// URL")
+        }
+        self.init(url: first, connectionName: connectionName)
+        self.urls = urls
     }
 }

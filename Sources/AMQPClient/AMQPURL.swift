@@ -26,6 +26,20 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
         self.query = query
     }
 
+    /// One URL or a comma-separated list of them (the nodes of a cluster), in order. A comma
+    /// inside a password must be percent-encoded (`%2C`).
+    public static func list(_ string: String) throws(AMQPError) -> [AMQPURL] {
+        let parts = string.split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        guard !parts.contains(where: \.isEmpty) else {
+            throw AMQPError(.invalidURL, "the broker URL list '\(AMQPURL.redacting(string))' has an empty entry; "
+                            + "separate URLs with single commas: amqp://h1:5672/,amqp://h2:5672/")
+        }
+        var urls: [AMQPURL] = []
+        for part in parts { urls.append(try AMQPURL(part)) }
+        return urls
+    }
+
     public init(_ string: String) throws(AMQPError) {
         func invalid(_ why: String) -> AMQPError {
             AMQPError(.invalidURL, "invalid AMQP URL '\(AMQPURL.redacting(string))': \(why). "
@@ -131,8 +145,14 @@ public struct AMQPURL: Sendable, Hashable, CustomStringConvertible {
         return "\(scheme)://\(self.user):***@\(hostPart):\(self.port)/\(vhost)"
     }
 
-    /// Hides the password of a URL string that may not even parse, for error messages.
+    /// Hides the passwords of a URL string (or a comma-separated list of them) that may not even
+    /// parse, for error messages.
     static func redacting(_ string: String) -> String {
+        string.split(separator: ",", omittingEmptySubsequences: false).map { self.redactingOne(String($0)) }
+            .joined(separator: ",")
+    }
+
+    private static func redactingOne(_ string: String) -> String {
         guard let schemeEnd = string.range(of: "://"),
               let at = string[schemeEnd.upperBound...].lastIndex(of: "@") else { return string }
         let userInfo = string[schemeEnd.upperBound..<at]

@@ -16,7 +16,7 @@ func optionalSetting(_ flag: String?, _ variable: String) -> String? {
 
 /// Options every service process takes.
 struct ServiceOptions: ParsableArguments {
-    @Option(help: "Broker URL, amqp:// or amqps:// (env: ENTITY_SYNC_AMQP_URL; default: amqp://guest:guest@127.0.0.1:5672/).")
+    @Option(help: "Broker URL, amqp:// or amqps://; for a cluster, the nodes' URLs separated by commas, tried in order (env: ENTITY_SYNC_AMQP_URL; default: amqp://guest:guest@127.0.0.1:5672/).")
     var amqpURL: String?
 
     @Option(help: "host:port the gRPC server listens on (env: ENTITY_SYNC_LISTEN; default: 127.0.0.1 and the service's port).")
@@ -44,7 +44,7 @@ struct ServiceOptions: ParsableArguments {
         }
         let amqpURL = setting(self.amqpURL, "ENTITY_SYNC_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
         do {
-            _ = try AMQPURL(amqpURL)
+            _ = try AMQPURL.list(amqpURL)
         } catch {
             throw ValidationError(error.message)
         }

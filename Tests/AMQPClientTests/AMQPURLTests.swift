@@ -69,4 +69,24 @@ import Testing
         #expect(configuration.tls.verifyPeer == false)
         #expect(configuration.connectionName == "x")
     }
+
+    @Test func aClusterIsACommaSeparatedListTriedInOrder() throws {
+        let configuration = try AMQPConfiguration(url: "amqp://a:pa@n1:5672/?heartbeat=4, amqp://b:pb@n2:5673/,amqps://c:pc@n3/")
+        #expect(configuration.urls.map(\.host) == ["n1", "n2", "n3"])
+        #expect(configuration.urls.map(\.port) == [5672, 5673, 5671])
+        #expect(configuration.urls[1].user == "b")
+        #expect(configuration.url.host == "n1")
+        #expect(configuration.heartbeat == .seconds(4))
+    }
+
+    @Test(arguments: ["amqp://a:secret1@n1/,", "amqp://a:secret1@n1/,,amqp://b:secret2@n2/", "amqp://a:secret1@n1/,http://b:secret2@n2/"])
+    func aBadListIsAClearErrorWithoutPasswords(list: String) {
+        do {
+            _ = try AMQPConfiguration(url: list)
+            Issue.record("accepted \(list)")
+        } catch {
+            #expect(error.code == .invalidURL)
+            #expect(!error.message.contains("secret1") && !error.message.contains("secret2"), "\(error.message)")
+        }
+    }
 }

@@ -97,6 +97,40 @@ import Testing
         ])
     }
 
+    /// A service starting while the first node of its cluster is down connects to the next at
+    /// once; only when every address refuses does `connect` fail, naming each one's reason.
+    @Test func theFirstConnectionTriesEveryAddressOnceBeforeFailing() async {
+        var harness = Harness(addresses: ["amqp://broker-a/", "amqp://broker-b/", "amqp://broker-c/"])
+        let refused = AMQPError(.connectionRefused, "refused")
+        let initial = await Probe<Void>.make()
+        #expect(harness.run { machine, _ in machine.start(initial: initial.reply) } == ["connect broker-a"])
+        harness.check([
+            Row("a refused: b at once, no backoff", []) { $0.run { $0.connectFailed(refused, now: $1) } },
+            Row("b", ["connect broker-b"]) { $0.work() },
+            Row("b refused", []) { $0.run { $0.connectFailed(refused, now: $1) } },
+            Row("c", ["connect broker-c"]) { $0.work() },
+            Row("c refused: connect fails", ["reply connectionRefused", "shut down"]) { $0.run { $0.connectFailed(refused, now: $1) } },
+        ])
+        let error = await initial.error
+        #expect(error?.code == .connectionRefused)
+        #expect(error?.message.contains("broker-a:5672: refused") == true)
+        #expect(error?.message.contains("broker-c:5672: refused") == true)
+    }
+
+    @Test func theFirstConnectionUsesTheFirstAddressThatAnswers() async {
+        var harness = Harness(addresses: ["amqp://broker-a/", "amqp://broker-b/"])
+        let initial = await Probe<Void>.make()
+        _ = harness.run { machine, _ in machine.start(initial: initial.reply) }
+        harness.check([
+            Row("a refused", []) { $0.run { $0.connectFailed(AMQPError(.connectionRefused, "refused"), now: $1) } },
+            Row("b", ["connect broker-b"]) { $0.work() },
+            Row("b answers", ["channel.open 1"]) { $0.run { $0.connected(negotiatedChannelMax: 0, now: $1) } },
+            Row("set up", ["channel.open 2", "confirm.select"]) { $0.ok() + $0.ok() },
+            Row("connect succeeds", ["reply ok"]) { $0.ok() },
+        ])
+        #expect(await initial.errorCode == nil)
+    }
+
     // MARK: Recovery
 
     @Test func reconnectRedeclaresTopologyThenResubscribes() async {

@@ -29,7 +29,7 @@ final class ConnectionLoop {
         self.settler = MailboxSettler(mailbox: mailbox)
         self.machine = ConnectionStateMachine(settings: ConnectionStateMachine.Settings(configuration))
         var logger = logger
-        logger[metadataKey: "amqp.broker"] = "\(configuration.url.host):\(configuration.url.port)"
+        logger[metadataKey: "amqp.broker"] = "\(configuration.urls.map { "\($0.host):\($0.port)" }.joined(separator: ","))"
         logger[metadataKey: "amqp.vhost"] = "\(configuration.url.virtualHost)"
         logger[metadataKey: "amqp.connection_name"] = "\(configuration.connectionName)"
         self.logger = logger

@@ -41,9 +41,25 @@ extension ConnectionStateMachine {
         guard self.phase == .connecting else { return [] }
         self.lastError = error
         if let initial = self.initialReply {
+            // The first connection tries every address once, at once: a service starting while
+            // one node of a cluster is down connects to another.
+            let endpoint = "\(self.address.host):\(self.address.port)"
+            self.initialFailures.append("\(endpoint): \(error.message)")
+            if self.initialFailures.count < self.settings.addresses.count {
+                self.addressIndex = (self.addressIndex + 1) % self.settings.addresses.count
+                self.phase = .disconnected(retryAt: now)
+                return [.log(.warning, "amqp connect failed; trying the next broker", [
+                    "error": "\(error.message)", "amqp.address": "\(endpoint)",
+                    "amqp.next_address": "\(self.address.host):\(self.address.port)",
+                ])]
+            }
             self.initialReply = nil
             self.phase = .finished
-            return [.answer(.void(initial, .failure(error))), .shutDown]
+            let failure = self.initialFailures.count > 1
+                ? AMQPError(error.code, "no broker in the list accepted a connection: "
+                            + self.initialFailures.joined(separator: "; "), replyCode: error.replyCode)
+                : error
+            return [.answer(.void(initial, .failure(failure))), .shutDown]
         }
         let attempt = self.reconnectAttempt
         let delay = self.scheduleReconnect(now: now)

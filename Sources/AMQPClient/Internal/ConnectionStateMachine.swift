@@ -33,7 +33,7 @@ struct ConnectionStateMachine {
         var heartbeat: Duration
 
         init(_ configuration: AMQPConfiguration, addresses: [AMQPURL]? = nil) {
-            self.addresses = addresses ?? [configuration.url]
+            self.addresses = addresses ?? configuration.urls
             self.operationTimeout = configuration.operationTimeout
             self.publishTimeout = configuration.publishTimeout
             self.confirmWindow = configuration.confirmWindow
@@ -73,6 +73,8 @@ struct ConnectionStateMachine {
     var phase: Phase = .idle
     /// The caller of `connect`, until the first connection is set up (or fails).
     var initialReply: Reply<Void>?
+    /// Why each address failed during the first connection, in the order tried.
+    var initialFailures: [String] = []
     var connectionCount = 0
     var lastError: AMQPError?
     var reconnectAttempt = 0
