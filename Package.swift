@@ -242,6 +242,7 @@ let package = Package(
                 "EntitySyncProto",
                 "EntitySyncCore",
                 "EntitySyncSQLite",
+                "EntitySyncPostgres",
                 "AMQPClient",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),

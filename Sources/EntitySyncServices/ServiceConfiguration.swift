@@ -23,9 +23,17 @@ public struct ServiceConfiguration: Sendable {
     /// Consumers: declare the group's queues at startup (true), or only check that the producer
     /// declared them (false, for broker users without configure permission).
     public var declareTopology = true
-    /// Producer: the outbox relay's settings. Its lease is derived from the broker connection's
-    /// publish timeout unless set here.
-    public var relay = OutboxRelay.Configuration()
+    /// How long a publish may wait for the broker's confirm before it fails and is retried
+    /// (from the outbox, or by the consumer that forwards a message). Short, so that the relay
+    /// lease derived from it is short too.
+    public var publishTimeout: Duration = .seconds(10)
+    /// Producer: the outbox relay's settings. Its lease is the publish timeout plus a 5 s margin
+    /// unless set here: the longest a SIGKILLed producer's relay keeps another from taking over.
+    public var relay: OutboxRelay.Configuration = {
+        var relay = OutboxRelay.Configuration()
+        relay.leaseMargin = .seconds(5)
+        return relay
+    }()
 
     public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, database: String,
                 token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 64,

@@ -24,10 +24,12 @@ enum ServiceRuntime {
     }
 
     static func connect(_ configuration: ServiceConfiguration, role: String, logger: Logger) async throws -> AMQPConnection {
-        let amqp = try AMQPConfiguration(url: configuration.amqpURL, connectionName: "\(role):\(configuration.instanceName)")
+        var amqp = try AMQPConfiguration(url: configuration.amqpURL, connectionName: "\(role):\(configuration.instanceName)")
+        amqp.publishTimeout = configuration.publishTimeout
         // SIGTERM while the broker is still unreachable must stop the process, not wait for the broker.
+        let settings = amqp
         return try await cancelWhenGracefulShutdown {
-            try await self.connectRetrying(amqp, logger: logger)
+            try await self.connectRetrying(settings, logger: logger)
         }
     }
 

@@ -44,7 +44,7 @@ struct LeastPrivilegeTests {
                                    exchange: SyncTopology.exchange(for: .user))
         await injector.close()
         for (_, service) in ChaosSystem.groups {
-            let store = try SQLiteReplicaStore(path: system.storePath(service))
+            let store = try await system.replica(service)
             try await eventually("\(service) applied ada") { try await store.version(of: .user, id: "ada")?.version == version }
             try await eventually("\(service) dead-lettered the poison") { try await store.statistics()[.user]?.deadLettered == 1 }
         }

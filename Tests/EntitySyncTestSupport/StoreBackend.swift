@@ -55,15 +55,39 @@ public enum StoreBackend: String, Sendable, CaseIterable, CustomStringConvertibl
 
 /// Runs SQL against a PostgreSQL store's schema with psql, as an operator would.
 public enum PostgresAdmin {
-    public static func execute(_ url: PostgresURL, _ statement: String) async throws {
+    /// Runs `statement`; returns psql's unaligned, tuples-only output.
+    @discardableResult
+    public static func execute(_ url: PostgresURL, _ statement: String) async throws -> String {
         var environment = ProcessInfo.processInfo.environment
         environment["PGPASSWORD"] = url.password ?? ""
         environment["PGOPTIONS"] = "-c search_path=\(url.schema ?? "public")"
         environment["PGSSLMODE"] = url.tls.rawValue
         let completion = try ChildProcess.run("/usr/bin/psql", [
-            "-v", "ON_ERROR_STOP=1", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
+            "-v", "ON_ERROR_STOP=1", "-tA", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
             "-U", url.user, "-d", url.database, "-c", statement,
         ], environment: environment)
         guard completion.succeeded else { throw HarnessError("psql failed (\(completion.termination)): \(completion.output)") }
+        return completion.output
+    }
+}
+
+/// The private PostgreSQL server scripts/test started (`ENTITY_SYNC_TEST_POSTGRES_DIR`), for
+/// outage scenarios.
+public enum TestPostgres {
+    static let environment = ProcessInfo.processInfo.environment
+    public static let directory = environment["ENTITY_SYNC_TEST_POSTGRES_DIR"]
+    /// The path of scripts/postgres-private.
+    public static let script = environment["ENTITY_SYNC_TEST_POSTGRES_CTL"]
+
+    public static var isControllable: Bool { StoreBackend.postgresURL != nil && directory != nil && script != nil }
+
+    /// Stops the server (fast shutdown: sessions are cut).
+    public static func stop() throws { try self.run("stop") }
+    /// Starts it again with its data.
+    public static func start() throws { try self.run("start") }
+
+    private static func run(_ command: String) throws {
+        guard let script, let directory else { throw HarnessError("ENTITY_SYNC_TEST_POSTGRES_DIR/_CTL are not set") }
+        try ChildProcess.shell("'\(script)' \(command) '\(directory)' >/dev/null")
     }
 }

@@ -1,5 +1,4 @@
 import EntitySyncCore
-import EntitySyncSQLite
 import EntitySyncTestSupport
 import Foundation
 
@@ -65,14 +64,14 @@ struct FaultLog {
 /// Recovery time: from the fault's end until a change made at that moment (the probe, one user
 /// and one group) is held by every group. Queues are FIFO, so by then every group has also worked
 /// off the backlog the fault left.
-func runChaosScenario(_ name: String, title: String, heartbeat: Int = 10,
+func runChaosScenario(_ name: String, title: String, heartbeat: Int = 10, setup: ChaosSetup = ChaosSetup(),
                       fault: (ChaosSystem, LoadGenerator) async throws -> FaultLog) async throws -> (ChaosResult, ConvergenceReport) {
     let size = ChaosSize.current
-    let system = try await ChaosSystem.start(name, heartbeat: heartbeat)
+    let system = try await ChaosSystem.start(name, heartbeat: heartbeat, setup: setup)
     do {
         let load = LoadGenerator(system: system, workers: size.workers)
         try await load.start()
-        let watch = try ReplicaWatch(system: system)
+        let watch = try await ReplicaWatch(system: system)
         try await eventually("load under way", timeout: .seconds(60)) { load.confirmedCount >= size.warmup }
 
         chaosStep(name, "load under way; dealing the fault")
@@ -81,7 +80,7 @@ func runChaosScenario(_ name: String, title: String, heartbeat: Int = 10,
         chaosStep(name, "fault over: \(log.description)")
         let probe = try await load.probe()
         chaosStep(name, "probe made: user v\(probe.user), group v\(probe.group)")
-        let stores = try ChaosSystem.groups.map { ($0.0, try SQLiteReplicaStore(path: system.storePath($0.1))) }
+        let stores = try await system.replicas()
         do {
             try await eventually("every group holds the probe made when the fault ended", timeout: .seconds(180)) {
                 for (_, store) in stores {

@@ -74,32 +74,7 @@ struct ChaosTests {
     @Test func consumerInstanceKilledMidBatchThenRestarted() async throws {
         let rounds = self.rounds
         _ = try await runChaosScenario("consumerkill", title: "Consumer instance SIGKILL mid-batch") { system, load in
-            var held: [String] = []
-            for round in 1...rounds {
-                try await waitForProgress(load)
-                let (victim, survivor, prefix) = round % 2 == 1
-                    ? ("user-rpc-1", "user-rpc-2", "exchange_user_consumer_user_rpc")
-                    : ("org-rpc-2", "org-rpc-1", "exchange_user_consumer_org_rpc")
-                // Frozen, the instance keeps its prefetched deliveries unacknowledged: killed now,
-                // it dies in the middle of a batch for certain.
-                try system.signal(victim, SIGSTOP)
-                var unacked = 0
-                try await eventually("deliveries held by the frozen \(victim)") {
-                    unacked = try unacknowledged(system, queuePrefix: prefix)
-                    return unacked > 0
-                }
-                try await system.kill9(victim)
-                held.append("\(victim) holding \(unacked)")
-                // The other instance carries on alone: a change made now reaches the store.
-                let probe = try await load.probe()
-                let store = try SQLiteReplicaStore(path: system.storePath(ChaosSystem.service(of: survivor)))
-                try await eventually("\(survivor) applies changes alone", timeout: .seconds(60)) {
-                    (try await store.version(of: .user, id: LoadGenerator.probeUser)?.version ?? 0) >= probe.user
-                }
-                try system.launch(victim)
-                try await system.waitServing(victim)
-            }
-            return FaultLog(description: "SIGKILL of \(held.joined(separator: ", ")) unacked deliveries; restarted")
+            try await killConsumersMidBatch(system, load, rounds: rounds)
         }
     }
 
@@ -113,7 +88,7 @@ struct ChaosTests {
                 try await waitForProgress(load)
                 // Frozen, the relay cannot confirm what is in flight. Freeze, count the outbox in
                 // the store file, and thaw to try again if it happened to be empty.
-                let outbox = try SQLiteSourceStore(path: system.storePath("producer"), producer: "chaos-check")
+                let outbox = try await system.source()
                 try await eventually("the producer frozen with events in its outbox") {
                     try system.signal("producer", SIGSTOP)
                     if try await outbox.outboxCount() > 0 { return true }
@@ -228,7 +203,7 @@ struct ChaosTests {
         let (_, report) = try await runChaosScenario("stale", title: "Duplicates and stale versions injected") { system, load in
             try await waitForProgress(load)
             staleBefore = Dictionary(uniqueKeysWithValues: try await system.check(confirmed: [:]).groups.map { ($0.name, $0.stale) })
-            let source = try SQLiteSourceStore(path: system.storePath("producer"), producer: "chaos-check")
+            let source = try await system.source()
             let connection = try await system.host.connect("stale")
             for kind in EntityKind.allCases {
                 for change in try await source.snapshot(of: kind, after: nil, limit: 30) {
@@ -277,9 +252,9 @@ func waitForProgress(_ load: LoadGenerator) async throws {
 /// Waits until all five services have a connection to the vhost again.
 func waitForConnections(_ system: ChaosSystem) async throws {
     try await eventually("every service reconnected", timeout: .seconds(60)) {
-        let listing = try Broker.ctl("list_connections", "vhost", "state")
+        let listing = try system.host.ctl("list_connections", "vhost", "state")
         let open = listing.split(separator: "\n").filter { $0.hasPrefix(system.host.name + "\t") && $0.hasSuffix("running") }
-        return open.count >= 5
+        return open.count >= system.instances.count
     }
 }
 
@@ -290,7 +265,7 @@ func connectedCount(_ system: ChaosSystem, _ instance: String) -> Int {
 
 /// Unacknowledged deliveries on the queue named `queuePrefix`.
 func unacknowledged(_ system: ChaosSystem, queuePrefix: String) throws -> Int {
-    let listing = try Broker.ctl("list_queues", "-p", system.host.name, "name", "messages_unacknowledged")
+    let listing = try system.host.ctl("list_queues", "-p", system.host.name, "name", "messages_unacknowledged")
     var total = 0
     for line in listing.split(separator: "\n") {
         let columns = line.split(separator: "\t").map(String.init)
@@ -314,4 +289,35 @@ func poisonMessages(_ kind: EntityKind) throws -> [OutgoingMessage] {
     let json = #"{"entityType":"ENTITY_TYPE_"# + kind.rawValue.uppercased() + #"","entityId":"poison-json"}"#
     let missingVersion = OutgoingMessage(body: Array(json.utf8), contentType: ChangeCodec.jsonContentType, messageID: "poison-json")
     return [wrongContentType, garbage, missingVersion, try ChangeCodec.message(for: unknownType)]
+}
+
+/// Freezes a consumer instance holding deliveries, SIGKILLs it (mid-batch for certain), checks
+/// that its partner goes on alone, and starts it again; `rounds` times, alternating groups.
+func killConsumersMidBatch(_ system: ChaosSystem, _ load: LoadGenerator, rounds: Int) async throws -> FaultLog {
+    var held: [String] = []
+    for round in 1...rounds {
+        try await waitForProgress(load)
+        let (victim, survivor, prefix) = round % 2 == 1
+            ? ("user-rpc-1", "user-rpc-2", "exchange_user_consumer_user_rpc")
+            : ("org-rpc-2", "org-rpc-1", "exchange_user_consumer_org_rpc")
+        // Frozen, the instance keeps its prefetched deliveries unacknowledged: killed now,
+        // it dies in the middle of a batch for certain.
+        try system.signal(victim, SIGSTOP)
+        var unacked = 0
+        try await eventually("deliveries held by the frozen \(victim)") {
+            unacked = try unacknowledged(system, queuePrefix: prefix)
+            return unacked > 0
+        }
+        try await system.kill9(victim)
+        held.append("\(victim) holding \(unacked)")
+        // The other instance carries on alone: a change made now reaches the store.
+        let probe = try await load.probe()
+        let store = try await system.replica(ChaosSystem.service(of: survivor))
+        try await eventually("\(survivor) applies changes alone", timeout: .seconds(60)) {
+            (try await store.version(of: .user, id: LoadGenerator.probeUser)?.version ?? 0) >= probe.user
+        }
+        try system.launch(victim)
+        try await system.waitServing(victim)
+    }
+    return FaultLog(description: "SIGKILL of \(held.joined(separator: ", ")) unacked deliveries; restarted")
 }

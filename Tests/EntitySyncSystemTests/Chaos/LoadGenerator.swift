@@ -22,6 +22,8 @@ final class LoadGenerator: Sendable {
 
     private let system: ChaosSystem
     private let workers: Int
+    /// The producer instances the workers call, spread evenly.
+    private let targets: [String]
     private let tally = Mutex(Tally())
     private let stopping = Atomic<Bool>(false)
     private let task = Mutex<Task<Void, any Error>?>(nil)
@@ -29,6 +31,7 @@ final class LoadGenerator: Sendable {
     init(system: ChaosSystem, workers: Int) {
         self.system = system
         self.workers = workers
+        self.targets = system.instances.filter { $0.hasPrefix("producer") }
     }
 
     var confirmedCount: Int { self.tally.withLock { $0.confirmed } }
@@ -52,15 +55,23 @@ final class LoadGenerator: Sendable {
                 self.record(.user, id, user.version)
             }
         }
+        let targets = self.targets
         let task = Task {
-            try await admin.withClient("producer") { client in
-                let api = Entitysync_V1_EntityAdmin.Client(wrapping: client)
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    for worker in 0..<self.workers {
-                        group.addTask { try await self.work(worker, api: api) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for (index, target) in targets.enumerated() {
+                    group.addTask {
+                        try await admin.withClient(target) { client in
+                            let api = Entitysync_V1_EntityAdmin.Client(wrapping: client)
+                            try await withThrowingTaskGroup(of: Void.self) { workers in
+                                for worker in stride(from: index, to: self.workers, by: targets.count) {
+                                    workers.addTask { try await self.work(worker, api: api) }
+                                }
+                                try await workers.waitForAll()
+                            }
+                        }
                     }
-                    try await group.waitForAll()
                 }
+                try await group.waitForAll()
             }
         }
         self.task.withLock { $0 = task }
@@ -153,13 +164,17 @@ final class LoadGenerator: Sendable {
     /// versions: markers that, once every group holds them, show both queues drained up to now.
     func probe() async throws -> (user: UInt64, group: UInt64) {
         let metadata = self.system.authorized
-        return try await self.system.withClient("producer") { client in
-            let api = Entitysync_V1_EntityAdmin.Client(wrapping: client)
-            var options = CallOptions.defaults
-            options.timeout = .seconds(5)
-            let deadline = ContinuousClock.now + .seconds(120)
-            while true {
-                do {
+        let deadline = ContinuousClock.now + .seconds(120)
+        var attempt = 0
+        while true {
+            // Each producer instance in turn, so a dead one does not stop the probe.
+            let target = self.targets[attempt % self.targets.count]
+            attempt += 1
+            do {
+                return try await self.system.withClient(target) { client in
+                    let api = Entitysync_V1_EntityAdmin.Client(wrapping: client)
+                    var options = CallOptions.defaults
+                    options.timeout = .seconds(5)
                     var update = Entitysync_V1_UpdateUserRequest()
                     update.user = userRequest(Self.probeUser, name: "Probe \(UUID())").user
                     let user = try await api.updateUser(update, metadata: metadata, options: options)
@@ -167,10 +182,10 @@ final class LoadGenerator: Sendable {
                     try await self.upsertGroup(Self.probeGroup, members: [], step: 0, api: api, metadata: metadata, options: options)
                     let group = self.confirmed[.group]?[Self.probeGroup] ?? 0
                     return (user.version, group)
-                } catch {
-                    guard ContinuousClock.now < deadline else { throw HarnessError("the producer took no probe for 120 s: \(error)") }
-                    try await Task.sleep(for: .milliseconds(100))
                 }
+            } catch {
+                guard ContinuousClock.now < deadline else { throw HarnessError("no producer took a probe for 120 s: \(error)") }
+                try await Task.sleep(for: .milliseconds(100))
             }
         }
     }

@@ -1,5 +1,4 @@
 import EntitySyncCore
-import EntitySyncSQLite
 import Foundation
 import Synchronization
 
@@ -13,8 +12,8 @@ final class ReplicaWatch: Sendable {
     private let regressions = Findings()
     private let task: Task<Void, Never>
 
-    init(system: ChaosSystem) throws {
-        let stores = try ChaosSystem.groups.map { ($0.0, try SQLiteReplicaStore(path: system.storePath($0.1))) }
+    init(system: ChaosSystem) async throws {
+        let stores = try await system.replicas()
         let regressions = self.regressions
         self.task = Task {
             var last: [String: [EntityKind: [String: UInt64]]] = [:]
