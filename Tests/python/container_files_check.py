@@ -83,6 +83,48 @@ for name, command, replicas in [("producer", "producer", None), ("user-rpc", "us
         check(service.get("deploy", {}).get("replicas") == replicas, f"compose: {name} must run {replicas} replicas")
         check("ENTITY_SYNC_PRODUCER" in environment, f"compose: {name} should know the producer (bootstrap of an empty store)")
 
+# ---- docker-compose.cluster.yml: the same services spread out, on a cluster and PostgreSQL
+result = subprocess.run(["docker-compose", "-f", os.path.join(root, "docker-compose.cluster.yml"), "config"],
+                        capture_output=True, text=True, cwd=root,
+                        env={**os.environ, "RABBITMQ_PASSWORD": "", "ENTITY_SYNC_TOKEN": "", "POSTGRES_PASSWORD": ""})
+if result.returncode != 0:
+    print("docker-compose config rejected docker-compose.cluster.yml:\n" + result.stderr)
+    sys.exit(1)
+cluster = yaml.safe_load(result.stdout)
+cluster_services = cluster.get("services", {})
+cluster_volumes = set((cluster.get("volumes") or {}).keys())
+nodes = [f"rabbitmq-{n}" for n in (1, 2, 3)]
+for node in nodes:
+    service = cluster_services.get(node, {})
+    check(str(service.get("image", "")).startswith("rabbitmq:"), f"cluster: no RabbitMQ node '{node}'")
+    check(service.get("hostname") == node, f"cluster: {node} needs a fixed host name (its data is kept under its node name)")
+    check(service.get("healthcheck", {}).get("test"), f"cluster: {node} needs a health check")
+    check(any(target == "/var/lib/rabbitmq" and source in cluster_volumes for source, target in mounts(service)),
+          f"cluster: {node}'s /var/lib/rabbitmq must be a named volume of its own")
+    check(service.get("environment", {}).get("RABBITMQ_ERLANG_COOKIE"), f"cluster: {node} needs the shared Erlang cookie")
+postgres = cluster_services.get("postgres", {})
+check(str(postgres.get("image", "")).startswith("postgres:"), "cluster: no postgres service")
+check(postgres.get("healthcheck", {}).get("test"), "cluster: postgres needs a health check")
+check(any(target == "/var/lib/postgresql/data" and source in cluster_volumes for source, target in mounts(postgres)),
+      "cluster: postgres's data must be on a named volume")
+for name, command in [("producer", "producer"), ("user-rpc", "user-rpc"), ("org-rpc", "org-rpc")]:
+    service = cluster_services.get(name, {})
+    check(service.get("command") == [command], f"cluster: {name} must run `entity-sync {command}`")
+    check(service.get("deploy", {}).get("replicas") == 2, f"cluster: {name} must run 2 replicas")
+    check(not service.get("volumes"), f"cluster: {name} must share nothing but PostgreSQL (no volume)")
+    environment = service.get("environment", {})
+    check(str(environment.get("ENTITY_SYNC_DB", "")).startswith("postgres://"), f"cluster: {name} must keep its store in PostgreSQL")
+    urls = str(environment.get("ENTITY_SYNC_AMQP_URL", "")).split(",")
+    check([re.sub(r"^amqps?://[^@]*@([^:/]+).*$", r"\1", url) for url in urls] == nodes,
+          f"cluster: {name}'s ENTITY_SYNC_AMQP_URL must list the three nodes in order, not {urls}")
+    dependencies = service.get("depends_on", {})
+    for needed in nodes + ["postgres"]:
+        check(dependencies.get(needed, {}).get("condition") == "service_healthy",
+              f"cluster: {name} must start only once {needed} is healthy")
+    unknown = {key for key in environment if key.startswith("ENTITY_SYNC_")} - known_variables(command)
+    check(not unknown, f"cluster: {name} sets variables `entity-sync {command}` does not read: {sorted(unknown)}")
+check(os.path.isfile(os.path.join(root, "deploy/cluster/rabbitmq.conf")), "cluster: deploy/cluster/rabbitmq.conf is missing")
+
 # ---- Dockerfile
 with open(os.path.join(root, "Dockerfile")) as handle:
     dockerfile = re.sub(r"\\\n", " ", handle.read())
