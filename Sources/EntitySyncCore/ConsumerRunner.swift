@@ -49,6 +49,8 @@ public final class ConsumerRunner: Sendable {
     private let handledCount = MutexBox(0)
     /// Workers paused because the store is unreachable.
     private let pausedWorkers = MutexBox(0)
+    /// The last check of the store failed (cleared when one succeeds).
+    private let storeDown = MutexBox(false)
     /// Set when `run()` is cancelled: a paused worker stops waiting for the store and leaves its
     /// delivery unsettled, for the broker to redeliver.
     private let stopping = MutexBox(false)
@@ -112,6 +114,9 @@ public final class ConsumerRunner: Sendable {
     }
 
     func handle(_ delivery: Delivery, kind: EntityKind) async {
+        // Stopping with the store down: the deliveries still buffered would each wait out a
+        // store deadline before giving up. Leave them unsettled for the broker to redeliver.
+        if self.stopping.read({ $0 }) && self.storeDown.read({ $0 }) { return }
         defer { self.handledCount.update { $0 += 1 } }
         var outcome = await self.apply(delivery, kind: kind)
         // A store that cannot be reached is an outage, not this message's fault: hold the
@@ -185,8 +190,10 @@ public final class ConsumerRunner: Sendable {
         guard let error = error as? SyncError, error.code == .storeUnavailable else { return false }
         do {
             try await self.store.checkReachable()
+            self.storeDown.update { $0 = false }
             return false
         } catch {
+            self.storeDown.update { $0 = true }
             return true
         }
     }
@@ -194,22 +201,22 @@ public final class ConsumerRunner: Sendable {
     /// Waits until the store answers (true) or the runner stops (false), reporting the outage.
     private func waitForStore(after error: any Error) async -> Bool {
         let started = ContinuousClock.now
+        // The availability callback runs under the counter's lock, so that reports from workers
+        // pausing and resuming at once arrive in the order the counter changed.
+        let report = self.configuration.storeAvailabilityChanged
         let first = self.pausedWorkers.update { count -> Bool in
             count += 1
+            if count == 1 { report(false) }
             return count == 1
         }
         if first {
             self.logger.error("store unreachable; consuming paused, nothing is acked or dead-lettered until it is back",
                               metadata: ["error": "\(error)"])
-            self.configuration.storeAvailabilityChanged(false)
         }
         defer {
-            let last = self.pausedWorkers.update { count -> Bool in
+            self.pausedWorkers.update { count in
                 count -= 1
-                return count == 0
-            }
-            if last {
-                self.configuration.storeAvailabilityChanged(true)
+                if count == 0 { report(true) }
             }
         }
         var attempt = 0
@@ -218,6 +225,7 @@ public final class ConsumerRunner: Sendable {
             attempt += 1
             guard !self.stopping.read({ $0 }) else { break }
             if (try? await self.store.checkReachable()) != nil {
+                self.storeDown.update { $0 = false }
                 self.logger.notice("store reachable again; consuming resumes",
                                    metadata: ["outage": "\(ContinuousClock.now - started)"])
                 return true

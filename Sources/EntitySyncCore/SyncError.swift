@@ -3,7 +3,8 @@
 public struct SyncError: Error, CustomStringConvertible, Sendable, Equatable {
     public struct Code: Hashable, Sendable, CustomStringConvertible {
         private enum Wrapped: String, Hashable, Sendable {
-            case invalidArgument, notFound, alreadyExists, versionMismatch, storeUnavailable, brokerUnavailable, configuration
+            case invalidArgument, notFound, alreadyExists, versionMismatch, storeUnavailable, storeRejected, brokerUnavailable,
+                 configuration
         }
         private let wrapped: Wrapped
         private init(_ wrapped: Wrapped) { self.wrapped = wrapped }
@@ -17,6 +18,9 @@ public struct SyncError: Error, CustomStringConvertible, Sendable, Equatable {
         /// The store could not be read or written (busy, I/O error); retrying may succeed.
         public static let storeUnavailable = Code(.storeUnavailable)
         /// The broker could not be reached or dropped the connection; retrying may succeed.
+        /// The store answered but refused the operation in a way retrying will not change (a
+        /// constraint, a value out of range, a schema that is not this build's).
+        public static let storeRejected = Code(.storeRejected)
         public static let brokerUnavailable = Code(.brokerUnavailable)
         public static let configuration = Code(.configuration)
 

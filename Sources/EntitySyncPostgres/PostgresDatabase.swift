@@ -16,15 +16,26 @@ final class PostgresDatabase: Sendable {
         let statements: [String]
     }
 
+    /// A connection pool and the task that runs it.
+    private struct Pool {
+        var client: PostgresClient
+        var running: Task<Void, Never>
+        /// The last time a stuck pool was suspected and a fresh connection tried.
+        var lastRecoveryCheck: ContinuousClock.Instant?
+    }
+
     let url: PostgresURL
     let schema: String
     let logger: Logger
-    private let client: PostgresClient
-    private let running: Task<Void, Never>
+    private let poolConfiguration: PostgresClient.Configuration
+    private let poolLogger: Logger
+    private let pool: Mutex<Pool>
     /// How long one operation (waiting for a connection included) may take before it fails.
     let deadline: Duration
 
-    init(url: PostgresURL, defaultSchema: String, migrations: [Migration], deadline: Duration = .seconds(10),
+    /// Opens the store of `kind` (a word such as "source" or "replica of consumer_user_rpc",
+    /// recorded in the schema so that two stores never share one).
+    init(url: PostgresURL, kind: String, defaultSchema: String, migrations: [Migration], deadline: Duration = .seconds(10),
          logger: Logger) async throws {
         let schema = url.schema ?? defaultSchema
         guard PostgresURL.isValidSchema(schema) else {
@@ -45,25 +56,84 @@ final class PostgresDatabase: Sendable {
         // The pool logs each failed connection attempt; the store reports outages itself.
         var poolLogger = logger
         poolLogger.logLevel = max(logger.logLevel, .warning)
-        let client = PostgresClient(configuration: Self.configuration(url: url, schema: schema), backgroundLogger: poolLogger)
-        self.client = client
-        self.running = Task { await client.run() }
+        self.poolLogger = poolLogger
+        self.poolConfiguration = Self.configuration(url: url, schema: schema)
+        self.pool = Mutex(Self.startPool(self.poolConfiguration, logger: poolLogger))
         do {
-            try await self.migrate(migrations)
+            try await self.migrate(migrations, kind: kind)
         } catch {
-            self.running.cancel()
+            self.close()
             throw error
         }
     }
 
     deinit {
-        self.running.cancel()
+        self.close()
     }
 
     /// Closes every connection; operations after this fail.
     func close() {
-        self.running.cancel()
+        self.pool.withLock { $0.running.cancel() }
     }
+
+    private static func startPool(_ configuration: PostgresClient.Configuration, logger: Logger) -> Pool {
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        return Pool(client: client, running: Task { await client.run() })
+    }
+
+    private var client: PostgresClient { self.pool.withLock { $0.client } }
+
+    /// After a failure the server did not report itself (a timeout, a refused or broken
+    /// connection): if a fresh connection now logs in, the pool may be stuck backing off after
+    /// an outage (postgres-nio waits up to a minute between attempts once its circuit breaker
+    /// opened), so it is replaced. Tried at most every 2 s.
+    private func recoverPoolIfStuck(after error: any Error) async {
+        guard Self.isConnectionTrouble(error) else { return }
+        let due = self.pool.withLock { pool -> Bool in
+            if let last = pool.lastRecoveryCheck, last.duration(to: .now) < .seconds(2) { return false }
+            pool.lastRecoveryCheck = .now
+            return true
+        }
+        guard due, await Self.probe(self.url) == nil else { return }
+        let replaced = Self.startPool(self.poolConfiguration, logger: self.poolLogger)
+        let old = self.pool.withLock { pool -> Task<Void, Never> in
+            defer { pool = Pool(client: replaced.client, running: replaced.running, lastRecoveryCheck: .now) }
+            return pool.running
+        }
+        old.cancel()
+        self.logger.notice("PostgreSQL answers again; its connection pool was renewed", metadata: ["error": "\(error)"])
+    }
+
+    /// True for failures that say nothing about the statement: the server never answered it.
+    private static func isConnectionTrouble(_ error: any Error) -> Bool {
+        switch error {
+        case is CancellationError:
+            return false
+        case let error as SyncError:
+            return error.code == .storeUnavailable
+        case let error as PostgresTransactionError:
+            guard let inner = error.closureError ?? error.beginError ?? error.commitError else { return true }
+            return self.isConnectionTrouble(inner)
+        case let error as PSQLError:
+            return error.serverInfo == nil
+        default:
+            return true
+        }
+    }
+
+    /// Per-session settings that keep one frozen or vanished instance from holding the others:
+    /// a transaction left idle (its process stopped mid-way) is ended by the server and its
+    /// locks released; a lock wait gives up before the caller's deadline instead of committing
+    /// after the caller was told it failed; and the server notices a dead client host within
+    /// about 20 s instead of TCP's two hours.
+    static let sessionSettings = [
+        ("idle_in_transaction_session_timeout", "15000"),
+        ("lock_timeout", "8000"),
+        ("statement_timeout", "9000"),
+        ("tcp_keepalives_idle", "10"),
+        ("tcp_keepalives_interval", "5"),
+        ("tcp_keepalives_count", "2"),
+    ]
 
     /// Why one new connection to `url` fails, or nil if it logs in.
     static func probe(_ url: PostgresURL) async -> (any Error)? {
@@ -117,6 +187,7 @@ final class PostgresDatabase: Sendable {
         }
         // Unqualified names resolve in the store's schema, on every pooled connection.
         configuration.options.additionalStartupParameters = [("search_path", schema), ("application_name", "entity-sync")]
+            + Self.sessionSettings
         configuration.options.maximumConnections = 8
         configuration.options.connectTimeout = .seconds(5)
         // Idle connections are checked often, so that a restarted server is noticed before use.
@@ -138,10 +209,11 @@ final class PostgresDatabase: Sendable {
     }
 
     /// Runs `body` on one pooled connection, outside a transaction (each statement commits).
-    func read<T: Sendable>(_ what: String, _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
+    func read<T: Sendable>(_ what: String, deadline: Duration? = nil,
+                           _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
         let client = self.client
         let logger = self.logger
-        return try await self.withDeadline(what) {
+        return try await self.withDeadline(what, deadline: deadline) {
             try await client.withConnection { connection in
                 try await body(SQL(connection: connection, logger: logger))
             }
@@ -150,9 +222,10 @@ final class PostgresDatabase: Sendable {
 
     /// `body`'s result, or `storeUnavailable` once the deadline passes. The work is not awaited
     /// past the deadline: a query stuck on a dead server must not hold its caller too.
-    private func withDeadline<T: Sendable>(_ what: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    private func withDeadline<T: Sendable>(_ what: String, deadline: Duration? = nil,
+                                           _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let url = self.url
-        let deadline = self.deadline
+        let deadline = deadline ?? self.deadline
         let outcome = RaceOutcome<T>()
         let work = Task {
             do { outcome.finish(.success(try await body())) } catch { outcome.finish(.failure(error)) }
@@ -172,8 +245,15 @@ final class PostgresDatabase: Sendable {
         }
         timer.cancel()
         switch result {
-        case .success(let value): return value
-        case .failure(let error): throw Self.translate(error, what: what, url: url)
+        case .success(let value):
+            return value
+        case .failure(let error):
+            // Given up on: a wait for a connection ends here, and a transaction still running
+            // is rolled back rather than committed after its caller was told it failed (the
+            // session settings bound how long a statement or lock wait can run on).
+            work.cancel()
+            await self.recoverPoolIfStuck(after: error)
+            throw Self.translate(error, what: what, url: url)
         }
     }
 
@@ -210,6 +290,12 @@ final class PostgresDatabase: Sendable {
                     return SyncError(.configuration, "PostgreSQL at \(url): \(message). Create the database first "
                                      + "(createdb \(url.database)) or name an existing one in the URL")
                 }
+                // Errors about the statement itself (bad data, a constraint, a missing table or
+                // column, a limit) come back the same however often it is tried.
+                if ["22", "23", "42", "54", "0A"].contains(String(state.prefix(2))) {
+                    return SyncError(.storeRejected, "PostgreSQL at \(url) refused to \(what): \(message) (SQLSTATE \(state)); "
+                                     + "retrying will not help: check that the schema is this build's")
+                }
                 return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what): \(message) (SQLSTATE \(state))")
             }
             let cause = error.underlying.map { ": \($0)" } ?? ""
@@ -224,10 +310,14 @@ final class PostgresDatabase: Sendable {
 
     /// Creates the schema and applies the migrations it lacks. Instances starting together wait
     /// on one advisory lock, so exactly one applies each step and the rest find it applied.
-    private func migrate(_ migrations: [Migration]) async throws {
+    private func migrate(_ migrations: [Migration], kind: String) async throws {
         let schema = self.schema
         let lockKey = "entitysync-migrate:\(schema)"
-        try await self.read("create its schema") { sql in
+        // Another instance may be migrating: wait for it, within reason.
+        try await self.read("create its schema", deadline: .seconds(300)) { sql in
+            // However long another instance's migration takes, wait for it rather than fail.
+            try await sql.execute("SET lock_timeout = 0")
+            try await sql.execute("SET statement_timeout = 0")
             try await sql.execute("SELECT pg_advisory_lock(hashtext(\(lockKey)))")
             do {
                 try await sql.execute(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"))
@@ -236,6 +326,19 @@ final class PostgresDatabase: Sendable {
                     CREATE TABLE IF NOT EXISTS schema_migrations (
                         version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())
                     """)
+                // What the schema holds, written by whoever created it: a producer's store and a
+                // group's, or two groups', must never share one.
+                try await sql.execute("""
+                    CREATE TABLE IF NOT EXISTS entitysync_store (
+                        id INTEGER PRIMARY KEY CHECK (id = 1), kind TEXT NOT NULL)
+                    """)
+                try await sql.execute("INSERT INTO entitysync_store (id, kind) VALUES (1, \(kind)) ON CONFLICT (id) DO NOTHING")
+                let holds = try await sql.rows("SELECT kind FROM entitysync_store WHERE id = 1").first.map { try $0.decode(String.self) }
+                guard holds == kind else {
+                    throw SyncError(.configuration, "the PostgreSQL schema '\(schema)' holds the \(holds ?? "unknown") store, not the "
+                                    + "\(kind) store; give each store its own schema (leave ?schema= out for the default, "
+                                    + "or name a different one)")
+                }
                 let applied = Set(try await sql.rows("SELECT version FROM schema_migrations").map { try $0.decode(Int.self) })
                 if let newest = applied.max(), let known = migrations.map(\.version).max(), newest > known {
                     throw SyncError(.configuration, "the PostgreSQL schema '\(schema)' is at version \(newest), newer than "
@@ -257,6 +360,8 @@ final class PostgresDatabase: Sendable {
                 throw error
             }
             try await sql.execute("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
+            try await sql.execute("RESET lock_timeout")
+            try await sql.execute("RESET statement_timeout")
         }
     }
 }

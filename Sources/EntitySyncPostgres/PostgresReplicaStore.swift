@@ -48,7 +48,7 @@ public final class PostgresReplicaStore: ReplicaStore {
     /// Connects to the database at `url` and creates or migrates the group's schema: by default
     /// `entitysync_<group>` (dashes become underscores), so several groups can share a database.
     public init(url: PostgresURL, group: String, logger: Logger = Logger(label: "entitysync.postgres")) async throws {
-        self.database = try await PostgresDatabase(url: url, defaultSchema: Self.defaultSchema(group: group),
+        self.database = try await PostgresDatabase(url: url, kind: "replica of \(group)", defaultSchema: Self.defaultSchema(group: group),
                                                    migrations: Self.migrations, logger: logger)
         self.bootstrapLock = "entitysync-bootstrap:\(self.database.schema)"
     }

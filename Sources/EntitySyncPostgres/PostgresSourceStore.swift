@@ -45,7 +45,7 @@ public final class PostgresSourceStore: SourceStore {
     /// Connects to the database at `url` and creates or migrates the store's schema (by default
     /// `entitysync_source`); `producer` is recorded in every event.
     public init(url: PostgresURL, producer: String, logger: Logger = Logger(label: "entitysync.postgres")) async throws {
-        self.database = try await PostgresDatabase(url: url, defaultSchema: "entitysync_source",
+        self.database = try await PostgresDatabase(url: url, kind: "source", defaultSchema: "entitysync_source",
                                                    migrations: Self.migrations, logger: logger)
         self.producer = producer
         self.writeLock = "entitysync-source-writes:\(self.database.schema)"

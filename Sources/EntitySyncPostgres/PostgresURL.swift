@@ -32,13 +32,16 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
             throw SyncError(.configuration, "'\(Self.redact(string))' is not a PostgreSQL URL; write it as "
                             + "postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=disable|prefer|require")
         }
-        guard let user = components.user?.removingPercentEncoding, !user.isEmpty else {
+        // The percent-encoded parts, decoded once: `URLComponents.user` and friends decode
+        // already, and decoding again would turn a password's `%2541` into `A`.
+        guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
             throw SyncError(.configuration, "the PostgreSQL URL '\(Self.redact(string))' names no user; write it as "
                             + "postgres://USER:PASSWORD@HOST:PORT/DATABASE")
         }
         self.user = user
-        self.password = components.password?.removingPercentEncoding
-        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        self.password = components.percentEncodedPassword?.removingPercentEncoding
+        let encodedPath = components.percentEncodedPath
+        let path = encodedPath.hasPrefix("/") ? String(encodedPath.dropFirst()) : encodedPath
         guard let database = path.removingPercentEncoding, !database.isEmpty, !database.contains("/") else {
             throw SyncError(.configuration, "the PostgreSQL URL '\(Self.redact(string))' names no database; add "
                             + "/DATABASE after the host")

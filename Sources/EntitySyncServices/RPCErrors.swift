@@ -16,6 +16,7 @@ enum RPCErrors {
             case .alreadyExists: return RPCError(code: .alreadyExists, message: error.message)
             case .versionMismatch: return RPCError(code: .aborted, message: error.message)
             case .storeUnavailable, .brokerUnavailable: return RPCError(code: .unavailable, message: error.message)
+            case .storeRejected: return RPCError(code: .internalError, message: error.message)
             default: return RPCError(code: .failedPrecondition, message: error.message)
             }
         case let error as AMQPError:

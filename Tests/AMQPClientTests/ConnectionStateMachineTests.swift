@@ -117,6 +117,23 @@ import Testing
         #expect(error?.message.contains("broker-c:5672: refused") == true)
     }
 
+    /// A node that accepts the login but drops the connection during setup counts as failed
+    /// too: the next address is tried before `connect` gives up.
+    @Test func theFirstConnectionBrokenDuringSetupMovesToTheNextAddress() async {
+        var harness = Harness(addresses: ["amqp://broker-a/", "amqp://broker-b/"])
+        let initial = await Probe<Void>.make()
+        _ = harness.run { machine, _ in machine.start(initial: initial.reply) }
+        harness.check([
+            Row("a logs in", ["channel.open 1"]) { $0.run { $0.connected(negotiatedChannelMax: 0, now: $1) } },
+            Row("a drops the connection", ["destroy"]) { $0.lose() },
+            Row("b at once", ["connect broker-b"]) { $0.work() },
+            Row("b answers", ["channel.open 1"]) { $0.run { $0.connected(negotiatedChannelMax: 0, now: $1) } },
+            Row("set up", ["channel.open 2", "confirm.select"]) { $0.ok() + $0.ok() },
+            Row("connect succeeds", ["reply ok"]) { $0.ok() },
+        ])
+        #expect(await initial.errorCode == nil)
+    }
+
     @Test func theFirstConnectionUsesTheFirstAddressThatAnswers() async {
         var harness = Harness(addresses: ["amqp://broker-a/", "amqp://broker-b/"])
         let initial = await Probe<Void>.make()

@@ -72,4 +72,39 @@ struct PostgresStoreTests {
         #expect(try await second.user(id: "u1") == nil)
         #expect(PostgresReplicaStore.defaultSchema(group: "consumer_user-rpc") == "entitysync_consumer_user_rpc")
     }
+
+    /// One schema named for two stores (a shared `?schema=`): the second is refused, instead of
+    /// writing into tables that are not its own.
+    @Test func twoStoresInOneSchemaAreRefused() async throws {
+        let place = try StoreBackend.postgres.place("shared")
+        _ = try await place.source()
+        for attempt in [{ try await place.replica(group: "consumer_user_rpc") }, { try await place.replica(group: "other") }] {
+            do {
+                _ = try await attempt()
+                Issue.record("a replica opened in the producer's schema")
+            } catch let error as SyncError {
+                #expect(error.code == .configuration && error.message.contains("holds the source store"), "\(error)")
+            }
+        }
+        let groupPlace = try StoreBackend.postgres.place("group")
+        _ = try await groupPlace.replica(group: "consumer_user_rpc")
+        await #expect(throws: SyncError.self) { _ = try await groupPlace.replica(group: "consumer_org_rpc") }
+    }
+
+    /// A schema that is not this build's (a column missing) fails every apply the same way: it
+    /// is reported as rejected, not as an outage to wait out.
+    @Test func aStatementTheServerRefusesIsRejectedNotUnavailable() async throws {
+        let place = try StoreBackend.postgres.place("broken")
+        let store = try await place.replica()
+        try await PostgresAdmin.execute(try PostgresURL(place.location), "ALTER TABLE sync_statistics DROP COLUMN stale")
+        _ = try await store.apply(try ChangeCodec.validate(Fixtures.userChange(version: 2), expected: nil).get())
+        do {
+            _ = try await store.apply(try ChangeCodec.validate(Fixtures.userChange(version: 1), expected: nil).get())
+            Issue.record("a stale apply counted into a missing column")
+        } catch let error as SyncError {
+            #expect(error.code == .storeRejected, "\(error)")
+            #expect(error.message.contains("42703"), "\(error)")
+        }
+        try await store.checkReachable()
+    }
 }

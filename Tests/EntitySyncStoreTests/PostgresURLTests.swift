@@ -10,6 +10,10 @@ import Testing
         #expect(url.tls == .require && url.schema == "users_a")
         let plain = try PostgresURL("postgresql://sync@localhost/entities")
         #expect(plain.port == 5432 && plain.password == nil && plain.tls == .prefer && plain.schema == nil)
+        // Decoded once: `%25` is a literal percent sign, whatever follows it.
+        #expect(try PostgresURL("postgres://sync:100%25@db/entities").password == "100%")
+        #expect(try PostgresURL("postgres://sync:ab%2541@db/entities").password == "ab%41")
+        #expect(try PostgresURL("postgres://sync%2Bci:p@db/my%2Ddb").user == "sync+ci")
         let socket = try PostgresURL("postgres://sync@/entities?host=/run/postgresql")
         #expect(socket.socketDirectory == "/run/postgresql" && socket.host == nil)
     }

@@ -40,26 +40,8 @@ extension ConnectionStateMachine {
     mutating func connectFailed(_ error: AMQPError, now: ContinuousClock.Instant) -> [Action] {
         guard self.phase == .connecting else { return [] }
         self.lastError = error
-        if let initial = self.initialReply {
-            // The first connection tries every address once, at once: a service starting while
-            // one node of a cluster is down connects to another.
-            let endpoint = "\(self.address.host):\(self.address.port)"
-            self.initialFailures.append("\(endpoint): \(error.message)")
-            if self.initialFailures.count < self.settings.addresses.count {
-                self.addressIndex = (self.addressIndex + 1) % self.settings.addresses.count
-                self.phase = .disconnected(retryAt: now)
-                return [.log(.warning, "amqp connect failed; trying the next broker", [
-                    "error": "\(error.message)", "amqp.address": "\(endpoint)",
-                    "amqp.next_address": "\(self.address.host):\(self.address.port)",
-                ])]
-            }
-            self.initialReply = nil
-            self.phase = .finished
-            let failure = self.initialFailures.count > 1
-                ? AMQPError(error.code, "no broker in the list accepted a connection: "
-                            + self.initialFailures.joined(separator: "; "), replyCode: error.replyCode)
-                : error
-            return [.answer(.void(initial, .failure(failure))), .shutDown]
+        if self.initialReply != nil {
+            return self.initialAttemptFailed(error, now: now)
         }
         let attempt = self.reconnectAttempt
         let delay = self.scheduleReconnect(now: now)
@@ -67,6 +49,31 @@ extension ConnectionStateMachine {
             "error": "\(error.message)", "amqp.retry_in": "\(delay)", "amqp.attempt": "\(attempt + 1)",
             "amqp.next_address": "\(self.address.host):\(self.address.port)",
         ])]
+    }
+
+    /// The first connection failed at the current address, refused or broken before it was set
+    /// up. Every address is tried once, at once, so a service starting while one node of a
+    /// cluster is down connects to another; only when all failed does `connect` fail, naming
+    /// each address and its reason.
+    private mutating func initialAttemptFailed(_ error: AMQPError, now: ContinuousClock.Instant) -> [Action] {
+        guard let initial = self.initialReply else { return [] }
+        let endpoint = "\(self.address.host):\(self.address.port)"
+        self.initialFailures.append("\(endpoint): \(error.message)")
+        if self.initialFailures.count < self.settings.addresses.count {
+            self.addressIndex = (self.addressIndex + 1) % self.settings.addresses.count
+            self.phase = .disconnected(retryAt: now)
+            return [.log(.warning, "amqp connect failed; trying the next broker", [
+                "error": "\(error.message)", "amqp.address": "\(endpoint)",
+                "amqp.next_address": "\(self.address.host):\(self.address.port)",
+            ])]
+        }
+        self.initialReply = nil
+        self.phase = .finished
+        let failure = self.initialFailures.count > 1
+            ? AMQPError(error.code, "no broker in the list accepted a connection: "
+                        + self.initialFailures.joined(separator: "; "), replyCode: error.replyCode)
+            : error
+        return [.answer(.void(initial, .failure(failure))), .shutDown]
     }
 
     /// Waits before the next attempt, which goes to the next address in the list.
@@ -106,12 +113,11 @@ extension ConnectionStateMachine {
                 actions += self.retire(state)
             }
         }
-        if let initial = self.initialReply {
-            // The first connection broke while being set up: `connect` fails, nothing else waits.
-            self.initialReply = nil
+        if self.initialReply != nil {
+            // The first connection broke while being set up: nothing else waits; the next
+            // address is tried, or `connect` fails once every one has been.
             self.job = nil
-            self.phase = .finished
-            return actions + [.answer(.void(initial, .failure(jobError ?? error))), .shutDown]
+            return actions + self.initialAttemptFailed(jobError ?? error, now: now)
         }
         _ = self.scheduleReconnect(now: now)
         if let job = self.job {
