@@ -49,7 +49,10 @@ public final class ConsumerService: Service {
             throw SyncError(.configuration, "consumer group '\(self.group)' receives no entity type in the topology")
         }
         let location = try StoreLocation(self.configuration.database)
-        let store = try await location.openReplica(group: self.group, logger: self.logger)
+        let (group, logger) = (self.group, self.logger)
+        let store = try await ServiceRuntime.openStore(location, logger: logger) {
+            try await location.openReplica(group: group, logger: logger)
+        }
         let connection = try await ServiceRuntime.connect(self.configuration, role: self.kind.rawValue, logger: self.logger)
         var runnerConfiguration = ConsumerRunner.Configuration()
         runnerConfiguration.prefetch = self.configuration.prefetch

@@ -32,7 +32,10 @@ public final class ProducerService: Service {
     private func runUntilShutdown() async throws {
         try self.configuration.topology.validate()
         let location = try StoreLocation(self.configuration.database)
-        let store = try await location.openSource(producer: self.configuration.instanceName, logger: self.logger)
+        let (name, logger) = (self.configuration.instanceName, self.logger)
+        let store = try await ServiceRuntime.openStore(location, logger: logger) {
+            try await location.openSource(producer: name, logger: logger)
+        }
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
         let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
             EntityAdminService(store: store),

@@ -33,6 +33,29 @@ enum ServiceRuntime {
         }
     }
 
+    /// Opens the service's store, waiting for it as for the broker: a database that is down or
+    /// still starting is retried with backoff (SIGTERM stops the wait); a configuration error
+    /// (a wrong password, a schema of another store) ends the start at once.
+    static func openStore<Store: Sendable>(_ location: StoreLocation, logger: Logger,
+                                           _ open: @escaping @Sendable () async throws -> Store) async throws -> Store {
+        try await cancelWhenGracefulShutdown {
+            let backoff = Backoff()
+            var attempt = 0
+            while true {
+                do {
+                    return try await open()
+                } catch let error as SyncError where error.code == .storeUnavailable {
+                    let delay = backoff.delay(attempt: attempt)
+                    attempt += 1
+                    logger.warning("store not reachable yet; retrying", metadata: [
+                        "store": "\(location)", "error": "\(error.message)", "retry_in": "\(delay)", "attempt": "\(attempt)",
+                    ])
+                    try await Task.sleep(for: delay)
+                }
+            }
+        }
+    }
+
     /// True when `error` is how a service's startup ends because it was asked to stop.
     static func isShutdownBeforeReady(_ error: any Error) -> Bool {
         error is CancellationError && Task.isShuttingDownGracefully

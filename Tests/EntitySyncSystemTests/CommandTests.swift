@@ -1,4 +1,5 @@
 import EntitySyncGRPC
+import EntitySyncPostgres
 import EntitySyncProto
 import EntitySyncTestSupport
 import Foundation
@@ -113,5 +114,54 @@ struct CommandTests {
         let text = try String(contentsOfFile: log, encoding: .utf8)
         #expect(service.exitedCleanly, "\(service.termination): \(text)")
         #expect(text.contains("stopped before it was ready"), "\(text)")
+    }
+
+    /// The binary on PostgreSQL: `--db` takes the URL, a group's instance bootstraps and applies
+    /// into its own schema, `check` compares the stores there, and the password shows nowhere.
+    @Test(.enabled(if: StoreBackend.postgresURL != nil, "needs the test PostgreSQL (scripts/test starts one)"))
+    func servicesAndCheckOnPostgres() async throws {
+        let host = try TestVirtualHost("pgcommand")
+        defer { host.tearDown() }
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        let base = try #require(StoreBackend.postgresURL)
+        let password = try #require(try PostgresURL(base).password)
+        let producerDB = base + "&schema=\(host.name)_producer"
+        let groupDB = base + "&schema=\(host.name)_user_rpc"
+        let (producerPort, userPort) = (try freePort(), try freePort())
+        let environment = ProcessInfo.processInfo.environment.merging(["ENTITY_SYNC_AMQP_URL": host.url]) { $1 }
+        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(producerPort)", "--db", producerDB],
+                                        environment: environment, log: host.directory + "/producer.log")
+        defer { producer.signal(SIGKILL) }
+        let consumer = try ChildProcess(entitySyncBinary, ["user-rpc", "--listen", "127.0.0.1:\(userPort)", "--db", groupDB,
+                                                           "--producer", "127.0.0.1:\(producerPort)"],
+                                        environment: environment, log: host.directory + "/user-rpc.log")
+        defer { consumer.signal(SIGKILL) }
+        try await eventually("both SERVING", timeout: .seconds(60)) {
+            let producerServing = await healthStatus(port: producerPort) == .serving
+            let consumerServing = await healthStatus(port: userPort) == .serving
+            return producerServing && consumerServing
+        }
+        let (created, createdOutput) = try run(["ctl", "user", "create", "--id", "ada", "--name", "Ada", "--email", "ada@example.com",
+                                                "--producer", "127.0.0.1:\(producerPort)"])
+        #expect(created == 0, "\(createdOutput)")
+        let (checked, report) = try run(["check", "--producer-db", producerDB, "--group", "user-rpc=\(groupDB)", "--wait", "20"])
+        #expect(checked == 0 && report.contains("converged") && !report.contains("NOT"), "\(report)")
+        #expect(report.contains("consumer_user_rpc") && report.contains("1 entities"), "\(report)")
+
+        // A wrong password stops the start with the reason, and shows neither password.
+        var wrong = try PostgresURL(groupDB)
+        wrong.password = "wrong-\(password.prefix(3))x"
+        let wrongURL = groupDB.replacingOccurrences(of: ":\(password)@", with: ":\(wrong.password ?? "")@")
+        let (refused, refusal) = try run(["user-rpc", "--listen", "127.0.0.1:\(try freePort())", "--db", wrongURL],
+                                         environment: ["ENTITY_SYNC_AMQP_URL": host.url])
+        #expect(refused != 0 && refusal.contains("refused the login"), "\(refusal)")
+        producer.signal(SIGTERM)
+        consumer.signal(SIGTERM)
+        try await producer.waitForExit("producer exited", timeout: .seconds(20))
+        try await consumer.waitForExit("user-rpc exited", timeout: .seconds(20))
+        for text in [refusal, report] + ["producer", "user-rpc"].map({ (try? String(contentsOfFile: host.directory + "/\($0).log",
+                                                                                     encoding: .utf8)) ?? "" }) {
+            #expect(!text.contains(password) && !text.contains(wrong.password ?? "?"), "a password was shown: \(text)")
+        }
     }
 }
