@@ -63,31 +63,63 @@ public final class PostgresReplicaStore: ReplicaStore {
     public func close() { self.database.close() }
 
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
-        try await self.database.transaction("apply a change") { sql in
-            let wrote: Bool
-            if change.isDelete {
-                wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: change.kind, id: change.entityID,
-                                                                  version: change.version, deleted: true, state: [])
-                if wrote && change.kind == .group {
-                    try await PostgresEntityTable.replaceMembers(sql, groupID: change.entityID, memberIDs: [])
-                }
-            } else {
-                switch change.change.state {
-                case .user(var user)?:
-                    user.version = change.version
-                    wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .user, id: user.id, version: change.version,
-                                                                      deleted: false, state: try user.serializedBytes())
-                case .group(var group)?:
-                    group.version = change.version
-                    wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: group.id, version: change.version,
-                                                                      deleted: false, state: try group.serializedBytes())
-                    if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: group.id, memberIDs: group.memberIds) }
-                case nil:
-                    // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
-                    throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
-                }
+        // A group's new members must replace the old ones after its row is written: a
+        // transaction of several statements. Everything else is one statement, one round trip.
+        if case .group(var group)? = change.change.state, !change.isDelete {
+            group.version = change.version
+            return try await self.applyGroup(group)
+        }
+        var state: [UInt8] = []
+        if !change.isDelete {
+            guard case .user(var user)? = change.change.state else {
+                // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
+                throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
             }
-            try await Self.count(sql, change.kind, column: wrote ? "applied" : "stale", touch: wrote)
+            user.version = change.version
+            state = try user.serializedBytes()
+        }
+        guard let version = Int64(exactly: change.version) else {
+            throw SyncError(.invalidArgument, "version \(change.version) of \(change.kind.rawValue) '\(change.entityID)' is "
+                            + "above \(Int64.max), the largest the store can hold")
+        }
+        let (kind, id, deleted, bytes) = (change.kind.rawValue, change.entityID, change.isDelete, ByteBuffer(bytes: state))
+        let clearsMembers = change.kind == .group
+        let now = Date().timeIntervalSince1970
+        return try await self.database.read("apply a change") { sql in
+            // Data-modifying CTEs all run, in one statement, so atomically: the write under the
+            // version rule, a deleted group's members cleared, and the counters.
+            let rows = try await sql.rows("""
+                WITH written AS (
+                    INSERT INTO entities (kind, id, version, deleted, state, updated_at)
+                    VALUES (\(kind), \(id), \(version), \(deleted), \(bytes), \(now))
+                    ON CONFLICT (kind, id) DO UPDATE SET version = EXCLUDED.version, deleted = EXCLUDED.deleted,
+                        state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
+                    WHERE entities.version < EXCLUDED.version
+                    RETURNING 1
+                ), cleared AS (
+                    DELETE FROM group_members WHERE \(clearsMembers) AND group_id = \(id) AND EXISTS (SELECT 1 FROM written)
+                ), counted AS (
+                    INSERT INTO sync_statistics AS s (kind, applied, stale, last_applied_at)
+                    SELECT \(kind), count(*), 1 - count(*), CASE WHEN count(*) > 0 THEN \(now)::float8 END FROM written
+                    ON CONFLICT (kind) DO UPDATE SET applied = s.applied + EXCLUDED.applied, stale = s.stale + EXCLUDED.stale,
+                        last_applied_at = COALESCE(EXCLUDED.last_applied_at, s.last_applied_at)
+                )
+                SELECT count(*) FROM written
+                """)
+            let wrote = try rows.first.map { try $0.decode(Int.self) } ?? 0
+            return wrote > 0 ? .apply : .stale
+        }
+    }
+
+    /// A group's upsert: its row under the version rule, then (if written) its members, then the
+    /// counters, in one transaction.
+    private func applyGroup(_ group: Group) async throws -> VersionRule.Decision {
+        let state = try group.serializedBytes() as [UInt8]
+        return try await self.database.transaction("apply a change") { sql in
+            let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: group.id, version: group.version,
+                                                                  deleted: false, state: state)
+            if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: group.id, memberIDs: group.memberIds) }
+            try await Self.count(sql, .group, column: wrote ? "applied" : "stale", touch: wrote)
             return wrote ? .apply : .stale
         }
     }

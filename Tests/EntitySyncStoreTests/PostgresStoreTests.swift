@@ -97,10 +97,9 @@ struct PostgresStoreTests {
         let place = try StoreBackend.postgres.place("broken")
         let store = try await place.replica()
         try await PostgresAdmin.execute(try PostgresURL(place.location), "ALTER TABLE sync_statistics DROP COLUMN stale")
-        _ = try await store.apply(try ChangeCodec.validate(Fixtures.userChange(version: 2), expected: nil).get())
         do {
             _ = try await store.apply(try ChangeCodec.validate(Fixtures.userChange(version: 1), expected: nil).get())
-            Issue.record("a stale apply counted into a missing column")
+            Issue.record("an apply counted into a missing column")
         } catch let error as SyncError {
             #expect(error.code == .storeRejected, "\(error)")
             #expect(error.message.contains("42703"), "\(error)")

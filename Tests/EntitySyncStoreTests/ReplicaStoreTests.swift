@@ -32,6 +32,25 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
         #expect(statistics?.lastAppliedAt != nil)
     }
 
+    /// A group's members follow its newest version: replaced by an upsert, cleared by its
+    /// deletion, and not brought back by an older upsert arriving late.
+    @Test(arguments: StoreBackend.available) func groupMembersFollowTheNewestVersion(backend: StoreBackend) async throws {
+        let replica = try await backend.place("members").replica()
+        for user in ["u1", "u2", "u3"] { _ = try await replica.apply(validated(Fixtures.userChange(user, version: 1))) }
+        #expect(try await replica.apply(validated(Fixtures.groupChange("g1", version: 1, members: ["u1", "u2"]))) == .apply)
+        #expect(try await replica.apply(validated(Fixtures.groupChange("g1", version: 2, members: ["u2", "u3"]))) == .apply)
+        #expect(try await replica.members(ofGroup: "g1", after: nil, limit: 10).map(\.id) == ["u2", "u3"])
+        #expect(try await replica.groups(ofUser: "u1", after: nil, limit: 10).isEmpty)
+        #expect(try await replica.apply(validated(Fixtures.deletion(.group, "g1", version: 3))) == .apply)
+        #expect(try await replica.members(ofGroup: "g1", after: nil, limit: 10).isEmpty)
+        #expect(try await replica.groups(ofUser: "u2", after: nil, limit: 10).isEmpty)
+        #expect(try await replica.apply(validated(Fixtures.groupChange("g1", version: 2, members: ["u1"]))) == .stale)
+        #expect(try await replica.group(id: "g1") == nil)
+        #expect(try await replica.groups(ofUser: "u1", after: nil, limit: 10).isEmpty)
+        let statistics = try await replica.statistics()[.group]
+        #expect(statistics?.applied == 3 && statistics?.stale == 1)
+    }
+
     /// Instances of a group starting together on a new store race to create the schema; every
     /// one of them must open it.
     @Test(arguments: StoreBackend.available) func instancesOpeningAFreshFileTogetherAllSucceed(backend: StoreBackend) async throws {
