@@ -5,6 +5,7 @@ import NIOCore
 import NIOSSL
 import PostgresNIO
 import Synchronization
+import _ConnectionPoolModule
 
 /// A pool of connections to one PostgreSQL database, its tables in one schema, created and
 /// migrated at startup under an advisory lock. Every operation has a deadline and fails as
@@ -22,6 +23,8 @@ final class PostgresDatabase: Sendable {
         var running: Task<Void, Never>
         /// The last time a stuck pool was suspected and a fresh connection tried.
         var lastRecoveryCheck: ContinuousClock.Instant?
+        /// `close()` was called: no operation runs and no pool is started again.
+        var closed = false
     }
 
     let url: PostgresURL
@@ -50,7 +53,7 @@ final class PostgresDatabase: Sendable {
         self.logger = logger
         // One connection first, so that a wrong password or a refused connection fails at once
         // with its reason instead of as a timeout while the pool retries in the background.
-        if let failure = await Self.probe(url) {
+        if let failure = await Self.probe(url, schema: schema) {
             throw Self.translate(failure, what: "connect", url: url)
         }
         // The pool logs each failed connection attempt; the store reports outages itself.
@@ -73,7 +76,10 @@ final class PostgresDatabase: Sendable {
 
     /// Closes every connection; operations after this fail.
     func close() {
-        self.pool.withLock { $0.running.cancel() }
+        self.pool.withLock { pool in
+            pool.closed = true
+            pool.running.cancel()
+        }
     }
 
     private static func startPool(_ configuration: PostgresClient.Configuration, logger: Logger) -> Pool {
@@ -81,43 +87,49 @@ final class PostgresDatabase: Sendable {
         return Pool(client: client, running: Task { await client.run() })
     }
 
-    private var client: PostgresClient { self.pool.withLock { $0.client } }
+    /// The running pool's client; fails once the store was closed.
+    private func currentClient() throws -> PostgresClient {
+        try self.pool.withLock { pool in
+            guard !pool.closed else {
+                throw SyncError(.storeUnavailable, "the PostgreSQL store at \(self.url) was closed by this process")
+            }
+            return pool.client
+        }
+    }
 
-    /// After a failure the server did not report itself (a timeout, a refused or broken
-    /// connection): if a fresh connection now logs in, the pool may be stuck backing off after
-    /// an outage (postgres-nio waits up to a minute between attempts once its circuit breaker
-    /// opened), so it is replaced. Tried at most every 2 s.
-    private func recoverPoolIfStuck(after error: any Error) async {
-        guard Self.isConnectionTrouble(error) else { return }
+    /// After the pool could not produce a connection (its circuit breaker tripped, or the
+    /// deadline passed before any connection was lent): if a fresh connection now logs in, the
+    /// pool is stuck backing off after an outage (postgres-nio waits up to a minute between
+    /// attempts once its breaker opened), so it is replaced. Tried at most every 2 s; never
+    /// for a failure on a lent connection, so a healthy pool's work is not cut off.
+    private func recoverPoolIfStuck() async {
         let due = self.pool.withLock { pool -> Bool in
+            guard !pool.closed else { return false }
             if let last = pool.lastRecoveryCheck, last.duration(to: .now) < .seconds(2) { return false }
             pool.lastRecoveryCheck = .now
             return true
         }
-        guard due, await Self.probe(self.url) == nil else { return }
+        guard due, await Self.probe(self.url, schema: self.schema) == nil else { return }
         let replaced = Self.startPool(self.poolConfiguration, logger: self.poolLogger)
-        let old = self.pool.withLock { pool -> Task<Void, Never> in
+        let old = self.pool.withLock { pool -> Task<Void, Never>? in
+            // Closed meanwhile: the new pool goes, the closed one stays closed.
+            guard !pool.closed else { return replaced.running }
             defer { pool = Pool(client: replaced.client, running: replaced.running, lastRecoveryCheck: .now) }
             return pool.running
         }
-        old.cancel()
-        self.logger.notice("PostgreSQL answers again; its connection pool was renewed", metadata: ["error": "\(error)"])
+        old?.cancel()
+        self.logger.notice("PostgreSQL answers again; its connection pool was renewed")
     }
 
-    /// True for failures that say nothing about the statement: the server never answered it.
-    private static func isConnectionTrouble(_ error: any Error) -> Bool {
+    /// True when the pool itself gave up producing a connection.
+    private static func isPoolGivingUp(_ error: any Error) -> Bool {
         switch error {
-        case is CancellationError:
-            return false
-        case let error as SyncError:
-            return error.code == .storeUnavailable
+        case let error as ConnectionPoolError:
+            return error == .connectionCreationCircuitBreakerTripped
         case let error as PostgresTransactionError:
-            guard let inner = error.closureError ?? error.beginError ?? error.commitError else { return true }
-            return self.isConnectionTrouble(inner)
-        case let error as PSQLError:
-            return error.serverInfo == nil
+            return (error.beginError ?? error.closureError).map(self.isPoolGivingUp) ?? false
         default:
-            return true
+            return false
         }
     }
 
@@ -135,8 +147,14 @@ final class PostgresDatabase: Sendable {
         ("tcp_keepalives_count", "2"),
     ]
 
+    /// Unqualified names resolve in the store's schema, on every connection; then the session
+    /// settings.
+    static func startupParameters(schema: String) -> [(String, String)] {
+        [("search_path", schema), ("application_name", "entity-sync")] + self.sessionSettings
+    }
+
     /// Why one new connection to `url` fails, or nil if it logs in.
-    static func probe(_ url: PostgresURL) async -> (any Error)? {
+    static func probe(_ url: PostgresURL, schema: String) async -> (any Error)? {
         var configuration: PostgresConnection.Configuration
         do {
             if let directory = url.socketDirectory {
@@ -153,6 +171,9 @@ final class PostgresDatabase: Sendable {
                                       password: url.password, database: url.database, tls: mode)
             }
             configuration.options.connectTimeout = .seconds(5)
+            // What the pool's connections send, so that a server (or a pooler) refusing one of
+            // them fails here too.
+            configuration.options.additionalStartupParameters = Self.startupParameters(schema: schema)
             let connection = try await PostgresConnection.connect(
                 on: PostgresClient.defaultEventLoopGroup.any(), configuration: configuration, id: 0,
                 logger: Logger(label: "entitysync.postgres.probe", factory: { _ in SwiftLogNoOpLogHandler() })).get()
@@ -186,8 +207,7 @@ final class PostgresDatabase: Sendable {
                                   password: url.password, database: url.database, tls: mode)
         }
         // Unqualified names resolve in the store's schema, on every pooled connection.
-        configuration.options.additionalStartupParameters = [("search_path", schema), ("application_name", "entity-sync")]
-            + Self.sessionSettings
+        configuration.options.additionalStartupParameters = Self.startupParameters(schema: schema)
         configuration.options.maximumConnections = 8
         configuration.options.connectTimeout = .seconds(5)
         // Idle connections are checked often, so that a restarted server is noticed before use.
@@ -199,11 +219,16 @@ final class PostgresDatabase: Sendable {
 
     /// Runs `body` in one transaction (BEGIN … COMMIT, rolled back if it throws).
     func transaction<T: Sendable>(_ what: String, _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
-        let client = self.client
+        let client = try self.currentClient()
         let logger = self.logger
-        return try await self.withDeadline(what) {
+        return try await self.withDeadline(what) { lent in
             try await client.withTransaction(logger: logger) { connection in
-                try await body(SQL(connection: connection, logger: logger))
+                lent.mark()
+                let result = try await body(SQL(connection: connection, logger: logger))
+                // Given up on meanwhile (the deadline passed): roll back rather than commit a
+                // change its caller was told failed.
+                try Task.checkCancellation()
+                return result
             }
         }
     }
@@ -211,11 +236,12 @@ final class PostgresDatabase: Sendable {
     /// Runs `body` on one pooled connection, outside a transaction (each statement commits).
     func read<T: Sendable>(_ what: String, deadline: Duration? = nil,
                            _ body: @escaping @Sendable (SQL) async throws -> T) async throws -> T {
-        let client = self.client
+        let client = try self.currentClient()
         let logger = self.logger
-        return try await self.withDeadline(what, deadline: deadline) {
+        return try await self.withDeadline(what, deadline: deadline) { lent in
             try await client.withConnection { connection in
-                try await body(SQL(connection: connection, logger: logger))
+                lent.mark()
+                return try await body(SQL(connection: connection, logger: logger))
             }
         }
     }
@@ -223,17 +249,18 @@ final class PostgresDatabase: Sendable {
     /// `body`'s result, or `storeUnavailable` once the deadline passes. The work is not awaited
     /// past the deadline: a query stuck on a dead server must not hold its caller too.
     private func withDeadline<T: Sendable>(_ what: String, deadline: Duration? = nil,
-                                           _ body: @escaping @Sendable () async throws -> T) async throws -> T {
-        let url = self.url
+                                           _ body: @escaping @Sendable (LentFlag) async throws -> T) async throws -> T {
+        let (url, schema) = (self.url, self.schema)
         let deadline = deadline ?? self.deadline
         let outcome = RaceOutcome<T>()
+        let lent = LentFlag()
         let work = Task {
-            do { outcome.finish(.success(try await body())) } catch { outcome.finish(.failure(error)) }
+            do { outcome.finish(.success(try await body(lent))) } catch { outcome.finish(.failure(error)) }
         }
         let timer = Task {
             guard (try? await Task.sleep(for: deadline)) != nil else { return }
             // Say why, if a fresh connection can tell (refused, login, unknown database).
-            let cause = await Self.probe(url).map { ": a new connection fails with \(Self.reason($0))" } ?? ""
+            let cause = await Self.probe(url, schema: schema).map { ": a new connection fails with \(Self.reason($0))" } ?? ""
             outcome.finish(.failure(SyncError(.storeUnavailable, "PostgreSQL at \(url) did not \(what) within \(deadline)\(cause); "
                                               + "check that the server is up and reachable")))
         }
@@ -252,7 +279,9 @@ final class PostgresDatabase: Sendable {
             // is rolled back rather than committed after its caller was told it failed (the
             // session settings bound how long a statement or lock wait can run on).
             work.cancel()
-            await self.recoverPoolIfStuck(after: error)
+            if Self.isPoolGivingUp(error) || !lent.isMarked {
+                await self.recoverPoolIfStuck()
+            }
             throw Self.translate(error, what: what, url: url)
         }
     }
@@ -297,6 +326,10 @@ final class PostgresDatabase: Sendable {
                                      + "retrying will not help: check that the schema is this build's")
                 }
                 return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what): \(message) (SQLSTATE \(state))")
+            }
+            if [.sslUnsupported, .authMechanismRequiresPassword, .unsupportedAuthMechanism].contains(error.code) {
+                return SyncError(.configuration, "PostgreSQL at \(url) cannot be used as configured (\(error.code)): "
+                                 + "check sslmode (the server may not offer TLS) and the password in the URL")
             }
             let cause = error.underlying.map { ": \($0)" } ?? ""
             return SyncError(.storeUnavailable, "PostgreSQL at \(url) could not \(what) (\(error.code)\(cause)); "
@@ -351,12 +384,14 @@ final class PostgresDatabase: Sendable {
                         try await sql.execute("INSERT INTO schema_migrations (version) VALUES (\(migration.version))")
                         try await sql.execute("COMMIT")
                     } catch {
-                        try? await sql.execute("ROLLBACK")
+                        await sql.cleanUp("ROLLBACK")
                         throw error
                     }
                 }
             } catch {
-                try? await sql.execute("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
+                await sql.cleanUp("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
+                await sql.cleanUp("RESET lock_timeout")
+                await sql.cleanUp("RESET statement_timeout")
                 throw error
             }
             try await sql.execute("SELECT pg_advisory_unlock(hashtext(\(lockKey)))")
@@ -371,18 +406,36 @@ struct SQL: Sendable {
     let connection: PostgresConnection
     let logger: Logger
 
+    // postgres-nio does not stop a query for a cancelled task: each statement checks first, so
+    // work given up at its deadline sends nothing more (and a transaction rolls back).
     func execute(_ query: PostgresQuery) async throws {
+        try Task.checkCancellation()
         _ = try await self.connection.query(query, logger: self.logger).collect()
     }
 
     func rows(_ query: PostgresQuery) async throws -> [PostgresRow] {
-        try await self.connection.query(query, logger: self.logger).collect()
+        try Task.checkCancellation()
+        return try await self.connection.query(query, logger: self.logger).collect()
+    }
+
+    /// For clean-up (ROLLBACK, unlocking) that must reach the server even when the work that
+    /// needs it was given up on.
+    func cleanUp(_ query: PostgresQuery) async {
+        _ = try? await self.connection.query(query, logger: self.logger).collect()
     }
 
     /// Serializes the transaction it runs in against every other holder of `key` on this server.
     func lock(_ key: String) async throws {
         try await self.execute("SELECT pg_advisory_xact_lock(hashtext(\(key)))")
     }
+}
+
+/// Set once the pool lent the operation a connection: a deadline passed before that means the
+/// pool, not the statement, is what failed.
+final class LentFlag: Sendable {
+    private let lent = Mutex(false)
+    func mark() { self.lent.withLock { $0 = true } }
+    var isMarked: Bool { self.lent.withLock { $0 } }
 }
 
 /// The first of several results; later ones are dropped.

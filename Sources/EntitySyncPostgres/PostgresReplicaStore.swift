@@ -63,11 +63,11 @@ public final class PostgresReplicaStore: ReplicaStore {
     public func close() { self.database.close() }
 
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
-        // A group's new members must replace the old ones after its row is written: a
-        // transaction of several statements. Everything else is one statement, one round trip.
-        if case .group(var group)? = change.change.state, !change.isDelete {
-            group.version = change.version
-            return try await self.applyGroup(group)
+        // A group's members must change after its row is written, in a statement of their own
+        // (one statement's parts share one snapshot, and would miss members another instance
+        // committed meanwhile): a transaction. A user's change is one statement, one round trip.
+        if change.kind == .group {
+            return try await self.applyGroup(change)
         }
         var state: [UInt8] = []
         if !change.isDelete {
@@ -83,11 +83,10 @@ public final class PostgresReplicaStore: ReplicaStore {
                             + "above \(Int64.max), the largest the store can hold")
         }
         let (kind, id, deleted, bytes) = (change.kind.rawValue, change.entityID, change.isDelete, ByteBuffer(bytes: state))
-        let clearsMembers = change.kind == .group
         let now = Date().timeIntervalSince1970
         return try await self.database.read("apply a change") { sql in
             // Data-modifying CTEs all run, in one statement, so atomically: the write under the
-            // version rule, a deleted group's members cleared, and the counters.
+            // version rule and the counters.
             let rows = try await sql.rows("""
                 WITH written AS (
                     INSERT INTO entities (kind, id, version, deleted, state, updated_at)
@@ -96,8 +95,6 @@ public final class PostgresReplicaStore: ReplicaStore {
                         state = EXCLUDED.state, updated_at = EXCLUDED.updated_at
                     WHERE entities.version < EXCLUDED.version
                     RETURNING 1
-                ), cleared AS (
-                    DELETE FROM group_members WHERE \(clearsMembers) AND group_id = \(id) AND EXISTS (SELECT 1 FROM written)
                 ), counted AS (
                     INSERT INTO sync_statistics AS s (kind, applied, stale, last_applied_at)
                     SELECT \(kind), count(*), 1 - count(*), CASE WHEN count(*) > 0 THEN \(now)::float8 END FROM written
@@ -111,14 +108,24 @@ public final class PostgresReplicaStore: ReplicaStore {
         }
     }
 
-    /// A group's upsert: its row under the version rule, then (if written) its members, then the
-    /// counters, in one transaction.
-    private func applyGroup(_ group: Group) async throws -> VersionRule.Decision {
-        let state = try group.serializedBytes() as [UInt8]
+    /// A group's upsert or deletion: its row under the version rule, then (if written) its
+    /// members replaced or cleared, then the counters, in one transaction.
+    private func applyGroup(_ change: ValidatedChange) async throws -> VersionRule.Decision {
+        var state: [UInt8] = []
+        var members: [String] = []
+        if !change.isDelete {
+            guard case .group(var group)? = change.change.state else {
+                throw SyncError(.invalidArgument, "upsert of group '\(change.entityID)' without state")
+            }
+            group.version = change.version
+            state = try group.serializedBytes()
+            members = group.memberIds
+        }
+        let (id, version, deleted, memberIDs, bytes) = (change.entityID, change.version, change.isDelete, members, state)
         return try await self.database.transaction("apply a change") { sql in
-            let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: group.id, version: group.version,
-                                                                  deleted: false, state: state)
-            if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: group.id, memberIDs: group.memberIds) }
+            let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: id, version: version,
+                                                                  deleted: deleted, state: bytes)
+            if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: id, memberIDs: memberIDs) }
             try await Self.count(sql, .group, column: wrote ? "applied" : "stale", touch: wrote)
             return wrote ? .apply : .stale
         }

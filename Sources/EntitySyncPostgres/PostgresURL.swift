@@ -34,6 +34,12 @@ public struct PostgresURL: Sendable, Equatable, CustomStringConvertible {
         }
         // The percent-encoded parts, decoded once: `URLComponents.user` and friends decode
         // already, and decoding again would turn a password's `%2541` into `A`.
+        for (part, encoded) in [("user", components.percentEncodedUser), ("password", components.percentEncodedPassword)] {
+            if let encoded, encoded.removingPercentEncoding == nil {
+                throw SyncError(.configuration, "the \(part) in the PostgreSQL URL '\(Self.redact(string))' has a % "
+                                + "escape that is not UTF-8; write a literal % as %25")
+            }
+        }
         guard let user = components.percentEncodedUser?.removingPercentEncoding, !user.isEmpty else {
             throw SyncError(.configuration, "the PostgreSQL URL '\(Self.redact(string))' names no user; write it as "
                             + "postgres://USER:PASSWORD@HOST:PORT/DATABASE")

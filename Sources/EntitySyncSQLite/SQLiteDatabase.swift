@@ -22,7 +22,9 @@ struct SQLiteDatabase: Sendable {
             migrations(&migrator)
             self.pool = try Self.open(path: path, configuration: configuration, migrator: migrator)
         } catch {
-            throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)': \(error). Check that the "
+            // A file that cannot be opened or migrated now will not open by waiting (a busy one
+            // was retried above): a configuration error, which ends a service's start.
+            throw SyncError(.configuration, "could not open the SQLite store at '\(path)': \(error). Check that the "
                             + "directory exists and is writable, and that the file is an EntitySync store.")
         }
         self.path = path

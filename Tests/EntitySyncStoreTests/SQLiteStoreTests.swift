@@ -9,7 +9,7 @@ import Testing
             _ = try SQLiteSourceStore(path: "/proc/entitysync/nope.sqlite", producer: "p")
             Issue.record("opened a store under /proc")
         } catch let error as SyncError {
-            #expect(error.code == .storeUnavailable)
+            #expect(error.code == .configuration)
             #expect(error.message.contains("/proc/entitysync/nope.sqlite"))
         } catch {
             Issue.record("unexpected error \(error)")
