@@ -98,7 +98,9 @@ public final class ConsumerService: Service {
                 let consuming = Task { try await runner.run() }
                 shutdown.add { consuming.cancel() }
                 self.health.set(serving: true)
-                let port = try await self.address.port()
+                // A SIGTERM that came during startup has closed the listener already: nothing
+                // to announce then, and no reason to fail the clean stop that follows.
+                let port = (try? await self.address.port()).map(String.init) ?? "closed"
                 self.logger.info("consumer service ready", metadata: [
                     "grpc.port": "\(port)", "store": "\(location)",
                 ])

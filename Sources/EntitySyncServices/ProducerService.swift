@@ -61,7 +61,9 @@ public final class ProducerService: Service {
                 let relay = Task { await producer.relay.run() }
                 shutdown.add { relay.cancel() }
                 self.health.set(serving: true)
-                let port = try await self.address.port()
+                // A SIGTERM that came during startup has closed the listener already: nothing
+                // to announce then, and no reason to fail the clean stop that follows.
+                let port = (try? await self.address.port()).map(String.init) ?? "closed"
                 self.logger.info("producer ready", metadata: [
                     "grpc.port": "\(port)", "store": "\(location)",
                 ])
