@@ -9,8 +9,8 @@ import PostgresNIO
 /// Applying is one transaction whose write carries the version rule
 /// (`… ON CONFLICT … WHERE stored.version < excluded.version`), so competing instances,
 /// duplicates and reordering cannot make it regress. Counters and bootstrap state live here too.
-public final class PostgresReplicaStore: ReplicaStore {
-    private let database: PostgresDatabase
+public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
+    let database: PostgresDatabase
     private let bootstrapLock: String
 
     static let migrations = [
@@ -135,28 +135,8 @@ public final class PostgresReplicaStore: ReplicaStore {
         try await self.database.read("count a dead letter") { sql in try await Self.count(sql, kind, column: "dead_lettered") }
     }
 
-    public func user(id: String) async throws -> User? {
-        try await self.database.read("read a user") { sql in try await PostgresEntityTable.user(sql, id: id) }
-    }
-
-    public func group(id: String) async throws -> Group? {
-        try await self.database.read("read a group") { sql in try await PostgresEntityTable.group(sql, id: id) }
-    }
-
-    public func versions(of kind: EntityKind) async throws -> [String: EntityVersion] {
-        try await self.database.read("read versions") { sql in try await PostgresEntityTable.versions(sql, kind: kind) }
-    }
-
     public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
         try await self.database.read("read a version") { sql in try await PostgresEntityTable.version(sql, kind: kind, id: id) }
-    }
-
-    public func listUsers(after: String?, limit: Int) async throws -> [User] {
-        try await self.database.read("list users") { sql in try await PostgresEntityTable.users(sql, after: after, limit: limit) }
-    }
-
-    public func listGroups(after: String?, limit: Int) async throws -> [Group] {
-        try await self.database.read("list groups") { sql in try await PostgresEntityTable.groups(sql, after: after, limit: limit) }
     }
 
     public func users(ids: [String]) async throws -> [User] {

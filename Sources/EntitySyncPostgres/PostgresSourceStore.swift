@@ -10,8 +10,8 @@ import PostgresNIO
 /// the outbox in one transaction. Mutations take one transaction-scoped advisory lock, so they
 /// commit one at a time, as on SQLite: outbox sequences follow commit order and a check (a
 /// member exists, a version matches) holds until its write commits.
-public final class PostgresSourceStore: SourceStore {
-    private let database: PostgresDatabase
+public final class PostgresSourceStore: SourceStore, PostgresEntityReads {
+    let database: PostgresDatabase
     private let producer: String
     private let writeLock: String
     public let commits = WakeSignal()
@@ -179,26 +179,6 @@ public final class PostgresSourceStore: SourceStore {
     }
 
     // MARK: Reads
-
-    public func user(id: String) async throws -> User? {
-        try await self.database.read("read a user") { sql in try await PostgresEntityTable.user(sql, id: id) }
-    }
-
-    public func group(id: String) async throws -> Group? {
-        try await self.database.read("read a group") { sql in try await PostgresEntityTable.group(sql, id: id) }
-    }
-
-    public func versions(of kind: EntityKind) async throws -> [String: EntityVersion] {
-        try await self.database.read("read versions") { sql in try await PostgresEntityTable.versions(sql, kind: kind) }
-    }
-
-    public func listUsers(after: String?, limit: Int) async throws -> [User] {
-        try await self.database.read("list users") { sql in try await PostgresEntityTable.users(sql, after: after, limit: limit) }
-    }
-
-    public func listGroups(after: String?, limit: Int) async throws -> [Group] {
-        try await self.database.read("list groups") { sql in try await PostgresEntityTable.groups(sql, after: after, limit: limit) }
-    }
 
     public func snapshot(of kind: EntityKind, after: String?, limit: Int) async throws -> [EntityChange] {
         let producer = self.producer
