@@ -5,8 +5,10 @@ import Metrics
 
 /// Consumes one consumer group's queues and applies every change to the group's store.
 ///
-/// Per delivery: decode and validate; apply in one store transaction (newer versions only); ack
-/// after the commit. A poison message (undecodable, unknown type or content type, invalid
+/// Deliveries are taken in batches of what has arrived (up to the prefetch): each is decoded and
+/// validated, the valid ones are applied in one store transaction (newer versions only, in
+/// delivery order), and acked after the commit with one `ack(multiple:)`. If the batch fails,
+/// its changes are applied one by one, so that a failing change is retried alone. A poison message (undecodable, unknown type or content type, invalid
 /// fields) is copied to the queue's dead-letter queue with the reason in a header and acked at
 /// once. A transient failure (store busy, I/O error) is copied to the queue's retry queue with a
 /// per-message TTL that grows with each attempt, after which the broker routes it back; past
@@ -17,6 +19,7 @@ public final class ConsumerRunner: Sendable {
     public enum TopologySetup: Sendable { case declare, verify, alreadyPrepared }
 
     public struct Configuration: Sendable {
+        /// Unsettled deliveries per queue; also the most changes applied in one transaction.
         public var prefetch: UInt16 = 64
         /// Attempts for a transiently failing event before it is dead-lettered.
         public var maxAttempts = 5
@@ -54,6 +57,9 @@ public final class ConsumerRunner: Sendable {
     /// Set when `run()` is cancelled: a paused worker stops waiting for the store and leaves its
     /// delivery unsettled, for the broker to redeliver.
     private let stopping = MutexBox(false)
+    /// A delivery was left unsettled (stopping while the store is down): from then on acks name
+    /// single deliveries, since an `ack(multiple:)` would settle the one left for redelivery.
+    private let leftUnsettled = MutexBox(false)
     private let stopSignal = WakeSignal()
 
     /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
@@ -100,8 +106,12 @@ public final class ConsumerRunner: Sendable {
         self.logger.info("consumer started", metadata: ["consumer.queues": "\(queues.map(\.queue))"])
         // Workers are unstructured so cancelling run() does not cancel the handling (and the
         // store writes) of deliveries already received; it only stops new ones.
+        let batchLimit = Int(self.configuration.prefetch)
         let workers = consumers.map { kind, consumer in
-            Task { for await delivery in consumer.deliveries { await self.handle(delivery, kind: kind) } }
+            Task {
+                let batches = DeliveryBatcher(consumer.deliveries, maximum: batchLimit)
+                while let batch = await batches.next() { await self.handle(batch, kind: kind) }
+            }
         }
         await withTaskCancellationHandler {
             for worker in workers { await worker.value }
@@ -113,16 +123,94 @@ public final class ConsumerRunner: Sendable {
         self.logger.info("consumer stopped")
     }
 
+    /// Handles deliveries that arrived together: poison set aside one by one, the rest applied in
+    /// one transaction and acked together; one by one if that fails.
+    func handle(_ batch: [Delivery], kind: EntityKind) async {
+        guard batch.count > 1 else {
+            if let delivery = batch.first { await self.handle(delivery, kind: kind) }
+            return
+        }
+        if self.stopping.read({ $0 }) && self.storeDown.read({ $0 }) {
+            self.leftUnsettled.update { $0 = true }
+            return
+        }
+        var valid: [(delivery: Delivery, change: ValidatedChange)] = []
+        valid.reserveCapacity(batch.count)
+        for delivery in batch {
+            switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
+            case .failure(let poison):
+                // Forwarded and settled before the batch is acked, so the ack of the batch
+                // (multiple) never settles it before its dead-letter copy is confirmed.
+                defer { self.handledCount.update { $0 += 1 } }
+                self.logPoison(delivery, poison)
+                await self.deadLetter(delivery, kind: kind, reason: poison.description)
+            case .success(let change):
+                valid.append((delivery, change))
+            }
+        }
+        guard !valid.isEmpty else { return }
+        let decisions: [VersionRule.Decision]
+        do {
+            decisions = try await self.store.apply(batch: valid.map(\.change))
+        } catch {
+            // One change the store refuses, or the store itself: one by one, a failing change
+            // is retried alone and an outage pauses the consumer, as for a single delivery.
+            self.logger.debug("batch apply failed; applying its changes one by one",
+                              metadata: ["batch": "\(valid.count)", "error": "\(error)"])
+            for (delivery, _) in valid { await self.handle(delivery, kind: kind) }
+            return
+        }
+        for (entry, decision) in zip(valid, decisions) { self.record(entry.change, decision) }
+        self.handledCount.update { $0 += valid.count }
+        await self.acknowledge(valid.map(\.delivery))
+    }
+
+    /// Acks deliveries whose changes are committed: the newest of each channel with `multiple`,
+    /// which settles the rest (every earlier delivery of the consumer is settled by then).
+    private func acknowledge(_ deliveries: [Delivery]) async {
+        guard deliveries.count > 1, !self.leftUnsettled.read({ $0 }) else {
+            for delivery in deliveries { await self.settle(delivery) { try await delivery.ack() } }
+            return
+        }
+        var newest: [ChannelRef: Delivery] = [:]
+        for delivery in deliveries where newest[delivery.channelRef].map({ $0.deliveryTag < delivery.deliveryTag }) ?? true {
+            newest[delivery.channelRef] = delivery
+        }
+        for delivery in newest.values { await self.settle(delivery) { try await delivery.ack(multiple: true) } }
+    }
+
+    private func logPoison(_ delivery: Delivery, _ poison: PoisonReason) {
+        self.logger.error("poison message dead-lettered", metadata: [
+            "amqp.queue": "\(delivery.queue)", "amqp.message_id": "\(delivery.properties.messageID ?? "")",
+            "reason": "\(poison)",
+        ])
+    }
+
+    /// Counts, logs and announces one handled change.
+    private func record(_ change: ValidatedChange, _ decision: VersionRule.Decision) {
+        if decision == .apply { self.applied.signal() }
+        Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
+                dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
+        self.logger.debug("change handled", metadata: [
+            "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
+            "entity.version": "\(change.version)", "decision": "\(decision)",
+        ])
+    }
+
     func handle(_ delivery: Delivery, kind: EntityKind) async {
         // Stopping with the store down: the deliveries still buffered would each wait out a
         // store deadline before giving up. Leave them unsettled for the broker to redeliver.
-        if self.stopping.read({ $0 }) && self.storeDown.read({ $0 }) { return }
+        if self.stopping.read({ $0 }) && self.storeDown.read({ $0 }) {
+            self.leftUnsettled.update { $0 = true }
+            return
+        }
         defer { self.handledCount.update { $0 += 1 } }
         var outcome = await self.apply(delivery, kind: kind)
         // A store that cannot be reached is an outage, not this message's fault: hold the
         // delivery (unacked, so the queue keeps it) and apply it again once the store answers.
         while case .failed(let error) = outcome, await self.storeIsDown(after: error) {
             guard await self.waitForStore(after: error) else {
+                self.leftUnsettled.update { $0 = true }
                 self.logger.info("stopping while the store is unreachable; the delivery will be redelivered",
                                  metadata: ["amqp.queue": "\(delivery.queue)"])
                 return
@@ -131,10 +219,7 @@ public final class ConsumerRunner: Sendable {
         }
         switch outcome {
         case .poison(let poison):
-            self.logger.error("poison message dead-lettered", metadata: [
-                "amqp.queue": "\(delivery.queue)", "amqp.message_id": "\(delivery.properties.messageID ?? "")",
-                "reason": "\(poison)",
-            ])
+            self.logPoison(delivery, poison)
             await self.deadLetter(delivery, kind: kind, reason: poison.description)
         case .failed(let error):
             await self.retry(delivery, kind: kind, error: error)
@@ -155,15 +240,7 @@ public final class ConsumerRunner: Sendable {
     /// and re-driven events alike. Settling the delivery is the caller's business.
     func apply(_ delivery: Delivery, kind: EntityKind) async -> ApplyOutcome {
         await Self.apply(body: delivery.body, contentType: delivery.properties.contentType, kind: kind,
-                         store: self.store) { change, decision in
-            if decision == .apply { self.applied.signal() }
-            Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
-                    dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
-            self.logger.debug("change handled", metadata: [
-                "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
-                "entity.version": "\(change.version)", "decision": "\(decision)",
-            ])
-        }
+                         store: self.store) { change, decision in self.record(change, decision) }
     }
 
     /// Decodes, validates and applies one message body from a `kind` queue to `store`, without a

@@ -5,6 +5,10 @@ import Foundation
 public protocol ReplicaStore: Sendable {
     /// Applies the change in one transaction if it is newer than what is held (`VersionRule`).
     func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision
+    /// Applies `changes` in order, each under the version rule, and returns each one's decision.
+    /// A store that can does it in one transaction (one commit for all). If it throws, any of
+    /// them may or may not be applied: applying them again is harmless.
+    func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision]
     func recordDeadLetter(_ kind: EntityKind) async throws
     func user(id: String) async throws -> User?
     func group(id: String) async throws -> Group?
@@ -34,6 +38,13 @@ public protocol ReplicaStore: Sendable {
 }
 
 extension ReplicaStore {
+    /// One change at a time: for stores without a transaction that spans several.
+    public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
+        var decisions: [VersionRule.Decision] = []
+        for change in changes { decisions.append(try await self.apply(change)) }
+        return decisions
+    }
+
     /// Throws if the store cannot be read at all (a server down, a file gone): how a consumer
     /// tells an outage from a failure of one change.
     public func checkReachable() async throws {

@@ -138,7 +138,10 @@ final class PostgresDatabase: Sendable {
     /// locks released; a lock wait gives up before the caller's deadline instead of committing
     /// after the caller was told it failed; and the server notices a dead client host within
     /// about 20 s instead of TCP's two hours.
+    /// `synchronous_commit` is set on because a server configured with it off would lose the last
+    /// commits on a crash, after they were acked to the broker or replied to a caller.
     static let sessionSettings = [
+        ("synchronous_commit", "on"),
         ("idle_in_transaction_session_timeout", "15000"),
         ("lock_timeout", "8000"),
         ("statement_timeout", "9000"),

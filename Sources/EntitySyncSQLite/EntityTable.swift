@@ -31,9 +31,19 @@ enum EntityTable {
         var state: [UInt8]
     }
 
+    /// The stored version alone (no state to copy): what the version rule needs.
+    static func storedVersion(_ db: Database, kind: EntityKind, id: String) throws -> UInt64? {
+        let statement = try db.cachedStatement(sql: "SELECT version FROM entities WHERE kind = ? AND id = ?")
+        guard let version = try Int64.fetchOne(statement, arguments: [kind.rawValue, id]) else { return nil }
+        guard let stored = UInt64(exactly: version) else {
+            throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+        }
+        return stored
+    }
+
     static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
-        guard let row = try Row.fetchOne(db, sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?",
-                                         arguments: [kind.rawValue, id]) else { return nil }
+        let statement = try db.cachedStatement(sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?")
+        guard let row = try Row.fetchOne(statement, arguments: [kind.rawValue, id]) else { return nil }
         let version: Int64 = row["version"]
         let deleted: Bool = row["deleted"]
         let state: Data = row["state"]
@@ -50,19 +60,17 @@ enum EntityTable {
             throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
                             + "the largest the store can hold")
         }
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
                 state = excluded.state, updated_at = excluded.updated_at
-            """, arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
+            """).execute(arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
     }
 
     static func replaceMembers(_ db: Database, groupID: String, memberIDs: [String]) throws {
-        try db.execute(sql: "DELETE FROM group_members WHERE group_id = ?", arguments: [groupID])
-        for member in memberIDs {
-            try db.execute(sql: "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)",
-                           arguments: [groupID, member])
-        }
+        try db.cachedStatement(sql: "DELETE FROM group_members WHERE group_id = ?").execute(arguments: [groupID])
+        let insert = try db.cachedStatement(sql: "INSERT OR IGNORE INTO group_members (group_id, user_id) VALUES (?, ?)")
+        for member in memberIDs { try insert.execute(arguments: [groupID, member]) }
     }
 
     static func groupIDs(_ db: Database, containing userID: String) throws -> [String] {

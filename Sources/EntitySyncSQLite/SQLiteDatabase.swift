@@ -13,7 +13,10 @@ struct SQLiteDatabase: Sendable {
         // Several instances write the same file: wait for the lock rather than fail at once.
         configuration.busyMode = .timeout(10)
         configuration.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            // FULL in WAL mode fsyncs the log at every commit: a change acked to the broker,
+            // published or replied to a caller survives a power loss. NORMAL could lose the last
+            // commits. Batched applies and group commit make one fsync cover many changes.
+            try db.execute(sql: "PRAGMA synchronous = FULL")
         }
         do {
             let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
@@ -38,6 +41,9 @@ struct SQLiteDatabase: Sendable {
         while true {
             do {
                 let pool = try DatabasePool(path: path, configuration: configuration)
+                // GRDB turns the writer to NORMAL when it switches the file to WAL, after
+                // `prepareDatabase`: set FULL again on the one connection that commits.
+                try pool.writeWithoutTransaction { db in try db.execute(sql: "PRAGMA synchronous = FULL") }
                 try migrator.migrate(pool)
                 return pool
             } catch is DatabaseError where attempt < 20 {
@@ -45,6 +51,13 @@ struct SQLiteDatabase: Sendable {
                 usleep(useconds_t(10_000 * attempt))
             }
         }
+    }
+
+    /// `PRAGMA synchronous` as the writer connection and a reader connection see it (2 is FULL).
+    func synchronousSettings() async throws -> (writer: Int, reader: Int) {
+        let writer = try await self.write { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        let reader = try await self.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+        return (writer, reader)
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {

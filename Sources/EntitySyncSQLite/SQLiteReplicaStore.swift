@@ -8,7 +8,7 @@ import SwiftProtobuf
 /// group on the host. Applying is one transaction that checks the version rule, so competing
 /// instances, duplicates and reordering cannot make it regress.
 public final class SQLiteReplicaStore: ReplicaStore {
-    private let database: SQLiteDatabase
+    let database: SQLiteDatabase
 
     public init(path: String) throws {
         self.database = try SQLiteDatabase(path: path) { migrator in
@@ -48,35 +48,53 @@ public final class SQLiteReplicaStore: ReplicaStore {
     }
 
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
-        try await self.database.write { db -> VersionRule.Decision in
-            let stored = try EntityTable.fetch(db, kind: change.kind, id: change.entityID)
-            let decision = VersionRule.decide(incoming: change.version, stored: stored?.version)
-            guard decision == .apply else {
-                try Self.count(db, change.kind, column: "stale")
-                return .stale
+        try await self.apply(batch: [change])[0]
+    }
+
+    /// One transaction, so one commit and one fsync, for the whole batch; each change sees the
+    /// ones before it, so several versions of one entity in a batch end at the newest.
+    public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
+        guard !changes.isEmpty else { return [] }
+        return try await self.database.write { db -> [VersionRule.Decision] in
+            var decisions: [VersionRule.Decision] = []
+            decisions.reserveCapacity(changes.count)
+            var counts: [EntityKind: (applied: Int, stale: Int)] = [:]
+            for change in changes {
+                let decision = try Self.applyOne(db, change)
+                decisions.append(decision)
+                if decision == .apply { counts[change.kind, default: (0, 0)].applied += 1 } else { counts[change.kind, default: (0, 0)].stale += 1 }
             }
-            if change.isDelete {
-                try EntityTable.save(db, kind: change.kind, id: change.entityID, version: change.version, deleted: true, state: [])
-                if change.kind == .group { try EntityTable.replaceMembers(db, groupID: change.entityID, memberIDs: []) }
-            } else {
-                switch change.change.state {
-                case .user(var user)?:
-                    user.version = change.version
-                    try EntityTable.save(db, kind: .user, id: user.id, version: change.version, deleted: false,
-                                         state: try user.serializedBytes())
-                case .group(var group)?:
-                    group.version = change.version
-                    try EntityTable.save(db, kind: .group, id: group.id, version: change.version, deleted: false,
-                                         state: try group.serializedBytes())
-                    try EntityTable.replaceMembers(db, groupID: group.id, memberIDs: group.memberIds)
-                case nil:
-                    // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
-                    throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
-                }
+            for (kind, count) in counts {
+                try Self.count(db, kind, applied: count.applied, stale: count.stale)
             }
-            try Self.count(db, change.kind, column: "applied", touch: true)
-            return .apply
+            return decisions
         }
+    }
+
+    private static func applyOne(_ db: Database, _ change: ValidatedChange) throws -> VersionRule.Decision {
+        let stored = try EntityTable.storedVersion(db, kind: change.kind, id: change.entityID)
+        let decision = VersionRule.decide(incoming: change.version, stored: stored)
+        guard decision == .apply else { return .stale }
+        if change.isDelete {
+            try EntityTable.save(db, kind: change.kind, id: change.entityID, version: change.version, deleted: true, state: [])
+            if change.kind == .group { try EntityTable.replaceMembers(db, groupID: change.entityID, memberIDs: []) }
+        } else {
+            switch change.change.state {
+            case .user(var user)?:
+                user.version = change.version
+                try EntityTable.save(db, kind: .user, id: user.id, version: change.version, deleted: false,
+                                     state: try user.serializedBytes())
+            case .group(var group)?:
+                group.version = change.version
+                try EntityTable.save(db, kind: .group, id: group.id, version: change.version, deleted: false,
+                                     state: try group.serializedBytes())
+                try EntityTable.replaceMembers(db, groupID: group.id, memberIDs: group.memberIds)
+            case nil:
+                // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
+                throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
+            }
+        }
+        return .apply
     }
 
     public func recordDeadLetter(_ kind: EntityKind) async throws {
@@ -214,6 +232,15 @@ public final class SQLiteReplicaStore: ReplicaStore {
                                attempts: row["attempts"], heartbeatAt: Date(timeIntervalSince1970: row["heartbeat_at"]),
                                completedAt: (row["completed_at"] as Double?).map { Date(timeIntervalSince1970: $0) },
                                completedBy: row["completed_by"], marks: marks)
+    }
+
+    /// Adds to a kind's applied and stale counters in one statement.
+    private static func count(_ db: Database, _ kind: EntityKind, applied: Int, stale: Int) throws {
+        try db.cachedStatement(sql: """
+            INSERT INTO sync_statistics (kind, applied, stale, last_applied_at) VALUES (?, ?, ?, ?)
+            ON CONFLICT (kind) DO UPDATE SET applied = applied + excluded.applied, stale = stale + excluded.stale,
+                last_applied_at = COALESCE(excluded.last_applied_at, last_applied_at)
+            """).execute(arguments: [kind.rawValue, applied, stale, applied > 0 ? Date().timeIntervalSince1970 : nil])
     }
 
     private static func count(_ db: Database, _ kind: EntityKind, column: String, touch: Bool = false) throws {

@@ -8,7 +8,7 @@ import SwiftProtobuf
 /// Each mutation changes the entity, increments its version and inserts its change event into
 /// the outbox in one transaction, so a crash can never separate a change from its event.
 public final class SQLiteSourceStore: SourceStore {
-    private let database: SQLiteDatabase
+    let database: SQLiteDatabase
     private let producer: String
     public let commits = WakeSignal()
 

@@ -26,8 +26,17 @@ import Testing
         let task: Task<Void, any Error>
 
         init(store makeStore: (SQLiteReplicaStore) -> any ReplicaStore = { $0 },
-             configure: (inout ConsumerRunner.Configuration) -> Void = { _ in }) async throws {
+             configure: (inout ConsumerRunner.Configuration) -> Void = { _ in },
+             backlog: [EntityChange] = []) async throws {
             self.directory = try Fixtures.temporaryDirectory("runner")
+            // Queued before the runner starts, so that it finds a backlog, as a catching-up group does.
+            if !backlog.isEmpty {
+                try await ConsumerRunnerTests.topology.prepare(forGroup: ConsumerRunnerTests.group, declare: true, on: self.broker)
+                for change in backlog {
+                    try await self.broker.publish(try ChangeCodec.message(for: change), exchange: SyncTopology.exchange(for: .user),
+                                                  routingKey: "", mandatory: true)
+                }
+            }
             let sqlite = try SQLiteReplicaStore(path: "\(self.directory)/replica.sqlite")
             self.store = makeStore(sqlite)
             var configuration = ConsumerRunner.Configuration()
@@ -105,6 +114,51 @@ import Testing
         try await rig.stop()
     }
 
+    /// A backlog is applied in batches (one transaction each, no larger than the prefetch) and
+    /// acked together; a duplicate and an older version inside a batch are stale, and a poison
+    /// message among them goes to the dead-letter queue without holding up the rest.
+    @Test func aBacklogIsAppliedInBatchesAndAckedTogether() async throws {
+        var backlog = (1...30).map { Fixtures.userChange("u\($0)", version: 1) }
+        backlog.insert(Fixtures.userChange("u3", version: 3), at: 5)
+        backlog.insert(Fixtures.userChange("u3", version: 2), at: 6)
+        let rig = try await Rig(store: { FlakyStore(wrapping: $0) }, backlog: backlog)
+        let flaky = try #require(rig.store as? FlakyStore)
+        try await rig.publishRaw(Array("not protobuf".utf8), contentType: "application/x-protobuf")
+        try await rig.publish(Fixtures.userChange("u31", version: 1))
+        try await rig.settled(handled: backlog.count + 2)
+        for index in 1...31 { #expect(try await rig.store.user(id: "u\(index)") != nil) }
+        #expect(try await rig.store.user(id: "u3")?.version == 3)
+        let sizes = await flaky.batchSizes
+        #expect(sizes.contains { $0 > 1 }, "a backlog of 32 was applied one change at a time: \(sizes)")
+        #expect(sizes.allSatisfy { $0 <= 8 }, "a batch exceeded the prefetch of 8: \(sizes)")
+        // Each change applied once: nothing fell back to one-by-one or was applied twice.
+        for index in 1...31 { #expect(await flaky.attempts(for: "u\(index)") == (index == 3 ? 3 : 1)) }
+        let statistics = try await rig.store.statistics()[.user]
+        #expect(statistics?.applied == 32 && statistics?.stale == 1)
+        #expect(rig.broker.messages(in: Self.queue).isEmpty)
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).count == 1)
+        try await rig.stop()
+    }
+
+    /// A change that fails inside a batch fails the batch's transaction; the batch is then
+    /// applied change by change, so the others are applied at once and only the failing one
+    /// goes through the retry queue.
+    @Test func aChangeFailingInABatchIsRetriedAloneAndTheRestApplied() async throws {
+        let backlog = (1...20).map { Fixtures.userChange("u\($0)", version: 1) }
+        let rig = try await Rig(store: { FlakyStore(wrapping: $0, failuresPerEntity: ["u7": 2]) }, backlog: backlog)
+        let flaky = try #require(rig.store as? FlakyStore)
+        try await eventually("all 20 applied") {
+            var count = 0
+            for index in 1...20 where try await rig.store.user(id: "u\(index)") != nil { count += 1 }
+            return count == 20
+        }
+        #expect(await flaky.attempts(for: "u7") >= 3)
+        for index in [1, 6, 8, 20] { #expect(await flaky.attempts(for: "u\(index)") <= 2) }
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+        try await rig.settled(handled: 21)
+        try await rig.stop()
+    }
+
     @Test func aTransientFailureIsRetriedThroughTheRetryQueueThenApplied() async throws {
         let rig = try await Rig(store: { FlakyStore(wrapping: $0, failuresPerEntity: ["ada": 2]) })
         let flaky = try #require(rig.store as? FlakyStore)
@@ -159,11 +213,14 @@ import Testing
         await flaky.set(down: true)
         try await rig.publish(Fixtures.userChange("ada", version: 1))
         try await eventually("paused on the store") { await flaky.readsWhileDown >= 1 }
+        for index in 1...3 { try await rig.publish(Fixtures.userChange("u\(index)", version: 1)) }
+        try await eventually("all four delivered") { rig.broker.unsettledCount(in: Self.queue) == 4 }
         try await rig.stop()
-        // Unacked, so the connection's close (which the service does next) hands it back.
-        #expect(rig.broker.unsettledCount(in: Self.queue) == 1)
+        // Unacked (none acked with a later `multiple`), so the connection's close (which the
+        // service does next) hands them back.
+        #expect(rig.broker.unsettledCount(in: Self.queue) == 4)
         rig.broker.dropConnection()
-        #expect(try await rig.broker.queueStatus(Self.queue).messageCount == 1)
+        #expect(try await rig.broker.queueStatus(Self.queue).messageCount == 4)
         #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
     }
 

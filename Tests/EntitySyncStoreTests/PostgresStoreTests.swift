@@ -1,5 +1,5 @@
 import EntitySyncCore
-import EntitySyncPostgres
+@testable import EntitySyncPostgres
 import EntitySyncTestSupport
 import Foundation
 import Testing
@@ -105,5 +105,36 @@ struct PostgresStoreTests {
             #expect(error.message.contains("42703"), "\(error)")
         }
         try await store.checkReachable()
+    }
+
+    /// Every commit is flushed before it is acked or replied to, even on a server whose default
+    /// is `synchronous_commit = off`: each pooled connection sets it on.
+    @Test func everyConnectionWaitsForItsCommitToBeFlushed() async throws {
+        let url = try PostgresURL(try #require(StoreBackend.postgresURL))
+        try await PostgresAdmin.execute(url, "ALTER DATABASE \"\(url.database)\" SET synchronous_commit = off")
+        do {
+            let replica = try await PostgresReplicaStore(url: try PostgresURL(try StoreBackend.postgres.place("durable").location),
+                                                         group: "durable")
+            defer { replica.close() }
+            // Several at once, so that the pool opens several connections.
+            let settings = try await withThrowingTaskGroup(of: String.self) { group in
+                for _ in 0..<6 {
+                    group.addTask {
+                        try await replica.database.read("read synchronous_commit") { sql in
+                            let rows = try await sql.rows("SELECT current_setting('synchronous_commit'), pg_sleep(0.05)::text")
+                            return try rows.first.map { try $0.decode((String, String).self).0 } ?? "missing"
+                        }
+                    }
+                }
+                return try await group.reduce(into: [String]()) { $0.append($1) }
+            }
+            #expect(settings == Array(repeating: "on", count: 6))
+            // The server default really is off: the stores' setting is what turns it on.
+            #expect(try await PostgresAdmin.execute(url, "SHOW synchronous_commit").trimmingCharacters(in: .whitespacesAndNewlines) == "off")
+        } catch {
+            try await PostgresAdmin.execute(url, "ALTER DATABASE \"\(url.database)\" RESET synchronous_commit")
+            throw error
+        }
+        try await PostgresAdmin.execute(url, "ALTER DATABASE \"\(url.database)\" RESET synchronous_commit")
     }
 }

@@ -32,6 +32,33 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
         #expect(statistics?.lastAppliedAt != nil)
     }
 
+    /// A batch is applied in order under the version rule: several versions of one entity end at
+    /// the newest, an older one after it is stale, and a group's members follow its last version.
+    @Test(arguments: StoreBackend.available) func aBatchAppliesInOrderUnderTheVersionRule(backend: StoreBackend) async throws {
+        let replica = try await backend.place("batch").replica()
+        #expect(try await replica.apply(validated(Fixtures.userChange("u0", version: 5))) == .apply)
+        let changes = try [
+            Fixtures.userChange("u1", version: 1),
+            Fixtures.userChange("u2", version: 1),
+            Fixtures.userChange("u1", version: 3),
+            Fixtures.userChange("u1", version: 2),
+            Fixtures.userChange("u0", version: 4),
+            Fixtures.groupChange("g1", version: 1, members: ["u1", "u2"]),
+            Fixtures.groupChange("g1", version: 2, members: ["u2"]),
+            Fixtures.deletion(.user, "u2", version: 2),
+        ].map(validated)
+        let decisions = try await replica.apply(batch: changes)
+        #expect(decisions == [.apply, .apply, .apply, .stale, .stale, .apply, .apply, .apply])
+        #expect(try await replica.user(id: "u1")?.version == 3)
+        #expect(try await replica.user(id: "u2") == nil)
+        #expect(try await replica.members(ofGroup: "g1", after: nil, limit: 10).isEmpty)
+        #expect(try await replica.group(id: "g1")?.memberIds == ["u2"])
+        #expect(try await replica.apply(batch: []) == [])
+        let statistics = try await replica.statistics()
+        #expect(statistics[.user]?.applied == 5 && statistics[.user]?.stale == 2)
+        #expect(statistics[.group]?.applied == 2 && statistics[.group]?.stale == 0)
+    }
+
     /// A group's members follow its newest version: replaced by an upsert, cleared by its
     /// deletion, and not brought back by an older upsert arriving late.
     @Test(arguments: StoreBackend.available) func groupMembersFollowTheNewestVersion(backend: StoreBackend) async throws {

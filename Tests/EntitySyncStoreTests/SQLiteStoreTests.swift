@@ -1,5 +1,6 @@
 import EntitySyncCore
-import EntitySyncSQLite
+@testable import EntitySyncSQLite
+import EntitySyncTestSupport
 import Testing
 
 /// What only the SQLite backend has: a file on this host.
@@ -14,5 +15,16 @@ import Testing
         } catch {
             Issue.record("unexpected error \(error)")
         }
+    }
+
+    /// Every commit is on disk before it is acked or replied to: `synchronous = FULL` (2) on the
+    /// writer and on the readers of both stores.
+    @Test func everyConnectionSyncsEachCommit() async throws {
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("durable-replica"))
+        let replicaSettings = try await replica.database.synchronousSettings()
+        #expect(replicaSettings.writer == 2 && replicaSettings.reader == 2)
+        let source = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("durable-source"), producer: "p")
+        let sourceSettings = try await source.database.synchronousSettings()
+        #expect(sourceSettings.writer == 2 && sourceSettings.reader == 2)
     }
 }

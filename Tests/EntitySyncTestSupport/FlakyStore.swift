@@ -10,6 +10,9 @@ public actor FlakyStore: ReplicaStore {
     /// Versions read while down: how often a paused consumer has checked on it.
     public private(set) var readsWhileDown = 0
 
+    /// The size of every batch applied in one go.
+    public private(set) var batchSizes: [Int] = []
+
     public init(wrapping wrapped: any ReplicaStore, failuresPerEntity: [String: Int] = [:]) {
         self.wrapped = wrapped
         self.remainingFailures = failuresPerEntity
@@ -28,6 +31,19 @@ public actor FlakyStore: ReplicaStore {
             throw SyncError(.storeUnavailable, "simulated: database is locked")
         }
         return try await self.wrapped.apply(change)
+    }
+
+    /// Fails as a whole, as one transaction would, if any change in it would fail alone.
+    public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
+        if self.down { throw SyncError(.storeUnavailable, "simulated: the database server is down") }
+        for change in changes where (self.remainingFailures[change.entityID] ?? 0) > 0 {
+            self.attemptsByEntity[change.entityID, default: 0] += 1
+            self.remainingFailures[change.entityID, default: 0] -= 1
+            throw SyncError(.storeUnavailable, "simulated: database is locked")
+        }
+        for change in changes { self.attemptsByEntity[change.entityID, default: 0] += 1 }
+        self.batchSizes.append(changes.count)
+        return try await self.wrapped.apply(batch: changes)
     }
 
     public func recordDeadLetter(_ kind: EntityKind) async throws { try await self.wrapped.recordDeadLetter(kind) }
