@@ -10,6 +10,10 @@ public protocol ReplicaStore: Sendable {
     /// them may or may not be applied: applying them again is harmless.
     func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision]
     func recordDeadLetter(_ kind: EntityKind) async throws
+    /// Returns soon after a change is committed to the store by any instance of the group (or
+    /// any time before, spuriously), or after `timeout`: how read-your-writes waits learn of
+    /// changes other instances applied.
+    func waitForCommit(timeout: Duration) async
     func user(id: String) async throws -> User?
     func group(id: String) async throws -> Group?
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
@@ -43,6 +47,11 @@ extension ReplicaStore {
         var decisions: [VersionRule.Decision] = []
         for change in changes { decisions.append(try await self.apply(change)) }
         return decisions
+    }
+
+    /// A store that cannot tell when others commit: the caller polls every `timeout`.
+    public func waitForCommit(timeout: Duration) async {
+        try? await Task.sleep(for: timeout)
     }
 
     /// Throws if the store cannot be read at all (a server down, a file gone): how a consumer

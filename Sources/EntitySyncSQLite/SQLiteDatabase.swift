@@ -7,6 +7,7 @@ import GRDB
 struct SQLiteDatabase: Sendable {
     let pool: DatabasePool
     let path: String
+    private let group: GroupCommit
 
     init(path: String, migrations: (inout DatabaseMigrator) -> Void) throws {
         var configuration = Configuration()
@@ -31,6 +32,7 @@ struct SQLiteDatabase: Sendable {
                             + "directory exists and is writable, and that the file is an EntitySync store.")
         }
         self.path = path
+        self.group = GroupCommit(pool: self.pool)
     }
 
     /// Instances of one group may open a new file at the same moment. Switching it to WAL and
@@ -63,6 +65,18 @@ struct SQLiteDatabase: Sendable {
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await self.pool.write(body)
+        } catch let error as SyncError {
+            throw error
+        } catch {
+            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
+        }
+    }
+
+    /// Like `write`, but in a transaction shared with the writes submitted meanwhile
+    /// (`GroupCommit`): for many concurrent small writes, one commit and one fsync.
+    func groupWrite<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await self.group.write(body)
         } catch let error as SyncError {
             throw error
         } catch {

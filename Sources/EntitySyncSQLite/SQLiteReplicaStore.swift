@@ -9,8 +9,10 @@ import SwiftProtobuf
 /// instances, duplicates and reordering cannot make it regress.
 public final class SQLiteReplicaStore: ReplicaStore {
     let database: SQLiteDatabase
+    private let commitWatch: CommitWatch
 
     public init(path: String) throws {
+        self.commitWatch = CommitWatch(path: path)
         self.database = try SQLiteDatabase(path: path) { migrator in
             migrator.registerMigration("replica-v1") { db in
                 try EntityTable.create(db)
@@ -95,6 +97,11 @@ public final class SQLiteReplicaStore: ReplicaStore {
             }
         }
         return .apply
+    }
+
+    /// Commits by any instance of the group wake the waiter within about a millisecond.
+    public func waitForCommit(timeout: Duration) async {
+        await self.commitWatch.wait(timeout: timeout)
     }
 
     public func recordDeadLetter(_ kind: EntityKind) async throws {

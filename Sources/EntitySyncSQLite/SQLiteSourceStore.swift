@@ -7,6 +7,7 @@ import SwiftProtobuf
 /// The producer's source of truth in one SQLite file: entities, tombstones and the outbox.
 /// Each mutation changes the entity, increments its version and inserts its change event into
 /// the outbox in one transaction, so a crash can never separate a change from its event.
+/// Concurrent mutations share a transaction (group commit), each in a savepoint of its own.
 public final class SQLiteSourceStore: SourceStore {
     let database: SQLiteDatabase
     private let producer: String
@@ -43,7 +44,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func createUser(_ draft: UserDraft) async throws -> User {
         try DraftValidation.validate(draft)
         let producer = self.producer
-        let user = try await self.database.write { db -> User in
+        let user = try await self.database.groupWrite { db -> User in
             let existing = try EntityTable.fetch(db, kind: .user, id: draft.id)
             if let existing, !existing.deleted {
                 throw SyncError(.alreadyExists, "user '\(draft.id)' already exists (version \(existing.version)); update it instead")
@@ -59,7 +60,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func updateUser(_ draft: UserDraft, expectedVersion: UInt64?) async throws -> User {
         try DraftValidation.validate(draft)
         let producer = self.producer
-        let user = try await self.database.write { db -> User in
+        let user = try await self.database.groupWrite { db -> User in
             let existing = try Self.requireLive(db, kind: .user, id: draft.id, expectedVersion: expectedVersion)
             let user = ChangeEvents.user(from: draft, version: existing.version + 1)
             try Self.store(db, user: user, producer: producer)
@@ -72,7 +73,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func deleteUser(id: String, expectedVersion: UInt64?) async throws -> UInt64 {
         try DraftValidation.validateID(id, field: "user.id")
         let producer = self.producer
-        let version = try await self.database.write { db -> UInt64 in
+        let version = try await self.database.groupWrite { db -> UInt64 in
             let existing = try Self.requireLive(db, kind: .user, id: id, expectedVersion: expectedVersion)
             let version = existing.version + 1
             try EntityTable.save(db, kind: .user, id: id, version: version, deleted: true, state: [])
@@ -94,7 +95,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func createGroup(_ draft: GroupDraft) async throws -> Group {
         try DraftValidation.validate(draft)
         let producer = self.producer
-        let group = try await self.database.write { db -> Group in
+        let group = try await self.database.groupWrite { db -> Group in
             let existing = try EntityTable.fetch(db, kind: .group, id: draft.id)
             if let existing, !existing.deleted {
                 throw SyncError(.alreadyExists, "group '\(draft.id)' already exists (version \(existing.version)); update it instead")
@@ -111,7 +112,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func updateGroup(_ draft: GroupDraft, expectedVersion: UInt64?) async throws -> Group {
         try DraftValidation.validate(draft)
         let producer = self.producer
-        let group = try await self.database.write { db -> Group in
+        let group = try await self.database.groupWrite { db -> Group in
             let existing = try Self.requireLive(db, kind: .group, id: draft.id, expectedVersion: expectedVersion)
             try Self.requireUsers(db, draft.memberIDs)
             let group = ChangeEvents.group(from: draft, version: existing.version + 1)
@@ -125,7 +126,7 @@ public final class SQLiteSourceStore: SourceStore {
     public func deleteGroup(id: String, expectedVersion: UInt64?) async throws -> UInt64 {
         try DraftValidation.validateID(id, field: "group.id")
         let producer = self.producer
-        let version = try await self.database.write { db -> UInt64 in
+        let version = try await self.database.groupWrite { db -> UInt64 in
             let existing = try Self.requireLive(db, kind: .group, id: id, expectedVersion: expectedVersion)
             let version = existing.version + 1
             try EntityTable.save(db, kind: .group, id: id, version: version, deleted: true, state: [])
@@ -150,7 +151,7 @@ public final class SQLiteSourceStore: SourceStore {
         guard !userIDs.isEmpty else { throw SyncError(.invalidArgument, "user_ids is empty; name at least one user") }
         try DraftValidation.validateMembers(userIDs, field: "user_ids")
         let producer = self.producer
-        let (group, changed) = try await self.database.write { db -> (Group, Bool) in
+        let (group, changed) = try await self.database.groupWrite { db -> (Group, Bool) in
             _ = try Self.requireLive(db, kind: .group, id: groupID, expectedVersion: expectedVersion)
             guard let group = try EntityTable.group(db, id: groupID) else {
                 throw SyncError(.notFound, "group '\(groupID)' does not exist")

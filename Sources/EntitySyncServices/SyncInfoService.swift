@@ -13,7 +13,7 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     let store: any ReplicaStore
     let connection: AMQPConnection
     /// Applies events; its `applied` signal fires whenever this process applies a change (other
-    /// instances' applies are seen by re-reading the shared store at short intervals).
+    /// instances' applies wake waiters through the store's `waitForCommit`).
     let runner: ConsumerRunner
     var applied: WakeSignal { self.runner.applied }
 
@@ -100,7 +100,14 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
                     throw RPCError(code: .deadlineExceeded, message: "\(kind.rawValue) '\(request.entityID)' has not "
                                    + "reached version \(request.version) here within \(timeout)")
                 }
-                await self.applied.wait(timeout: .milliseconds(25))
+                // This process's applies wake it at once, the store for commits by any instance;
+                // 25 ms bounds a store that cannot tell.
+                await withTaskGroup(of: Void.self) { group in
+                    group.addTask { await self.applied.wait(timeout: .milliseconds(25)) }
+                    group.addTask { await self.store.waitForCommit(timeout: .milliseconds(25)) }
+                    await group.next()
+                    group.cancelAll()
+                }
             }
         }
     }

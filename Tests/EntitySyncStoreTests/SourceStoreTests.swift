@@ -82,6 +82,55 @@ func outboxEvents(_ store: any SourceStore) async throws -> [EntityChange] {
         #expect(try await store.outboxCount() == 4)
     }
 
+    /// Many mutations at once (which SQLite commits together): the ones that fail (a version
+    /// mismatch, a duplicate, a missing member) fail alone with their own status, every other
+    /// one commits with exactly one outbox event, and the outbox holds each entity's versions
+    /// in order.
+    @Test(arguments: StoreBackend.available) func concurrentMutationsFailAloneAndCommitTheRest(backend: StoreBackend) async throws {
+        let store = try await backend.place("group-commit").source()
+        _ = try await store.createUser(UserDraft(id: "taken", name: "Taken", email: "taken@example.com"))
+        enum Outcome: Sendable, Equatable { case ok, failed(SyncError.Code) }
+        let outcomes = try await withThrowingTaskGroup(of: (Int, Outcome).self) { group in
+            for index in 0..<60 {
+                group.addTask {
+                    do {
+                        switch index % 10 {
+                        case 3:
+                            _ = try await store.updateUser(UserDraft(id: "taken", name: "X", email: "x@example.com"),
+                                                           expectedVersion: 99)
+                        case 5:
+                            _ = try await store.createUser(UserDraft(id: "taken", name: "Again", email: "again@example.com"))
+                        case 7:
+                            _ = try await store.createGroup(GroupDraft(id: "g\(index)", name: "G", memberIDs: ["nobody"]))
+                        default:
+                            _ = try await store.createUser(UserDraft(id: "u\(index)", name: "U", email: "u\(index)@example.com"))
+                        }
+                        return (index, .ok)
+                    } catch let error as SyncError {
+                        return (index, .failed(error.code))
+                    }
+                }
+            }
+            return try await group.reduce(into: [Int: Outcome]()) { $0[$1.0] = $1.1 }
+        }
+        for index in 0..<60 {
+            switch index % 10 {
+            case 3: #expect(outcomes[index] == .failed(.versionMismatch), "mutation \(index)")
+            case 5: #expect(outcomes[index] == .failed(.alreadyExists), "mutation \(index)")
+            case 7: #expect(outcomes[index] == .failed(.notFound), "mutation \(index)")
+            default:
+                #expect(outcomes[index] == .ok, "mutation \(index)")
+                #expect(try await store.user(id: "u\(index)")?.version == 1)
+            }
+        }
+        #expect(try await store.group(id: "g7") == nil)
+        #expect(try await store.user(id: "taken")?.version == 1)
+        let outbox = try await store.claimOutbox(owner: "r", lease: .seconds(30), limit: 1000)
+        #expect(outbox.count == 1 + 42)
+        #expect(Set(outbox.map(\.entityID)).count == outbox.count)
+        #expect(outbox.map(\.sequence) == outbox.map(\.sequence).sorted())
+    }
+
     @Test(arguments: StoreBackend.available) func outboxIsOrderedAndLeasedToOneRelay(backend: StoreBackend) async throws {
         let store = try await backend.place("lease").source()
         for index in 0..<5 {
