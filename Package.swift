@@ -18,6 +18,7 @@ let package = Package(
         .executable(name: "entity-sync", targets: ["EntitySync"]),
         .executable(name: "amqp-publish-bench", targets: ["AMQPPublishBench"]),
         .executable(name: "amqp-publish-bench-c", targets: ["AMQPPublishBenchC"]),
+        .executable(name: "amqp-drain-bench-c", targets: ["AMQPDrainBenchC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
@@ -182,6 +183,12 @@ let package = Package(
             name: "AMQPPublishBenchC",
             dependencies: ["CRabbitMQ"],
             path: "Benchmarks/AMQPPublishBenchC"
+        ),
+        // The plain C queue drain that catch-up is measured against.
+        .executableTarget(
+            name: "AMQPDrainBenchC",
+            dependencies: ["CRabbitMQ"],
+            path: "Benchmarks/AMQPDrainBenchC"
         ),
         // Tests by cost (docs/TESTING.md). Unit: no broker, no processes (`scripts/test --unit`).
         .testTarget(
