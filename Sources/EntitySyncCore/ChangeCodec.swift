@@ -27,7 +27,10 @@ public enum ChangeCodec {
     /// type of the queue it came from.
     public static func decode(body: [UInt8], contentType: String?, expected: EntityKind?) -> Result<ValidatedChange, PoisonReason> {
         let change: EntityChange
-        let mediaType = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        // The exact type every EntitySync producer sends skips the parsing (Foundation's trimming
+        // showed in catch-up profiles).
+        let mediaType = contentType == Self.protobufContentType ? Self.protobufContentType
+            : contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
         do {
             switch mediaType {
             case Self.protobufContentType:

@@ -24,12 +24,23 @@ public enum DraftValidation {
         }
     }
 
+    private static func isIDByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: ":"), UInt8(ascii: "@"), UInt8(ascii: "-"):
+            return true
+        default:
+            return false
+        }
+    }
+
     public static func validateID(_ id: String, field: String) throws(SyncError) {
         guard !id.isEmpty else { throw SyncError(.invalidArgument, "\(field) is empty; give a non-empty id") }
         guard id.utf8.count <= Self.maximumIDLength else {
             throw SyncError(.invalidArgument, "\(field) is longer than \(Self.maximumIDLength) bytes")
         }
-        guard id.unicodeScalars.allSatisfy({ $0.isASCII && ($0.properties.isAlphabetic || ("0"..."9").contains($0) || "._:@-".unicodeScalars.contains($0)) }) else {
+        // Bytes, not Unicode properties: every event is checked, and this is on the catch-up path.
+        guard id.utf8.allSatisfy(Self.isIDByte) else {
             throw SyncError(.invalidArgument, "\(field) '\(id)' may contain only ASCII letters, digits and . _ : @ -")
         }
     }

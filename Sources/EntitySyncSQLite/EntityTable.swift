@@ -31,16 +31,6 @@ enum EntityTable {
         var state: [UInt8]
     }
 
-    /// The stored version alone (no state to copy): what the version rule needs.
-    static func storedVersion(_ db: Database, kind: EntityKind, id: String) throws -> UInt64? {
-        let statement = try db.cachedStatement(sql: "SELECT version FROM entities WHERE kind = ? AND id = ?")
-        guard let version = try Int64.fetchOne(statement, arguments: [kind.rawValue, id]) else { return nil }
-        guard let stored = UInt64(exactly: version) else {
-            throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
-        }
-        return stored
-    }
-
     static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
         let statement = try db.cachedStatement(sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?")
         guard let row = try Row.fetchOne(statement, arguments: [kind.rawValue, id]) else { return nil }
@@ -65,6 +55,21 @@ enum EntityTable {
             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
                 state = excluded.state, updated_at = excluded.updated_at
             """).execute(arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
+    }
+
+    /// Writes the row only if it is new or `version` is higher than the stored one; true if it wrote.
+    static func saveIfNewer(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws -> Bool {
+        guard let signed = Int64(exactly: version) else {
+            throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
+                            + "the largest the store can hold")
+        }
+        try db.cachedStatement(sql: """
+            INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+            ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
+                state = excluded.state, updated_at = excluded.updated_at
+            WHERE entities.version < excluded.version
+            """).execute(arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
+        return db.changesCount > 0
     }
 
     static func replaceMembers(_ db: Database, groupID: String, memberIDs: [String]) throws {

@@ -73,29 +73,30 @@ public final class SQLiteReplicaStore: ReplicaStore {
         }
     }
 
+    /// One statement writes the row under the version rule (`WHERE stored < incoming`, the
+    /// rule `VersionRule.decide` states); whether it wrote tells stale from applied.
     private static func applyOne(_ db: Database, _ change: ValidatedChange) throws -> VersionRule.Decision {
-        let stored = try EntityTable.storedVersion(db, kind: change.kind, id: change.entityID)
-        let decision = VersionRule.decide(incoming: change.version, stored: stored)
-        guard decision == .apply else { return .stale }
+        var state: [UInt8] = []
+        var members: [String]?
         if change.isDelete {
-            try EntityTable.save(db, kind: change.kind, id: change.entityID, version: change.version, deleted: true, state: [])
-            if change.kind == .group { try EntityTable.replaceMembers(db, groupID: change.entityID, memberIDs: []) }
+            if change.kind == .group { members = [] }
         } else {
             switch change.change.state {
             case .user(var user)?:
                 user.version = change.version
-                try EntityTable.save(db, kind: .user, id: user.id, version: change.version, deleted: false,
-                                     state: try user.serializedBytes())
+                state = try user.serializedBytes()
             case .group(var group)?:
                 group.version = change.version
-                try EntityTable.save(db, kind: .group, id: group.id, version: change.version, deleted: false,
-                                     state: try group.serializedBytes())
-                try EntityTable.replaceMembers(db, groupID: group.id, memberIDs: group.memberIds)
+                state = try group.serializedBytes()
+                members = group.memberIds
             case nil:
                 // ChangeCodec.validate guarantees state for upserts; keep the store consistent anyway.
                 throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
             }
         }
+        guard try EntityTable.saveIfNewer(db, kind: change.kind, id: change.entityID, version: change.version,
+                                          deleted: change.isDelete, state: state) else { return .stale }
+        if let members { try EntityTable.replaceMembers(db, groupID: change.entityID, memberIDs: members) }
         return .apply
     }
 

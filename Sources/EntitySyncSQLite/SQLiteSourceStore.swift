@@ -285,9 +285,9 @@ public final class SQLiteSourceStore: SourceStore {
     private static func enqueue(_ db: Database, kind: EntityKind, id: String, version: UInt64,
                                 state: EntityChange.OneOf_State?, producer: String) throws {
         let change = ChangeEvents.change(kind: kind, id: id, version: version, state: state, producer: producer)
-        try db.execute(sql: """
+        try db.cachedStatement(sql: """
             INSERT INTO outbox (kind, entity_id, version, message_id, payload, created_at) VALUES (?, ?, ?, ?, ?, ?)
-            """, arguments: [kind.rawValue, id, Int64(version), change.messageID, Data(try change.serializedBytes() as [UInt8]),
+            """).execute(arguments: [kind.rawValue, id, Int64(version), change.messageID, Data(try change.serializedBytes() as [UInt8]),
                              Date().timeIntervalSince1970])
     }
 }
