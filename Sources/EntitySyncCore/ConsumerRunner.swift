@@ -148,19 +148,42 @@ public final class ConsumerRunner: Sendable {
                 valid.append((delivery, change))
             }
         }
-        guard !valid.isEmpty else { return }
-        let decisions: [VersionRule.Decision]
+        // Bounded by size too: a batch of large groups must not hold the store's write lock
+        // (which the group's other instances wait for) for long.
+        var start = 0
+        while start < valid.count {
+            var end = start
+            var bytes = 0
+            while end < valid.count, end == start || bytes + valid[end].delivery.body.count <= Self.batchBytes {
+                bytes += valid[end].delivery.body.count
+                end += 1
+            }
+            await self.applyAndAck(Array(valid[start..<end]), kind: kind)
+            start = end
+        }
+    }
+
+    /// Message bytes applied in one transaction at most (one larger message goes alone).
+    static let batchBytes = 1 << 20
+
+    /// Applies valid changes in one store call and acks them; one by one if that fails.
+    private func applyAndAck(_ valid: [(delivery: Delivery, change: ValidatedChange)], kind: EntityKind) async {
         do {
-            decisions = try await self.store.apply(batch: valid.map(\.change))
+            let decisions = try await self.store.apply(batch: valid.map(\.change))
+            guard decisions.count == valid.count else {
+                throw SyncError(.storeUnavailable, "the store answered \(decisions.count) decisions for \(valid.count) changes")
+            }
+            for (entry, decision) in zip(valid, decisions) { self.record(entry.change, decision) }
         } catch {
             // One change the store refuses, or the store itself: one by one, a failing change
             // is retried alone and an outage pauses the consumer, as for a single delivery.
-            self.logger.debug("batch apply failed; applying its changes one by one",
-                              metadata: ["batch": "\(valid.count)", "error": "\(error)"])
+            Counter(label: "entitysync_batch_fallbacks_total", dimensions: [("group", self.group), ("entity", kind.rawValue)])
+                .increment()
+            self.logger.warning("batch apply failed; applying its changes one by one",
+                                metadata: ["batch": "\(valid.count)", "error": "\(error)"])
             for (delivery, _) in valid { await self.handle(delivery, kind: kind) }
             return
         }
-        for (entry, decision) in zip(valid, decisions) { self.record(entry.change, decision) }
         self.handledCount.update { $0 += valid.count }
         await self.acknowledge(valid.map(\.delivery))
     }

@@ -42,7 +42,9 @@ public protocol ReplicaStore: Sendable {
 }
 
 extension ReplicaStore {
-    /// One change at a time: for stores without a transaction that spans several.
+    /// One change at a time: for stores without a transaction that spans several. If one throws,
+    /// the ones before it stay applied; the consumer then applies them again one by one, and
+    /// they count as stale.
     public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
         var decisions: [VersionRule.Decision] = []
         for change in changes { decisions.append(try await self.apply(change)) }

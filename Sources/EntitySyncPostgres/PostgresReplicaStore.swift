@@ -108,15 +108,36 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         }
     }
 
-    /// One transaction, so one commit and one WAL flush, for the whole batch; changes are written
-    /// in order, so several versions of one entity in a batch end at the newest.
+    /// Changes per transaction: a batch's round trips (one per user, three per group) must fit
+    /// the store's 10 s deadline with room to spare, even on a distant server.
+    static let changesPerTransaction = 32
+
+    /// One transaction, so one commit and one WAL flush, per `changesPerTransaction` changes.
+    /// Rows are written in (kind, id) order, so that instances applying overlapping batches lock
+    /// them in one order and cannot deadlock; each entity's versions keep their delivery order,
+    /// so several versions of one entity end at the newest.
     public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
         if changes.count == 1 { return [try await self.apply(changes[0])] }
-        guard !changes.isEmpty else { return [] }
+        var decisions = [VersionRule.Decision](repeating: .stale, count: changes.count)
         let rows = try changes.map(Self.row)
-        return try await self.database.transaction("apply \(changes.count) changes") { sql in
-            var decisions: [VersionRule.Decision] = []
-            decisions.reserveCapacity(rows.count)
+        // Stable: equal keys keep delivery order.
+        let order = rows.indices.sorted { (rows[$0].kind.rawValue, rows[$0].id, $0) < (rows[$1].kind.rawValue, rows[$1].id, $1) }
+        var start = 0
+        while start < order.count {
+            let chunk = Array(order[start..<min(start + Self.changesPerTransaction, order.count)])
+            let chunkRows = chunk.map { rows[$0] }
+            let wrote = try await self.applyRows(chunkRows)
+            for (index, didWrite) in zip(chunk, wrote) { decisions[index] = didWrite ? .apply : .stale }
+            start += chunk.count
+        }
+        return decisions
+    }
+
+    /// Writes `rows` in order in one transaction with their counters; whether each one wrote.
+    private func applyRows(_ rows: [ChangeRow]) async throws -> [Bool] {
+        try await self.database.transaction("apply \(rows.count) changes") { sql in
+            var results: [Bool] = []
+            results.reserveCapacity(rows.count)
             var counts: [EntityKind: (applied: Int, stale: Int)] = [:]
             for row in rows {
                 let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: row.kind, id: row.id, version: row.version,
@@ -124,7 +145,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                 if wrote, row.kind == .group {
                     try await PostgresEntityTable.replaceMembers(sql, groupID: row.id, memberIDs: row.members)
                 }
-                decisions.append(wrote ? .apply : .stale)
+                results.append(wrote)
                 if wrote { counts[row.kind, default: (0, 0)].applied += 1 } else { counts[row.kind, default: (0, 0)].stale += 1 }
             }
             let now = Date().timeIntervalSince1970
@@ -137,7 +158,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                         last_applied_at = COALESCE(EXCLUDED.last_applied_at, s.last_applied_at)
                     """)
             }
-            return decisions
+            return results
         }
     }
 
