@@ -249,6 +249,18 @@ final class PostgresDatabase: Sendable {
         }
     }
 
+    /// Listens on `channel` on one pooled connection, calling `notified` once listening and then
+    /// for every notification, until the connection ends (it throws) or the task is cancelled.
+    func listen(_ channel: String, _ notified: @escaping @Sendable () -> Void) async throws {
+        let client = try self.currentClient()
+        try await client.withConnection { connection in
+            try await connection.listen(on: channel) { notifications in
+                notified()
+                for try await _ in notifications { notified() }
+            }
+        }
+    }
+
     /// `body`'s result, or `storeUnavailable` once the deadline passes. The work is not awaited
     /// past the deadline: a query stuck on a dead server must not hold its caller too.
     private func withDeadline<T: Sendable>(_ what: String, deadline: Duration? = nil,

@@ -12,6 +12,7 @@ import PostgresNIO
 public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
     let database: PostgresDatabase
     private let bootstrapLock: String
+    private let commitWatch: PostgresCommitWatch
 
     static let migrations = [
         PostgresDatabase.Migration(version: 1, statements: PostgresEntityTable.create + [
@@ -51,6 +52,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         self.database = try await PostgresDatabase(url: url, kind: "replica of \(group)", defaultSchema: Self.defaultSchema(group: group),
                                                    migrations: Self.migrations, logger: logger)
         self.bootstrapLock = "entitysync-bootstrap:\(self.database.schema)"
+        self.commitWatch = PostgresCommitWatch(database: self.database)
     }
 
     /// The schema a group's store uses unless its URL names one.
@@ -59,8 +61,21 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         return String("entitysync_\(cleaned)".prefix(63))
     }
 
+    deinit {
+        // The listener's task holds the watch (and through it the pool) until stopped.
+        self.commitWatch.stop()
+    }
+
     /// Closes the store's connections.
-    public func close() { self.database.close() }
+    public func close() {
+        self.commitWatch.stop()
+        self.database.close()
+    }
+
+    /// Commits by any instance of the group wake the waiter (LISTEN/NOTIFY on the schema's name).
+    public func waitForCommit(timeout: Duration) async {
+        await self.commitWatch.wait(timeout: timeout)
+    }
 
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
         // A group's members must change after its row is written, in a statement of their own
@@ -83,6 +98,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                             + "above \(Int64.max), the largest the store can hold")
         }
         let (kind, id, deleted, bytes) = (change.kind.rawValue, change.entityID, change.isDelete, ByteBuffer(bytes: state))
+        let channel = self.commitWatch.channel
         let now = Date().timeIntervalSince1970
         return try await self.database.read("apply a change") { sql in
             // Data-modifying CTEs all run, in one statement, so atomically: the write under the
@@ -100,8 +116,10 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                     SELECT \(kind), count(*), 1 - count(*), CASE WHEN count(*) > 0 THEN \(now)::float8 END FROM written
                     ON CONFLICT (kind) DO UPDATE SET applied = s.applied + EXCLUDED.applied, stale = s.stale + EXCLUDED.stale,
                         last_applied_at = COALESCE(EXCLUDED.last_applied_at, s.last_applied_at)
+                ), notified AS (
+                    SELECT pg_notify(\(channel), '') FROM written
                 )
-                SELECT count(*) FROM written
+                SELECT count(*) FROM notified
                 """)
             let wrote = try rows.first.map { try $0.decode(Int.self) } ?? 0
             return wrote > 0 ? .apply : .stale
@@ -135,7 +153,8 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
 
     /// Writes `rows` in order in one transaction with their counters; whether each one wrote.
     private func applyRows(_ rows: [ChangeRow]) async throws -> [Bool] {
-        try await self.database.transaction("apply \(rows.count) changes") { sql in
+        let channel = self.commitWatch.channel
+        return try await self.database.transaction("apply \(rows.count) changes") { sql in
             var results: [Bool] = []
             results.reserveCapacity(rows.count)
             var counts: [EntityKind: (applied: Int, stale: Int)] = [:]
@@ -148,6 +167,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                 results.append(wrote)
                 if wrote { counts[row.kind, default: (0, 0)].applied += 1 } else { counts[row.kind, default: (0, 0)].stale += 1 }
             }
+            if results.contains(true) { try await sql.execute("SELECT pg_notify(\(channel), '')") }
             let now = Date().timeIntervalSince1970
             for (kind, count) in counts {
                 let touched: Double? = count.applied > 0 ? now : nil
@@ -205,10 +225,14 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
             members = group.memberIds
         }
         let (id, version, deleted, memberIDs, bytes) = (change.entityID, change.version, change.isDelete, members, state)
+        let channel = self.commitWatch.channel
         return try await self.database.transaction("apply a change") { sql in
             let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: id, version: version,
                                                                   deleted: deleted, state: bytes)
-            if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: id, memberIDs: memberIDs) }
+            if wrote {
+                try await PostgresEntityTable.replaceMembers(sql, groupID: id, memberIDs: memberIDs)
+                try await sql.execute("SELECT pg_notify(\(channel), '')")
+            }
             try await Self.count(sql, .group, column: wrote ? "applied" : "stale", touch: wrote)
             return wrote ? .apply : .stale
         }
