@@ -158,7 +158,12 @@ public final class ConsumerRunner: Sendable {
                 bytes += valid[end].delivery.body.count
                 end += 1
             }
-            await self.applyAndAck(Array(valid[start..<end]), kind: kind)
+            if end - start == 1 {
+                // Alone (one large message): the single path, with no batch to fall back from.
+                await self.handle(valid[start].delivery, kind: kind)
+            } else {
+                await self.applyAndAck(Array(valid[start..<end]), kind: kind)
+            }
             start = end
         }
     }

@@ -250,14 +250,52 @@ final class PostgresDatabase: Sendable {
     }
 
     /// Listens on `channel` on one pooled connection, calling `notified` once listening and then
-    /// for every notification, until the connection ends (it throws) or the task is cancelled.
-    func listen(_ channel: String, _ notified: @escaping @Sendable () -> Void) async throws {
+    /// for every notification, until the connection ends or fails a check (`SELECT 1` every
+    /// `check`, which must answer within 5 s) — it throws — or the task is cancelled.
+    func listen(_ channel: String, check: Duration, _ notified: @escaping @Sendable () -> Void) async throws {
         let client = try self.currentClient()
+        let logger = self.logger
         try await client.withConnection { connection in
             try await connection.listen(on: channel) { notifications in
                 notified()
-                for try await _ in notifications { notified() }
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    group.addTask {
+                        for try await _ in notifications { notified() }
+                        throw SyncError(.storeUnavailable, "the listening connection ended")
+                    }
+                    group.addTask {
+                        while true {
+                            try await Task.sleep(for: check)
+                            let answered = try await Self.firstOf(.seconds(5)) {
+                                _ = try await connection.query("SELECT 1", logger: logger).collect()
+                            }
+                            guard answered else {
+                                throw SyncError(.storeUnavailable, "the listening connection did not answer within 5 s")
+                            }
+                        }
+                    }
+                    // Whichever ends first (both only end by throwing) ends the other.
+                    defer { group.cancelAll() }
+                    _ = try await group.next()
+                }
             }
+        }
+    }
+
+    /// Runs `body`; true if it finished within `limit`, false if the limit came first (the body
+    /// is then cancelled).
+    private static func firstOf(_ limit: Duration, _ body: @escaping @Sendable () async throws -> Void) async throws -> Bool {
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                try await body()
+                return true
+            }
+            group.addTask {
+                try await Task.sleep(for: limit)
+                return false
+            }
+            defer { group.cancelAll() }
+            return try await group.next() ?? false
         }
     }
 

@@ -72,7 +72,8 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         self.database.close()
     }
 
-    /// Commits by any instance of the group wake the waiter (LISTEN/NOTIFY on the schema's name).
+    /// Commits by any instance of the group wake the waiter (NOTIFY after commit, LISTEN on the
+    /// schema's name).
     public func waitForCommit(timeout: Duration) async {
         await self.commitWatch.wait(timeout: timeout)
     }
@@ -98,9 +99,8 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                             + "above \(Int64.max), the largest the store can hold")
         }
         let (kind, id, deleted, bytes) = (change.kind.rawValue, change.entityID, change.isDelete, ByteBuffer(bytes: state))
-        let channel = self.commitWatch.channel
         let now = Date().timeIntervalSince1970
-        return try await self.database.read("apply a change") { sql in
+        let decision: VersionRule.Decision = try await self.database.read("apply a change") { sql in
             // Data-modifying CTEs all run, in one statement, so atomically: the write under the
             // version rule and the counters.
             let rows = try await sql.rows("""
@@ -116,14 +116,14 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                     SELECT \(kind), count(*), 1 - count(*), CASE WHEN count(*) > 0 THEN \(now)::float8 END FROM written
                     ON CONFLICT (kind) DO UPDATE SET applied = s.applied + EXCLUDED.applied, stale = s.stale + EXCLUDED.stale,
                         last_applied_at = COALESCE(EXCLUDED.last_applied_at, s.last_applied_at)
-                ), notified AS (
-                    SELECT pg_notify(\(channel), '') FROM written
                 )
-                SELECT count(*) FROM notified
+                SELECT count(*) FROM written
                 """)
             let wrote = try rows.first.map { try $0.decode(Int.self) } ?? 0
             return wrote > 0 ? .apply : .stale
         }
+        if decision == .apply { self.commitWatch.announce() }
+        return decision
     }
 
     /// Changes per transaction: a batch's round trips (one per user, three per group) must fit
@@ -153,8 +153,7 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
 
     /// Writes `rows` in order in one transaction with their counters; whether each one wrote.
     private func applyRows(_ rows: [ChangeRow]) async throws -> [Bool] {
-        let channel = self.commitWatch.channel
-        return try await self.database.transaction("apply \(rows.count) changes") { sql in
+        let results = try await self.database.transaction("apply \(rows.count) changes") { sql in
             var results: [Bool] = []
             results.reserveCapacity(rows.count)
             var counts: [EntityKind: (applied: Int, stale: Int)] = [:]
@@ -167,9 +166,9 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
                 results.append(wrote)
                 if wrote { counts[row.kind, default: (0, 0)].applied += 1 } else { counts[row.kind, default: (0, 0)].stale += 1 }
             }
-            if results.contains(true) { try await sql.execute("SELECT pg_notify(\(channel), '')") }
             let now = Date().timeIntervalSince1970
-            for (kind, count) in counts {
+            // In one order on every instance, so that two never wait on each other's rows.
+            for (kind, count) in counts.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
                 let touched: Double? = count.applied > 0 ? now : nil
                 try await sql.execute("""
                     INSERT INTO sync_statistics AS s (kind, applied, stale, last_applied_at)
@@ -180,6 +179,8 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
             }
             return results
         }
+        if results.contains(true) { self.commitWatch.announce() }
+        return results
     }
 
     /// What a change writes: its row (state serialized with the version in it) and a group's members.
@@ -225,17 +226,15 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
             members = group.memberIds
         }
         let (id, version, deleted, memberIDs, bytes) = (change.entityID, change.version, change.isDelete, members, state)
-        let channel = self.commitWatch.channel
-        return try await self.database.transaction("apply a change") { sql in
+        let decision: VersionRule.Decision = try await self.database.transaction("apply a change") { sql in
             let wrote = try await PostgresEntityTable.saveIfNewer(sql, kind: .group, id: id, version: version,
                                                                   deleted: deleted, state: bytes)
-            if wrote {
-                try await PostgresEntityTable.replaceMembers(sql, groupID: id, memberIDs: memberIDs)
-                try await sql.execute("SELECT pg_notify(\(channel), '')")
-            }
+            if wrote { try await PostgresEntityTable.replaceMembers(sql, groupID: id, memberIDs: memberIDs) }
             try await Self.count(sql, .group, column: wrote ? "applied" : "stale", touch: wrote)
             return wrote ? .apply : .stale
         }
+        if decision == .apply { self.commitWatch.announce() }
+        return decision
     }
 
     public func recordDeadLetter(_ kind: EntityKind) async throws {

@@ -214,10 +214,12 @@ public final class SQLiteSourceStore: SourceStore {
                 let holder: String = row["owner"]
                 let expiresAt: Double = row["expires_at"]
                 if holder != owner && expiresAt > now { return [] }
-                // Rewritten only when the expiry moves by a second or more: a busy relay claims
-                // many batches a second, and each renewal is a commit with an fsync. The lease
-                // stays within a second of what the claim asked for.
-                renew = holder != owner || abs(now + leaseSeconds - expiresAt) >= 1
+                // A live lease of ours is left alone when the claim would only push its expiry
+                // out by less than min(1 s, a quarter of the lease): a busy relay claims many
+                // batches a second, and each renewal is a commit with an fsync. A lapsed lease,
+                // or a claim that shortens it, is always written.
+                let pushedOut = now + leaseSeconds - expiresAt
+                renew = holder != owner || expiresAt <= now || pushedOut < 0 || pushedOut >= min(1, leaseSeconds / 4)
             }
             if renew {
                 try db.execute(sql: """
