@@ -45,29 +45,27 @@ enum EntityTable {
     }
 
     static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
+        _ = try self.write(db, kind: kind, id: id, version: version, deleted: deleted, state: state, onlyIfNewer: false)
+    }
+
+    /// Writes the row only if it is new or `version` is higher than the stored one; true if it wrote.
+    static func saveIfNewer(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws -> Bool {
+        try self.write(db, kind: kind, id: id, version: version, deleted: deleted, state: state, onlyIfNewer: true)
+    }
+
+    private static func write(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8],
+                              onlyIfNewer: Bool) throws -> Bool {
         // Validation keeps versions within Int64; this keeps a caller that skipped it from trapping.
         guard let signed = Int64(exactly: version) else {
             throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
                             + "the largest the store can hold")
         }
+        // Two literal statements (each cached once), never input.
         try db.cachedStatement(sql: """
             INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
             ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
                 state = excluded.state, updated_at = excluded.updated_at
-            """).execute(arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
-    }
-
-    /// Writes the row only if it is new or `version` is higher than the stored one; true if it wrote.
-    static func saveIfNewer(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws -> Bool {
-        guard let signed = Int64(exactly: version) else {
-            throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
-                            + "the largest the store can hold")
-        }
-        try db.cachedStatement(sql: """
-            INSERT INTO entities (kind, id, version, deleted, state, updated_at) VALUES (?, ?, ?, ?, ?, ?)
-            ON CONFLICT (kind, id) DO UPDATE SET version = excluded.version, deleted = excluded.deleted,
-                state = excluded.state, updated_at = excluded.updated_at
-            WHERE entities.version < excluded.version
+            \(onlyIfNewer ? "WHERE entities.version < excluded.version" : "")
             """).execute(arguments: [kind.rawValue, id, signed, deleted, Data(state), Date().timeIntervalSince1970])
         return db.changesCount > 0
     }

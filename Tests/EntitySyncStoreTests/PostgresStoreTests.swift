@@ -2,7 +2,6 @@ import EntitySyncCore
 @testable import EntitySyncPostgres
 import EntitySyncTestSupport
 import Foundation
-import Synchronization
 import Testing
 
 /// What only the PostgreSQL backend has: logins, a server that can be down, schemas migrated by
@@ -137,40 +136,5 @@ struct PostgresStoreTests {
             throw error
         }
         try await PostgresAdmin.execute(url, "ALTER DATABASE \"\(url.database)\" RESET synchronous_commit")
-    }
-
-    /// A read-your-writes wait on one instance wakes for a change another instance committed
-    /// (NOTIFY in its transaction, LISTEN on the waiting side), long before its timeout.
-    @Test func aWaitWakesForAnotherInstancesCommit() async throws {
-        let place = try StoreBackend.postgres.place("watch")
-        let waiting = try await place.replica(group: "watch")
-        let applying = try await place.replica(group: "watch")
-        final class Seen: Sendable { let value = Mutex(false) }
-        let seen = Seen()
-        let waiter = Task {
-            while try await waiting.version(of: .user, id: "u1") == nil {
-                await waiting.waitForCommit(timeout: .seconds(120))
-            }
-            seen.value.withLock { $0 = true }
-        }
-        // Not synchronisation: it only lets the waiter start listening and get past its first
-        // wake, so that the commit lands while it waits.
-        try await Task.sleep(for: .milliseconds(500))
-        _ = try await applying.apply(validated(Fixtures.userChange("u1", version: 1)))
-        try await eventually("the waiting instance saw the change", timeout: .seconds(30)) { seen.value.withLock { $0 } }
-        waiter.cancel()
-        // A batch wakes it too.
-        let batchSeen = Seen()
-        let batchWaiter = Task {
-            while try await waiting.version(of: .group, id: "g1") == nil {
-                await waiting.waitForCommit(timeout: .seconds(120))
-            }
-            batchSeen.value.withLock { $0 = true }
-        }
-        try await Task.sleep(for: .milliseconds(200))
-        _ = try await applying.apply(batch: [validated(Fixtures.userChange("u2", version: 1)),
-                                             validated(Fixtures.groupChange("g1", version: 1, members: ["u1"]))])
-        try await eventually("the waiting instance saw the batch", timeout: .seconds(30)) { batchSeen.value.withLock { $0 } }
-        batchWaiter.cancel()
     }
 }

@@ -3,6 +3,7 @@ import EntitySyncProto
 import EntitySyncTestSupport
 import Foundation
 import SwiftProtobuf
+import Synchronization
 import Testing
 
 func validated(_ change: EntityChange) throws -> ValidatedChange {
@@ -57,6 +58,43 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
         let statistics = try await replica.statistics()
         #expect(statistics[.user]?.applied == 5 && statistics[.user]?.stale == 2)
         #expect(statistics[.group]?.applied == 2 && statistics[.group]?.stale == 0)
+    }
+
+    /// A read-your-writes wait on one instance wakes, long before its timeout, for a change
+    /// another instance committed to the shared store (SQLite: another connection to the file,
+    /// seen through `PRAGMA data_version`; PostgreSQL: NOTIFY after the commit, LISTEN here),
+    /// whether the change came alone or in a batch.
+    @Test(arguments: StoreBackend.available) func aWaitWakesForAnotherInstancesCommit(backend: StoreBackend) async throws {
+        let place = try backend.place("watch")
+        let waiting = try await place.replica(group: "watch")
+        let applying = try await place.replica(group: "watch")
+        try await Self.expectWake(of: waiting, seeing: .user, "u1") {
+            _ = try await applying.apply(validated(Fixtures.userChange("u1", version: 1)))
+        }
+        try await Self.expectWake(of: waiting, seeing: .group, "g1") {
+            _ = try await applying.apply(batch: [validated(Fixtures.userChange("u2", version: 1)),
+                                                 validated(Fixtures.groupChange("g1", version: 1, members: ["u1"]))])
+        }
+    }
+
+    /// Starts a waiter on `store` that loops on two-minute waits until `id` is there, commits
+    /// through `commit`, and expects the waiter to see it within 30 s.
+    private static func expectWake(of store: any ReplicaStore, seeing kind: EntityKind, _ id: String,
+                                   after commit: () async throws -> Void) async throws {
+        final class Seen: Sendable { let value = Mutex(false) }
+        let seen = Seen()
+        let waiter = Task {
+            while try await store.version(of: kind, id: id) == nil {
+                await store.waitForCommit(timeout: .seconds(120))
+            }
+            seen.value.withLock { $0 = true }
+        }
+        defer { waiter.cancel() }
+        // Not synchronisation: it only lets the waiter start watching and get past its first
+        // wake, so that the commit lands while it waits.
+        try await Task.sleep(for: .milliseconds(500))
+        try await commit()
+        try await eventually("the waiting instance saw \(kind.rawValue) \(id)", timeout: .seconds(30)) { seen.value.withLock { $0 } }
     }
 
     /// A group's members follow its newest version: replaced by an upsert, cleared by its
