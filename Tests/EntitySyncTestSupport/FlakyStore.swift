@@ -33,12 +33,12 @@ public actor FlakyStore: ReplicaStore {
         return try await self.wrapped.apply(change)
     }
 
-    /// Fails as a whole, as one transaction would, if any change in it would fail alone.
+    /// Fails as a whole, as one transaction would, if any change in it would fail alone. That
+    /// failure is not counted against the change: the consumer then applies the batch one change
+    /// at a time, and those attempts are the ones its retry rule counts.
     public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
         if self.down { throw SyncError(.storeUnavailable, "simulated: the database server is down") }
-        for change in changes where (self.remainingFailures[change.entityID] ?? 0) > 0 {
-            self.attemptsByEntity[change.entityID, default: 0] += 1
-            self.remainingFailures[change.entityID, default: 0] -= 1
+        if changes.contains(where: { (self.remainingFailures[$0.entityID] ?? 0) > 0 }) {
             throw SyncError(.storeUnavailable, "simulated: database is locked")
         }
         for change in changes { self.attemptsByEntity[change.entityID, default: 0] += 1 }
