@@ -63,30 +63,23 @@ struct SQLiteDatabase: Sendable {
     }
 
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        do {
-            return try await self.pool.write(body)
-        } catch let error as SyncError {
-            throw error
-        } catch {
-            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
-        }
+        try await self.translatingErrors { try await self.pool.write(body) }
     }
 
     /// Like `write`, but in a transaction shared with the writes submitted meanwhile
     /// (`GroupCommit`): for many concurrent small writes, one commit and one fsync.
     func groupWrite<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        do {
-            return try await self.group.write(body)
-        } catch let error as SyncError {
-            throw error
-        } catch {
-            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
-        }
+        try await self.translatingErrors { try await self.group.write(body) }
     }
 
     func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await self.translatingErrors { try await self.pool.read(body) }
+    }
+
+    /// SyncErrors pass through; anything else from SQLite is the store failing, named by path.
+    private func translatingErrors<T>(_ work: () async throws -> T) async throws -> T {
         do {
-            return try await self.pool.read(body)
+            return try await work()
         } catch let error as SyncError {
             throw error
         } catch {
