@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1
 # The entity-sync binary in a slim Debian image. Stage 1 builds with the Swift toolchain
 # (Swift's runtime linked in statically); stage 2 holds only the C libraries the binary links:
-# librabbitmq and SQLite (tests check this list against the binary's linked libraries).
+# librabbitmq, SQLite and libnghttp2 (tests check this list against the binary's linked libraries).
 
 FROM swift:6.3-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends pkg-config librabbitmq-dev libsqlite3-dev \
+ && apt-get install -y --no-install-recommends pkg-config librabbitmq-dev libsqlite3-dev libnghttp2-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Package.swift first, so dependency resolution is cached until it changes.
@@ -19,7 +19,7 @@ RUN swift build -c release --product entity-sync --static-swift-stdlib \
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
- && apt-get install -y --no-install-recommends librabbitmq4 libsqlite3-0 libssl3 libstdc++6 zlib1g ca-certificates tzdata \
+ && apt-get install -y --no-install-recommends librabbitmq4 libsqlite3-0 libnghttp2-14 libssl3 libstdc++6 zlib1g ca-certificates tzdata \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/entity-sync --create-home entitysync \
  && mkdir -p /data && chown entitysync /data

@@ -66,6 +66,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // libnghttp2 from the system (Debian: libnghttp2-dev).
+        .systemLibrary(
+            name: "CNghttp2",
+            pkgConfig: "libnghttp2",
+            providers: [.apt(["libnghttp2-dev"])]
+        ),
+        // The gRPC server on libnghttp2: connections, streams, routing, deadlines, TLS. The only
+        // Swift code that touches libnghttp2; it knows nothing about entities.
+        .target(
+            name: "HTTP2RPC",
+            dependencies: [
+                "CNghttp2",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+                .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         // Code generated from proto/ by scripts/generate-proto; committed, never edited by hand.
         .target(
             name: "EntitySyncProto",
@@ -132,10 +154,12 @@ let package = Package(
                 "EntitySyncPostgres",
                 "EntitySyncGRPC",
                 "EntitySyncProto",
+                "HTTP2RPC",
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),
                 .product(name: "GRPCProtobuf", package: "grpc-swift-protobuf"),
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -28,6 +28,8 @@ public protocol ReplicaStore: Sendable {
     func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group]
     /// Live member users of a group, in id order after `after`.
     func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User]
+    /// A live user and its first `groupLimit` live groups in id order, read together.
+    func userWithGroups(id: String, groupLimit: Int) async throws -> UserWithGroups?
 
     /// What the store records about loading the producer's snapshot; nil if no load ever started.
     func bootstrapRecord() async throws -> BootstrapRecord?
@@ -78,4 +80,21 @@ extension ReplicaStore {
         SyncError(.configuration, "the replica store \(Self.self) does not record bootstrap state; implement "
                   + "bootstrapRecord, beginBootstrap, touchBootstrap and completeBootstrap for it")
     }
+}
+
+/// A user with the groups it belongs to, as `UserQuery.GetUser` answers.
+public typealias UserWithGroups = (user: User, groups: [Group])
+
+extension ReplicaStore {
+    public func userWithGroups(id: String, groupLimit: Int) async throws -> UserWithGroups? {
+        guard let user = try await self.user(id: id) else { return nil }
+        return (user, try await self.groups(ofUser: id, after: nil, limit: groupLimit))
+    }
+}
+
+/// A store that can answer point reads on the calling thread without waiting for anything but
+/// its own file (SQLite): the gRPC server answers these on its event loop, with no thread hop.
+public protocol ImmediateReplicaReads: Sendable {
+    /// Like `ReplicaStore.userWithGroups`, on the calling thread.
+    func userWithGroupsNow(id: String, groupLimit: Int) throws -> UserWithGroups?
 }

@@ -7,7 +7,7 @@ import SwiftProtobuf
 /// A consumer group's copy in one SQLite file (WAL mode), shared by every instance of the
 /// group on the host. Applying is one transaction that checks the version rule, so competing
 /// instances, duplicates and reordering cannot make it regress.
-public final class SQLiteReplicaStore: ReplicaStore {
+public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
     let database: SQLiteDatabase
     private let commitWatch: CommitWatch
 
@@ -138,12 +138,31 @@ public final class SQLiteReplicaStore: ReplicaStore {
     }
 
     public func groups(ofUser userID: String, after: String?, limit: Int) async throws -> [Group] {
-        try await self.database.read { db in
-            try Data.fetchAll(db, sql: """
-                SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
-                WHERE m.user_id = ? AND e.deleted = 0 AND m.group_id > ? ORDER BY m.group_id LIMIT ?
-                """, arguments: [userID, after ?? "", limit]).map { try Group(serializedBytes: [UInt8]($0)) }
-        }
+        try await self.database.read { db in try Self.groups(db, ofUser: userID, after: after, limit: limit) }
+    }
+
+    public func userWithGroups(id: String, groupLimit: Int) async throws -> UserWithGroups? {
+        try await self.database.read { db in try Self.userWithGroups(db, id: id, groupLimit: groupLimit) }
+    }
+
+    public func userWithGroupsNow(id: String, groupLimit: Int) throws -> UserWithGroups? {
+        try self.database.readNow { db in try Self.userWithGroups(db, id: id, groupLimit: groupLimit) }
+    }
+
+    private static func userWithGroups(_ db: Database, id: String, groupLimit: Int) throws -> UserWithGroups? {
+        guard let user = try EntityTable.user(db, id: id) else { return nil }
+        return (user, try self.groups(db, ofUser: id, after: nil, limit: groupLimit))
+    }
+
+    private static func groups(_ db: Database, ofUser userID: String, after: String?, limit: Int) throws -> [Group] {
+        let statement = try db.cachedStatement(sql: """
+            SELECT e.state FROM group_members m JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
+            WHERE m.user_id = ? AND e.deleted = 0 AND m.group_id > ? ORDER BY m.group_id LIMIT ?
+            """)
+        var groups: [Group] = []
+        let rows = try Data.fetchCursor(statement, arguments: [userID, after ?? "", limit])
+        while let state = try rows.next() { groups.append(try Group(serializedBytes: [UInt8](state))) }
+        return groups
     }
 
     public func members(ofGroup groupID: String, after: String?, limit: Int) async throws -> [User] {

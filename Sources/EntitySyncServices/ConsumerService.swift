@@ -4,6 +4,7 @@ import EntitySyncGRPC
 import EntitySyncProto
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import HTTP2RPC
 import Logging
 import ServiceLifecycle
 
@@ -69,15 +70,24 @@ public final class ConsumerService: Service {
         case .userRPC: Entitysync_V1_UserQuery.descriptor.fullyQualifiedService
         case .orgRPC: Entitysync_V1_OrgQuery.descriptor.fullyQualifiedService
         }
-        let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
+        let healthService = HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService])
+        let observer = ImmediateCallObserver(logger: self.logger)
+        var immediate = ImmediateRoutes()
+        immediate.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                        observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in try healthService.check(request) })
+        if self.kind == .userRPC, let reads = store as? any ImmediateReplicaReads {
+            immediate.unary(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
+                            observer.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))
+        }
+        let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             query,
             SyncInfoService(group: self.group, topology: self.configuration.topology, store: store, connection: connection,
                             runner: runner),
-            HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService]),
+            healthService,
         ], interceptors: [
             RPCMetricsInterceptor(),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: SyncInfoService.mutations),
-        ])
+        ], immediate: immediate, logger: self.logger)
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }

@@ -11,6 +11,11 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     let services: Set<String>
 
     func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws -> Grpc_Health_V1_HealthCheckResponse {
+        try self.check(request)
+    }
+
+    /// Check needs nothing but a flag: the server answers it on its event loop.
+    func check(_ request: Grpc_Health_V1_HealthCheckRequest) throws -> Grpc_Health_V1_HealthCheckResponse {
         guard request.service.isEmpty || self.services.contains(request.service) else {
             throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
         }

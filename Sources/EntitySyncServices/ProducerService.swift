@@ -2,6 +2,7 @@ import AMQPClient
 import EntitySyncCore
 import EntitySyncGRPC
 import GRPCCore
+import HTTP2RPC
 import Logging
 import ServiceLifecycle
 
@@ -37,13 +38,18 @@ public final class ProducerService: Service {
             try await location.openSource(producer: name, logger: logger)
         }
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
-        let (server, transport) = ServiceRuntime.makeServer(self.configuration, services: [
+        let healthService = HealthService(status: self.health, services: names)
+        let observer = ImmediateCallObserver(logger: self.logger)
+        var immediate = ImmediateRoutes()
+        immediate.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                        observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in try healthService.check(request) })
+        let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             EntityAdminService(store: store),
-            HealthService(status: self.health, services: names),
+            healthService,
         ], interceptors: [
             RPCMetricsInterceptor(),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: EntityAdminService.mutations),
-        ])
+        ], immediate: immediate, logger: self.logger)
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }

@@ -1,23 +1,23 @@
 import AMQPClient
 import EntitySyncCore
 import GRPCCore
-import GRPCNIOTransportHTTP2
+import HTTP2RPC
 import Logging
 import ServiceLifecycle
 import Synchronization
 
 /// A gRPC server serving in its own task, so that it can be stopped hard when a graceful stop
-/// takes too long: grpc-swift's graceful close waits for each client to acknowledge it, and a
-/// client that holds its connection without reading (a hung or frozen peer) never does.
+/// takes too long: a graceful close lets calls in flight finish, and a client that holds its
+/// connection without reading (a hung or frozen peer) never lets it end.
 final class ServerRun: Sendable {
     private enum State { case serving, stopping, forced, stopped }
 
-    private let server: GRPCServer<HTTP2ServerTransport.Posix>
+    private let server: GRPCServer<HTTP2RPCTransport>
     private let task: Task<Void, any Error>
     private let state = Mutex(State.serving)
     private let logger: Logger
 
-    init(_ server: GRPCServer<HTTP2ServerTransport.Posix>, logger: Logger) {
+    init(_ server: GRPCServer<HTTP2RPCTransport>, logger: Logger) {
         self.server = server
         self.logger = logger
         self.task = Task { try await server.serve() }

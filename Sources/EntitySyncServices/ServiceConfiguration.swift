@@ -17,6 +17,8 @@ public struct ServiceConfiguration: Sendable {
     public var instanceName: String
     public var maxConcurrentStreams: Int
     public var maxRequestBytes: Int
+    /// TLS on the gRPC listener; plaintext h2c when nil.
+    public var tls: ServerTLS?
     /// Once shutdown begins, how long calls in flight may take before every client connection
     /// is closed: a client that never goes away must not keep the process alive.
     public var shutdownGrace: Duration = .seconds(10)

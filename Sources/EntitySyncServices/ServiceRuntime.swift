@@ -1,7 +1,7 @@
 import AMQPClient
 import EntitySyncCore
 import GRPCCore
-import GRPCNIOTransportHTTP2
+import HTTP2RPC
 import Logging
 import ServiceLifecycle
 import Synchronization
@@ -10,16 +10,14 @@ import Synchronization
 /// that waits out a broker that is not up yet but fails fast on configuration errors.
 enum ServiceRuntime {
     static func makeServer(_ configuration: ServiceConfiguration, services: [any RegistrableRPCService],
-                           interceptors: [any ServerInterceptor]) -> (GRPCServer<HTTP2ServerTransport.Posix>, HTTP2ServerTransport.Posix) {
-        let transport = HTTP2ServerTransport.Posix(
-            address: .ipv4(host: configuration.listen.host, port: configuration.listen.port),
-            transportSecurity: .plaintext,
-            config: .defaults { config in
-                // Unlimited by default: bound what one client connection can open at once.
-                config.http2.maxConcurrentStreams = configuration.maxConcurrentStreams
-                config.rpc.maxRequestPayloadSize = configuration.maxRequestBytes
-            }
-        )
+                           interceptors: [any ServerInterceptor], immediate: ImmediateRoutes = ImmediateRoutes(),
+                           logger: Logger) throws -> (GRPCServer<HTTP2RPCTransport>, HTTP2RPCTransport) {
+        var server = RPCServerConfiguration(host: configuration.listen.host, port: configuration.listen.port)
+        // Unlimited would let one client connection open any number of calls at once.
+        server.maxConcurrentStreams = configuration.maxConcurrentStreams
+        server.maxRequestBytes = configuration.maxRequestBytes
+        server.tls = try configuration.tls?.serverConfiguration()
+        let transport = HTTP2RPCTransport(configuration: server, immediate: immediate, logger: logger)
         return (GRPCServer(transport: transport, services: services, interceptors: interceptors), transport)
     }
 

@@ -2,6 +2,7 @@ import EntitySyncCore
 import EntitySyncGRPC
 import EntitySyncProto
 import GRPCCore
+import HTTP2RPC
 
 /// user-rpc's read API over its group's replica.
 struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
@@ -10,15 +11,31 @@ struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
     func getUser(request: Entitysync_V1_GetRequest, context: ServerContext) async throws -> Entitysync_V1_UserWithGroups {
         try await RPCErrors.mapping {
             try DraftValidation.validateID(request.id, field: "id")
-            guard let user = try await self.store.user(id: request.id) else {
-                throw SyncError(.notFound, "user '\(request.id)' does not exist here (yet): if it was just created, "
-                                + "wait for its version with SyncInfo.WaitForVersion")
-            }
-            var response = Entitysync_V1_UserWithGroups()
-            response.user = user
-            response.groups = try await self.store.groups(ofUser: request.id, after: nil, limit: Page.maximumSize)
-            return response
+            return try Self.reply(request.id, try await self.store.userWithGroups(id: request.id, groupLimit: Page.maximumSize))
         }
+    }
+
+    /// GetUser answered on the server's event loop, for stores that read without waiting (SQLite).
+    static func immediateGetUser(_ store: any ImmediateReplicaReads) -> @Sendable (Entitysync_V1_GetRequest, ImmediateCall) throws -> Entitysync_V1_UserWithGroups {
+        { request, _ in
+            do {
+                try DraftValidation.validateID(request.id, field: "id")
+                return try Self.reply(request.id, try store.userWithGroupsNow(id: request.id, groupLimit: Page.maximumSize))
+            } catch {
+                throw RPCErrors.map(error)
+            }
+        }
+    }
+
+    private static func reply(_ id: String, _ found: UserWithGroups?) throws -> Entitysync_V1_UserWithGroups {
+        guard let found else {
+            throw SyncError(.notFound, "user '\(id)' does not exist here (yet): if it was just created, "
+                            + "wait for its version with SyncInfo.WaitForVersion")
+        }
+        var response = Entitysync_V1_UserWithGroups()
+        response.user = found.user
+        response.groups = found.groups
+        return response
     }
 
     func batchGetUsers(request: Entitysync_V1_BatchGetUsersRequest, context: ServerContext) async throws -> Entitysync_V1_BatchGetUsersResponse {

@@ -1,0 +1,111 @@
+/// The small encodings of the gRPC-over-HTTP/2 wire format that are not HTTP/2 itself: the
+/// percent-encoded `grpc-message`, the `grpc-timeout` value, the 5-byte message prefix and
+/// base64 for `-bin` metadata.
+enum GRPCWire {
+    /// The 5-byte prefix of a length-prefixed message: compressed flag, then big-endian length.
+    static let prefixLength = 5
+
+    /// Appends `message` with its prefix (uncompressed) to `bytes`.
+    static func appendFramed(_ message: [UInt8], to bytes: inout [UInt8]) {
+        let length = UInt32(truncatingIfNeeded: message.count)
+        bytes.reserveCapacity(bytes.count + self.prefixLength + message.count)
+        bytes.append(0)
+        bytes.append(UInt8(truncatingIfNeeded: length >> 24))
+        bytes.append(UInt8(truncatingIfNeeded: length >> 16))
+        bytes.append(UInt8(truncatingIfNeeded: length >> 8))
+        bytes.append(UInt8(truncatingIfNeeded: length))
+        bytes.append(contentsOf: message)
+    }
+
+    /// `grpc-message` is percent-encoded UTF-8: everything outside printable ASCII, and '%' itself.
+    static func percentEncoded(_ message: String) -> String {
+        var needsEncoding = false
+        for byte in message.utf8 where byte < 0x20 || byte > 0x7E || byte == 0x25 {
+            needsEncoding = true
+            break
+        }
+        guard needsEncoding else { return message }
+        let hex = Array("0123456789ABCDEF".utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(message.utf8.count * 2)
+        for byte in message.utf8 {
+            if byte < 0x20 || byte > 0x7E || byte == 0x25 {
+                out.append(0x25)
+                out.append(hex[Int(byte >> 4)])
+                out.append(hex[Int(byte & 0x0F)])
+            } else {
+                out.append(byte)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Parses `grpc-timeout` ("1-8 ASCII digits" then a unit H M S m u n); nil when malformed.
+    static func timeout(_ value: String) -> Duration? {
+        let bytes = Array(value.utf8)
+        guard bytes.count >= 2, bytes.count <= 9, let unit = bytes.last else { return nil }
+        var amount: Int64 = 0
+        for byte in bytes.dropLast() {
+            guard byte >= 0x30, byte <= 0x39 else { return nil }
+            amount = amount * 10 + Int64(byte - 0x30)
+        }
+        switch unit {
+        case UInt8(ascii: "H"): return .seconds(amount * 3600)
+        case UInt8(ascii: "M"): return .seconds(amount * 60)
+        case UInt8(ascii: "S"): return .seconds(amount)
+        case UInt8(ascii: "m"): return .milliseconds(amount)
+        case UInt8(ascii: "u"): return .microseconds(amount)
+        case UInt8(ascii: "n"): return .nanoseconds(amount)
+        default: return nil
+        }
+    }
+
+    private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+
+    /// Base64 without padding, as gRPC sends binary metadata.
+    static func base64(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity((bytes.count + 2) / 3 * 4)
+        var index = 0
+        while index + 3 <= bytes.count {
+            let chunk = UInt32(bytes[index]) << 16 | UInt32(bytes[index + 1]) << 8 | UInt32(bytes[index + 2])
+            for shift in [18, 12, 6, 0] { out.append(self.base64Alphabet[Int((chunk >> UInt32(shift)) & 0x3F)]) }
+            index += 3
+        }
+        let rest = bytes.count - index
+        if rest > 0 {
+            var chunk = UInt32(bytes[index]) << 16
+            if rest == 2 { chunk |= UInt32(bytes[index + 1]) << 8 }
+            out.append(self.base64Alphabet[Int((chunk >> 18) & 0x3F)])
+            out.append(self.base64Alphabet[Int((chunk >> 12) & 0x3F)])
+            if rest == 2 { out.append(self.base64Alphabet[Int((chunk >> 6) & 0x3F)]) }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Decodes base64 with or without padding; nil when the text is not base64.
+    static func base64Decoded(_ text: String) -> [UInt8]? {
+        var out: [UInt8] = []
+        var accumulator: UInt32 = 0
+        var bits = 0
+        for byte in text.utf8 {
+            let value: UInt8
+            switch byte {
+            case UInt8(ascii: "A")...UInt8(ascii: "Z"): value = byte - UInt8(ascii: "A")
+            case UInt8(ascii: "a")...UInt8(ascii: "z"): value = byte - UInt8(ascii: "a") + 26
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): value = byte - UInt8(ascii: "0") + 52
+            case UInt8(ascii: "+"), UInt8(ascii: "-"): value = 62
+            case UInt8(ascii: "/"), UInt8(ascii: "_"): value = 63
+            case UInt8(ascii: "="): continue
+            default: return nil
+            }
+            accumulator = accumulator << 6 | UInt32(value)
+            bits += 6
+            if bits >= 8 {
+                bits -= 8
+                out.append(UInt8(truncatingIfNeeded: accumulator >> UInt32(bits)))
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,765 @@
+import CNghttp2
+import GRPCCore
+import Logging
+import NIOCore
+import NIOTLS
+import NIOSSL
+
+/// One client connection: a libnghttp2 server session fed from, and draining into, a NIO
+/// channel. Everything here runs on the channel's event loop; streams are entries in
+/// `streams`, so a call costs no channel, task or pipeline of its own.
+final class HTTP2Connection: ChannelDuplexHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = Never
+    typealias OutboundIn = Never
+    typealias OutboundOut = ByteBuffer
+
+    struct Shared: Sendable {
+        let configuration: RPCServerConfiguration
+        let immediate: ImmediateRoutes
+        let methods: [String: MethodDescriptor]
+        let logger: Logger
+        /// Hands a stream to the grpc-swift services; false once the server no longer takes calls.
+        let deliver: @Sendable (IncomingRPC) -> Bool
+    }
+
+    private let shared: Shared
+    private var session: OpaquePointer?
+    private var context: ChannelHandlerContext?
+    private var streams: [Int32: RPCStreamState] = [:]
+    private var inCallbacks = false
+    private var closing = false
+    private var quiescing = false
+    private var goawaySent = false
+    private var lastRead = NIODeadline.now()
+    private var lastStreamActivity = NIODeadline.now()
+    private var pingSentAt: NIODeadline?
+    private var ticker: RepeatedTask?
+    private var remotePeer = "unknown"
+    private var localPeer = "unknown"
+    private let tlsRequired: Bool
+    private var tlsReady: Bool
+
+    init(shared: Shared) {
+        self.shared = shared
+        self.tlsRequired = shared.configuration.tls != nil
+        self.tlsReady = shared.configuration.tls == nil
+    }
+
+    static func from(_ userData: UnsafeMutableRawPointer) -> HTTP2Connection {
+        Unmanaged<HTTP2Connection>.fromOpaque(userData).takeUnretainedValue()
+    }
+
+    // MARK: Channel events
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        self.remotePeer = context.channel.remoteAddress.map { "\($0)" } ?? "unknown"
+        self.localPeer = context.channel.localAddress.map { "\($0)" } ?? "unknown"
+        guard let callbacks = NGHTTP2Callbacks.server else {
+            self.shared.logger.error("libnghttp2 could not allocate its callbacks; closing the connection")
+            context.close(promise: nil)
+            return
+        }
+        var option: OpaquePointer?
+        nghttp2_option_new(&option)
+        if let option {
+            nghttp2_option_set_stream_reset_rate_limit(option, self.shared.configuration.resetBurst,
+                                                       self.shared.configuration.resetsPerSecond)
+            nghttp2_option_set_max_continuations(option, 8)
+            nghttp2_option_set_max_outbound_ack(option, 1000)
+            nghttp2_option_set_max_settings(option, 32)
+            // Metadata values with surrounding spaces ("Bearer ") reach the services, which
+            // answer them with a status rather than a reset stream.
+            nghttp2_option_set_no_rfc9113_leading_and_trailing_ws_validation(option, 1)
+        }
+        var session: OpaquePointer?
+        let result = nghttp2_session_server_new2(&session, callbacks, Unmanaged.passUnretained(self).toOpaque(), option)
+        if let option { nghttp2_option_del(option) }
+        guard result == 0, let session else {
+            self.shared.logger.error("libnghttp2 could not create a session; closing the connection",
+                                     metadata: ["error": "\(result)"])
+            context.close(promise: nil)
+            return
+        }
+        self.session = session
+        let settings = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue),
+                                   value: UInt32(clamping: self.shared.configuration.maxConcurrentStreams)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue),
+                                   value: UInt32(clamping: self.shared.configuration.maxHeaderListBytes)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 1 << 20),
+        ]
+        settings.withUnsafeBufferPointer { entries in
+            _ = nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), entries.baseAddress, entries.count)
+        }
+        // A larger connection window than the 64 KiB default, so that many streams' requests
+        // are not held back by connection-level flow control.
+        _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 8 << 20)
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        self.ticker = context.eventLoop.scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { _ in
+            loopBound.value.tick()
+        }
+        if self.tlsReady { self.flushOutput() }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        self.teardown()
+        self.context = nil
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        self.teardown()
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let buffer = self.unwrapInboundIn(data)
+        guard let session = self.session, !self.closing else { return }
+        self.lastRead = .now()
+        self.pingSentAt = nil
+        self.inCallbacks = true
+        let result = buffer.withUnsafeReadableBytes { bytes in
+            nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
+        }
+        self.inCallbacks = false
+        if result < 0 {
+            self.shared.logger.debug("closing a connection that broke the HTTP/2 protocol", metadata: [
+                "peer": "\(self.remotePeer)", "error": "\(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: result))))",
+            ])
+            // nghttp2 queued a GOAWAY saying why; send it before closing.
+            self.flushOutput()
+            self.close()
+        }
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        self.flushOutput()
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable { self.flushOutput() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? TLSUserEvent, case .handshakeCompleted(let negotiated) = event {
+            guard negotiated == nil || negotiated == "h2" else {
+                self.shared.logger.debug("closing a TLS connection that did not negotiate h2",
+                                         metadata: ["peer": "\(self.remotePeer)", "alpn": "\(negotiated ?? "")"])
+                self.close()
+                return
+            }
+            self.tlsReady = true
+            self.flushOutput()
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        self.shared.logger.debug("connection error", metadata: ["peer": "\(self.remotePeer)", "error": "\(error)"])
+        self.close()
+    }
+
+    // MARK: Output
+
+    /// Moves what nghttp2 has to send into the channel, while the channel takes it.
+    func flushOutput() {
+        guard let session = self.session, let context = self.context, !self.inCallbacks, self.tlsReady else { return }
+        var buffer: ByteBuffer?
+        var wrote = false
+        while context.channel.isWritable {
+            var data: UnsafePointer<UInt8>?
+            self.inCallbacks = true
+            let count = nghttp2_session_mem_send(session, &data)
+            self.inCallbacks = false
+            if count < 0 {
+                self.shared.logger.debug("libnghttp2 failed to produce output; closing the connection",
+                                         metadata: ["error": "\(count)"])
+                self.close()
+                return
+            }
+            guard count > 0, let data else { break }
+            if buffer == nil { buffer = context.channel.allocator.buffer(capacity: max(count, 16 * 1024)) }
+            buffer?.writeBytes(UnsafeRawBufferPointer(start: data, count: count))
+            if let full = buffer, full.readableBytes >= 64 * 1024 {
+                context.write(self.wrapOutboundOut(full), promise: nil)
+                buffer = nil
+                wrote = true
+            }
+        }
+        if let buffer {
+            context.write(self.wrapOutboundOut(buffer), promise: nil)
+            wrote = true
+        }
+        if wrote { context.flush() }
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            self.close()
+        }
+    }
+
+    private func close() {
+        guard !self.closing else { return }
+        self.closing = true
+        self.context?.close(promise: nil)
+    }
+
+    private func teardown() {
+        self.ticker?.cancel()
+        self.ticker = nil
+        let streams = self.streams
+        self.streams.removeAll()
+        for state in streams.values { self.abandon(state, reason: "the connection closed") }
+        if let session = self.session {
+            self.session = nil
+            nghttp2_session_del(session)
+        }
+    }
+
+    // MARK: Timers, keepalive, shutdown
+
+    private func tick() {
+        guard let session = self.session, !self.closing else { return }
+        let now = NIODeadline.now()
+        let configuration = self.shared.configuration
+        if let sent = self.pingSentAt {
+            if now - sent > TimeAmount(configuration.keepaliveTimeout) {
+                self.shared.logger.debug("closing a connection whose peer did not answer a keepalive PING",
+                                         metadata: ["peer": "\(self.remotePeer)"])
+                self.close()
+            }
+            return
+        }
+        if self.streams.isEmpty, now - self.lastStreamActivity > TimeAmount(configuration.idleTimeout) {
+            self.shared.logger.debug("closing an idle connection", metadata: ["peer": "\(self.remotePeer)"])
+            self.sendGoaway()
+            self.flushOutput()
+            self.close()
+            return
+        }
+        if now - self.lastRead > TimeAmount(configuration.keepaliveInterval) {
+            self.pingSentAt = now
+            _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+            self.flushOutput()
+        }
+        if self.quiescing, !self.goawaySent, now - self.lastStreamActivity > .seconds(1) {
+            self.sendGoaway()
+            self.flushOutput()
+        }
+    }
+
+    /// Graceful shutdown: a shutdown notice now, the final GOAWAY once the peer has answered a
+    /// PING (or after a second), then the connection closes when its last call is done.
+    func quiesce() {
+        guard let session = self.session, !self.quiescing else { return }
+        self.quiescing = true
+        self.lastStreamActivity = .now()
+        _ = nghttp2_submit_shutdown_notice(session)
+        _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+        self.flushOutput()
+    }
+
+    func forceClose() {
+        self.close()
+    }
+
+    private func sendGoaway() {
+        guard let session = self.session, !self.goawaySent else { return }
+        self.goawaySent = true
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
+                                  NGHTTP2_NO_ERROR.rawValue, nil, 0)
+    }
+
+    // MARK: nghttp2 callbacks (inside mem_recv / mem_send)
+
+    func onBeginHeaders(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let header = frame.pointee.hd
+        guard header.type == UInt8(NGHTTP2_HEADERS.rawValue),
+              frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
+        let state = RPCStreamState(id: header.stream_id)
+        self.streams[header.stream_id] = state
+        self.lastStreamActivity = .now()
+        return 0
+    }
+
+    func onHeader(_ frame: UnsafePointer<nghttp2_frame>, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 {
+        guard let state = self.streams[frame.pointee.hd.stream_id] else { return 0 }
+        // Request trailers carry nothing gRPC uses.
+        guard case .pending = state.kind else { return 0 }
+        state.headerBytes += name.count + value.count + 32
+        if state.headerBytes > self.shared.configuration.maxHeaderListBytes {
+            // Resets the stream; nghttp2 calls on_stream_close, which forgets it.
+            return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
+        let value = String(decoding: value, as: UTF8.self)
+        if name.first == UInt8(ascii: ":") {
+            if Self.equals(name, ":path") {
+                state.path = value
+            } else if Self.equals(name, ":method") {
+                state.method = value
+            }
+            return 0
+        }
+        if Self.equals(name, "content-type") {
+            state.contentType = value
+        } else if Self.equals(name, "grpc-encoding") {
+            state.encoding = value
+        } else if Self.equals(name, "grpc-timeout") {
+            state.timeout = value
+        }
+        state.headers.append((String(decoding: name, as: UTF8.self), value))
+        return 0
+    }
+
+    func onFrameReceived(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        let header = frame.pointee.hd
+        let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
+        switch header.type {
+        case UInt8(NGHTTP2_HEADERS.rawValue):
+            guard let state = self.streams[header.stream_id] else { return 0 }
+            if case .pending = state.kind { self.headersComplete(state) }
+            if endStream { self.requestEnded(state) }
+        case UInt8(NGHTTP2_DATA.rawValue):
+            guard endStream, let state = self.streams[header.stream_id] else { return 0 }
+            self.requestEnded(state)
+        case UInt8(NGHTTP2_PING.rawValue):
+            if header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0, self.quiescing { self.sendGoaway() }
+        default:
+            break
+        }
+        return 0
+    }
+
+    func onData(_ streamID: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
+        guard let state = self.streams[streamID] else { return 0 }
+        switch state.kind {
+        case .rejected, .pending:
+            return 0
+        case .immediate:
+            if state.unreadBody + data.count > self.shared.configuration.maxRequestBytes + GRPCWire.prefixLength {
+                self.reject(state, tooLarge: state.unreadBody + data.count - GRPCWire.prefixLength)
+                return 0
+            }
+            state.appendBody(data)
+        case .bridged:
+            state.appendBody(data)
+            self.deliverMessages(state)
+        }
+        return 0
+    }
+
+    func onStreamClosed(_ streamID: Int32, errorCode: UInt32) -> Int32 {
+        guard let state = self.streams.removeValue(forKey: streamID) else { return 0 }
+        self.lastStreamActivity = .now()
+        if !state.finished || errorCode != NGHTTP2_NO_ERROR.rawValue {
+            self.abandon(state, reason: "the client cancelled the call")
+        } else {
+            self.settle(state)
+        }
+        return 0
+    }
+
+    func readResponse(_ streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
+                      flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let state = self.streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        let count = min(length, state.pendingOutboundBytes)
+        if count > 0 {
+            state.outbound.withUnsafeBytes { bytes in
+                UnsafeMutableRawBufferPointer(start: buffer, count: count)
+                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[state.outboundOffset..<state.outboundOffset + count]))
+            }
+            state.outboundOffset += count
+            if state.outboundOffset == state.outbound.count {
+                state.outbound.removeAll(keepingCapacity: state.outbound.count <= 64 * 1024)
+                state.outboundOffset = 0
+            }
+            self.releaseWriters(state)
+        }
+        if state.pendingOutboundBytes == 0 {
+            if let trailers = state.trailers {
+                flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
+                if let session = self.session {
+                    Self.withHeaders(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
+                }
+                state.trailers = nil
+            } else if count == 0 {
+                state.deferred = true
+                return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+            }
+        }
+        return count
+    }
+
+    // MARK: Requests
+
+    private func headersComplete(_ state: RPCStreamState) {
+        guard state.method == "POST" else {
+            self.respondHTTPError(state, status: "405", grpcStatus: .unimplemented,
+                                  message: "gRPC calls use POST, not \(state.method)")
+            return
+        }
+        guard let contentType = state.contentType, contentType.hasPrefix("application/grpc"),
+              contentType == "application/grpc" || contentType.utf8.dropFirst(16).first.map({ $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ";") }) == true
+        else {
+            self.respondHTTPError(state, status: "415", grpcStatus: .unknown,
+                                  message: "content-type '\(state.contentType ?? "")' is not gRPC: send application/grpc")
+            return
+        }
+        if let encoding = state.encoding, encoding != "identity" {
+            self.respondStatus(state, code: .unimplemented,
+                               message: "grpc-encoding '\(encoding)' is not supported: send messages uncompressed",
+                               extra: [("grpc-accept-encoding", "identity")])
+            return
+        }
+        if let handler = self.shared.immediate.handler(for: state.path) {
+            state.kind = .immediate(handler)
+            return
+        }
+        self.startBridged(state)
+    }
+
+    private func requestEnded(_ state: RPCStreamState) {
+        guard !state.requestEnded else { return }
+        state.requestEnded = true
+        switch state.kind {
+        case .immediate(let handler):
+            self.answerImmediately(state, handler)
+        case .bridged:
+            if state.unreadBody > 0 {
+                self.failBridged(state, code: .internalError,
+                                 message: "the request ended inside a message: \(state.unreadBody) bytes of a message prefix or body left over")
+                return
+            }
+            state.inbound?.finish()
+        case .pending, .rejected:
+            break
+        }
+    }
+
+    private func answerImmediately(_ state: RPCStreamState, _ handler: ImmediateRoutes.Handler) {
+        let available = state.unreadBody
+        guard available >= GRPCWire.prefixLength else {
+            self.respondStatus(state, code: available == 0 ? .unimplemented : .internalError,
+                               message: available == 0 ? "the call sent no request message: a unary call sends exactly one"
+                                                       : "the request ended inside a message prefix")
+            return
+        }
+        let result: Result<[UInt8], RPCError>? = state.body.withUnsafeBytes { all in
+            let bytes = UnsafeRawBufferPointer(rebasing: all[state.bodyOffset...])
+            let length = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
+            guard bytes[0] == 0 else {
+                return .failure(RPCError(code: .unimplemented, message: "the request message is compressed, which this server does not support: send it uncompressed"))
+            }
+            guard length == bytes.count - GRPCWire.prefixLength else {
+                return .failure(RPCError(code: length < bytes.count - GRPCWire.prefixLength ? .unimplemented : .internalError,
+                                         message: length < bytes.count - GRPCWire.prefixLength
+                                             ? "a unary call sends exactly one request message; this one sent more"
+                                             : "the request ended inside a message"))
+            }
+            let call = ImmediateCall(path: state.path, headers: state.headers)
+            return handler(UnsafeRawBufferPointer(rebasing: bytes[GRPCWire.prefixLength...]), call)
+        }
+        switch result {
+        case .success(let message)?:
+            var framed: [UInt8] = []
+            GRPCWire.appendFramed(message, to: &framed)
+            state.outbound = framed
+            state.trailers = Self.okTrailers
+            state.finished = true
+            self.submitResponse(state)
+        case .failure(let error)?:
+            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
+        case nil:
+            break
+        }
+    }
+
+    private func reject(_ state: RPCStreamState, tooLarge size: Int) {
+        let message = "the request message is \(size) bytes, more than this server's limit of "
+            + "\(self.shared.configuration.maxRequestBytes): send smaller requests, or raise --max-request-bytes"
+        if case .bridged = state.kind {
+            self.failBridged(state, code: .resourceExhausted, message: message)
+        } else {
+            self.respondStatus(state, code: .resourceExhausted, message: message)
+        }
+    }
+
+    // MARK: Responses
+
+    private static let okTrailers: [(name: String, value: String)] = [("grpc-status", "0")]
+    private static let responseHeaders: [(name: String, value: String)] = [(":status", "200"), ("content-type", "application/grpc")]
+
+    /// Submits the response headers with a data provider reading `state.outbound`.
+    private func submitResponse(_ state: RPCStreamState, headers: [(name: String, value: String)] = HTTP2Connection.responseHeaders) {
+        guard let session = self.session, !state.responseStarted else {
+            self.resume(state)
+            return
+        }
+        state.responseStarted = true
+        var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: NGHTTP2Callbacks.read)
+        let result = Self.withHeaders(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, &provider) }
+        if result != 0 {
+            self.shared.logger.debug("could not submit a response", metadata: ["stream": "\(state.id)", "error": "\(result)"])
+        }
+        if !self.inCallbacks { self.flushOutput() }
+    }
+
+    /// Asks nghttp2 to read a stream whose data provider had nothing to give.
+    private func resume(_ state: RPCStreamState) {
+        guard state.deferred, let session = self.session else { return }
+        state.deferred = false
+        _ = nghttp2_session_resume_data(session, state.id)
+        if !self.inCallbacks { self.flushOutput() }
+    }
+
+    /// Ends a call with `code`: trailers-only if nothing was sent yet, else trailers after the data.
+    private func respondStatus(_ state: RPCStreamState, code: Status.Code, message: String,
+                               extra: [(name: String, value: String)] = [], metadata: Metadata = [:]) {
+        guard !state.finished, let session = self.session else { return }
+        state.finished = true
+        if case .pending = state.kind { state.kind = .rejected }
+        if case .immediate = state.kind { state.kind = .rejected }
+        var trailers: [(name: String, value: String)] = [("grpc-status", "\(code.rawValue)")]
+        if !message.isEmpty { trailers.append(("grpc-message", GRPCWire.percentEncoded(message))) }
+        trailers += extra
+        trailers += Self.headers(from: metadata)
+        if state.responseStarted {
+            state.trailers = trailers
+            self.resume(state)
+            return
+        }
+        state.responseStarted = true
+        let result = Self.withHeaders(Self.responseHeaders + trailers) { nva, count in
+            nghttp2_submit_response(session, state.id, nva, count, nil)
+        }
+        if result != 0 {
+            self.shared.logger.debug("could not submit a status", metadata: ["stream": "\(state.id)", "error": "\(result)"])
+        }
+        if !self.inCallbacks { self.flushOutput() }
+    }
+
+    private func respondHTTPError(_ state: RPCStreamState, status: String, grpcStatus: Status.Code, message: String) {
+        guard !state.finished, let session = self.session else { return }
+        state.finished = true
+        state.kind = .rejected
+        state.responseStarted = true
+        let headers: [(name: String, value: String)] = [
+            (":status", status), ("content-type", "application/grpc"),
+            ("grpc-status", "\(grpcStatus.rawValue)"), ("grpc-message", GRPCWire.percentEncoded(message)),
+        ]
+        _ = Self.withHeaders(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, nil) }
+        if !self.inCallbacks { self.flushOutput() }
+    }
+
+    // MARK: Calls handed to grpc-swift
+
+    private func startBridged(_ state: RPCStreamState) {
+        let path = state.path
+        let parts = path.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 3, parts[0].isEmpty, !parts[1].isEmpty, !parts[2].isEmpty,
+              let context = self.context else {
+            self.respondStatus(state, code: .unimplemented, message: "'\(path)' is not a gRPC method path (/package.Service/Method)")
+            return
+        }
+        guard !self.quiescing else {
+            self.respondStatus(state, code: .unavailable, message: "the server is shutting down: call another instance or retry")
+            return
+        }
+        var metadata = Metadata()
+        for (name, value) in state.headers {
+            if name.hasSuffix("-bin") {
+                if let bytes = GRPCWire.base64Decoded(value) { metadata.addBinary(bytes, forKey: name) }
+            } else {
+                metadata.addString(value, forKey: name)
+            }
+        }
+        let (inbound, continuation) = AsyncThrowingStream<RPCRequestPart<[UInt8]>, any Error>.makeStream()
+        continuation.yield(.metadata(metadata))
+        state.inbound = continuation
+        state.kind = .bridged
+        let writer = BridgeWriter(connection: NIOLoopBound(self, eventLoop: context.eventLoop), loop: context.eventLoop,
+                                  streamID: state.id)
+        let descriptor = self.shared.methods[path] ?? MethodDescriptor(fullyQualifiedService: String(parts[1]), method: String(parts[2]))
+        let incoming = IncomingRPC(descriptor: descriptor,
+                                   inbound: inbound, outbound: writer, remotePeer: self.remotePeer, localPeer: self.localPeer)
+        guard self.shared.deliver(incoming) else {
+            state.inbound = nil
+            continuation.finish()
+            self.respondStatus(state, code: .unavailable, message: "the server is shutting down: call another instance or retry")
+            return
+        }
+        if let timeout = state.timeout {
+            guard let duration = GRPCWire.timeout(timeout) else {
+                self.failBridged(state, code: .invalidArgument, message: "grpc-timeout '\(timeout)' is malformed: send 1 to 8 digits and a unit (H M S m u n)")
+                return
+            }
+            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+            let id = state.id
+            state.deadline = context.eventLoop.scheduleTask(in: TimeAmount(duration)) {
+                loopBound.value.deadlineExpired(id)
+            }
+        }
+    }
+
+    private func deadlineExpired(_ streamID: Int32) {
+        guard let state = self.streams[streamID] else { return }
+        self.failBridged(state, code: .deadlineExceeded, message: "the call's deadline (grpc-timeout \(state.timeout ?? "")) passed before it finished")
+    }
+
+    /// Passes each complete request message to the handler.
+    private func deliverMessages(_ state: RPCStreamState) {
+        while state.unreadBody >= GRPCWire.prefixLength {
+            let offset = state.bodyOffset
+            let flag = state.body[offset]
+            let length = Int(state.body[offset + 1]) << 24 | Int(state.body[offset + 2]) << 16
+                | Int(state.body[offset + 3]) << 8 | Int(state.body[offset + 4])
+            if flag != 0 {
+                self.failBridged(state, code: .unimplemented, message: "the request message is compressed, which this server does not support: send it uncompressed")
+                return
+            }
+            if length > self.shared.configuration.maxRequestBytes {
+                self.reject(state, tooLarge: length)
+                return
+            }
+            guard state.unreadBody >= GRPCWire.prefixLength + length else { return }
+            let start = offset + GRPCWire.prefixLength
+            state.inbound?.yield(.message(Array(state.body[start..<start + length])))
+            state.bodyOffset = start + length
+        }
+    }
+
+    /// Ends a handed-over call from this side (deadline, bad input): the status goes out now and
+    /// the handler is cancelled.
+    private func failBridged(_ state: RPCStreamState, code: Status.Code, message: String) {
+        self.respondStatus(state, code: code, message: message)
+        state.kind = .rejected
+        state.inbound?.finish(throwing: RPCError(code: RPCError.Code(code) ?? .unknown, message: message))
+        state.inbound = nil
+        self.cancelHandler(state)
+    }
+
+    private func cancelHandler(_ state: RPCStreamState) {
+        state.cancelled = true
+        state.deadline?.cancel()
+        state.deadline = nil
+        state.cancellation?.cancel()
+        let writers = state.waitingWriters
+        state.waitingWriters.removeAll()
+        for writer in writers { writer.resume(throwing: RPCError(code: .cancelled, message: "the call ended")) }
+    }
+
+    /// A stream that closed before its handler finished, or with the connection.
+    private func abandon(_ state: RPCStreamState, reason: String) {
+        state.inbound?.finish(throwing: RPCError(code: .cancelled, message: reason))
+        state.inbound = nil
+        self.cancelHandler(state)
+    }
+
+    /// A stream that closed after its status went out.
+    private func settle(_ state: RPCStreamState) {
+        state.deadline?.cancel()
+        state.deadline = nil
+        state.inbound?.finish()
+        state.inbound = nil
+        let writers = state.waitingWriters
+        state.waitingWriters.removeAll()
+        for writer in writers { writer.resume(throwing: RPCError(code: .cancelled, message: "the call ended")) }
+    }
+
+    private func releaseWriters(_ state: RPCStreamState) {
+        guard !state.waitingWriters.isEmpty, state.pendingOutboundBytes < self.shared.configuration.streamWriteBufferBytes else { return }
+        let writers = state.waitingWriters
+        state.waitingWriters.removeAll()
+        for writer in writers { writer.resume() }
+    }
+
+    func attach(_ streamID: Int32, cancellation: ServerContext.RPCCancellationHandle) {
+        guard let state = self.streams[streamID], !state.cancelled else {
+            cancellation.cancel()
+            return
+        }
+        state.cancellation = cancellation
+    }
+
+    func write(_ streamID: Int32, _ part: RPCResponsePart<[UInt8]>, _ done: CheckedContinuation<Void, any Error>) {
+        guard let state = self.streams[streamID], !state.finished, !state.cancelled else {
+            done.resume(throwing: RPCError(code: .cancelled, message: "the call ended before the reply was written"))
+            return
+        }
+        switch part {
+        case .metadata(let metadata):
+            self.submitResponse(state, headers: Self.responseHeaders + Self.headers(from: metadata))
+            done.resume()
+        case .message(let bytes):
+            GRPCWire.appendFramed(bytes, to: &state.outbound)
+            if !state.responseStarted {
+                self.submitResponse(state)
+            } else {
+                self.resume(state)
+            }
+            if state.pendingOutboundBytes < self.shared.configuration.streamWriteBufferBytes || state.cancelled {
+                done.resume()
+            } else {
+                state.waitingWriters.append(done)
+            }
+        case .status(let status, let metadata):
+            self.respondStatus(state, code: status.code, message: status.message, metadata: metadata)
+            state.deadline?.cancel()
+            state.deadline = nil
+            done.resume()
+        }
+    }
+
+    /// The handler returned: a call it left without a status is ended here.
+    func finish(_ streamID: Int32, error: (any Error)?) {
+        guard let state = self.streams[streamID], !state.finished else { return }
+        if let error = error as? RPCError {
+            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
+        } else {
+            self.respondStatus(state, code: .internalError, message: error.map { "internal error: \($0)" } ?? "the handler ended without a status")
+        }
+    }
+
+    // MARK: Headers
+
+    private static func headers(from metadata: Metadata) -> [(name: String, value: String)] {
+        var headers: [(name: String, value: String)] = []
+        for (key, value) in metadata {
+            switch value {
+            case .string(let text): headers.append((key, text))
+            case .binary(let bytes): headers.append((key.hasSuffix("-bin") ? key : key + "-bin", GRPCWire.base64(bytes)))
+            }
+        }
+        return headers
+    }
+
+    /// Calls `body` with `headers` as nghttp2 name-value pairs (nghttp2 copies them).
+    private static func withHeaders<Result>(_ headers: [(name: String, value: String)],
+                                            _ body: (UnsafePointer<nghttp2_nv>?, Int) -> Result) -> Result {
+        var storage: [UInt8] = []
+        var ranges: [(Int, Int, Int, Int)] = []
+        ranges.reserveCapacity(headers.count)
+        for (name, value) in headers {
+            let nameStart = storage.count
+            storage.append(contentsOf: name.utf8)
+            let valueStart = storage.count
+            storage.append(contentsOf: value.utf8)
+            ranges.append((nameStart, valueStart - nameStart, valueStart, storage.count - valueStart))
+        }
+        storage.append(0)
+        return storage.withUnsafeMutableBufferPointer { bytes in
+            // Never nil: `storage` has at least the terminating zero.
+            guard let base = bytes.baseAddress else { return body(nil, 0) }
+            let pairs = ranges.map { range in
+                nghttp2_nv(name: base + range.0, value: base + range.2, namelen: range.1, valuelen: range.3,
+                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+            }
+            return pairs.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
+        }
+    }
+
+    private static func equals(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
+        guard bytes.count == text.utf8CodeUnitCount else { return false }
+        return bytes.elementsEqual(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+}

@@ -1,0 +1,68 @@
+import GRPCCore
+import NIOCore
+
+/// One HTTP/2 stream of a connection: an entry in its connection's table, touched on the
+/// connection's event loop only.
+final class RPCStreamState {
+    enum Kind {
+        /// Headers not complete yet.
+        case pending
+        /// Answered on the loop once the request has arrived.
+        case immediate(ImmediateRoutes.Handler)
+        /// Handed to the grpc-swift services; parts flow through `inbound`.
+        case bridged
+        /// Already answered with an error; whatever else the client sends is dropped.
+        case rejected
+    }
+
+    let id: Int32
+    var kind = Kind.pending
+    var path = ""
+    var method = ""
+    var contentType: String?
+    var encoding: String?
+    var timeout: String?
+    var headers: [(name: String, value: String)] = []
+    var headerBytes = 0
+    /// Request bytes not yet taken as messages.
+    var body: [UInt8] = []
+    var bodyOffset = 0
+    var requestEnded = false
+
+    // The response, in the order it goes out: headers, messages, trailers.
+    var responseStarted = false
+    var outbound: [UInt8] = []
+    var outboundOffset = 0
+    var trailers: [(name: String, value: String)]?
+    /// The status is queued (or sent); later writes are refused.
+    var finished = false
+    /// The data provider returned DEFERRED and waits for `nghttp2_session_resume_data`.
+    var deferred = false
+
+    // Bridged streams only.
+    var inbound: AsyncThrowingStream<RPCRequestPart<[UInt8]>, any Error>.Continuation?
+    var cancellation: ServerContext.RPCCancellationHandle?
+    var cancelled = false
+    var waitingWriters: [CheckedContinuation<Void, any Error>] = []
+    var deadline: Scheduled<Void>?
+
+    init(id: Int32) {
+        self.id = id
+    }
+
+    var pendingOutboundBytes: Int { self.outbound.count - self.outboundOffset }
+
+    /// Appends request bytes, compacting what was already consumed.
+    func appendBody(_ bytes: UnsafeRawBufferPointer) {
+        if self.bodyOffset > 0, self.bodyOffset == self.body.count {
+            self.body.removeAll(keepingCapacity: true)
+            self.bodyOffset = 0
+        } else if self.bodyOffset > 64 * 1024 {
+            self.body.removeFirst(self.bodyOffset)
+            self.bodyOffset = 0
+        }
+        self.body.append(contentsOf: bytes)
+    }
+
+    var unreadBody: Int { self.body.count - self.bodyOffset }
+}
