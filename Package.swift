@@ -221,6 +221,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .testTarget(
+            name: "HTTP2RPCTests",
+            dependencies: ["HTTP2RPC"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
             name: "EntitySyncImportTests",
             dependencies: ["EntitySyncImport", "EntitySyncCore"],
             swiftSettings: swiftSettings

@@ -37,6 +37,18 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "Instance name in logs, events and the broker's connection list (env: ENTITY_SYNC_NAME; default: <service>@<host>).")
     var name: String?
 
+    @Option(help: "PEM certificate chain: serve gRPC over TLS (with --tls-key), and present it when the service calls another that asks for client certificates (env: ENTITY_SYNC_TLS_CERT; default: plaintext).")
+    var tlsCert: String?
+
+    @Option(help: "PEM private key of --tls-cert (env: ENTITY_SYNC_TLS_KEY).")
+    var tlsKey: String?
+
+    @Option(help: "PEM CA: clients must present a certificate it signed (mutual TLS; needs --tls-cert) (env: ENTITY_SYNC_TLS_CLIENT_CA; default: no client certificates).")
+    var tlsClientCA: String?
+
+    @Option(help: "PEM CA to trust when this service calls another over TLS (a consumer's --producer); setting it turns TLS on for those calls (env: ENTITY_SYNC_TLS_CA; default: plaintext).")
+    var tlsCA: String?
+
     func configuration(service: String, defaultPort: Int) throws -> ServiceConfiguration {
         let queueTypeText = setting(self.queueType, "ENTITY_SYNC_QUEUE_TYPE", "quorum")
         guard let queueType = QueueArguments.QueueType(rawValue: queueTypeText), queueType != .stream else {
@@ -50,12 +62,27 @@ struct ServiceOptions: ParsableArguments {
         }
         let listen = try HostPort(setting(self.listen, "ENTITY_SYNC_LISTEN", "127.0.0.1:\(defaultPort)"))
         let host = ProcessInfo.processInfo.hostName
-        return ServiceConfiguration(
+        var configuration = ServiceConfiguration(
             amqpURL: amqpURL, listen: listen,
             database: setting(self.db, "ENTITY_SYNC_DB", "data/\(service).sqlite"),
             topology: SyncTopology(queueType: queueType),
             instanceName: setting(self.name, "ENTITY_SYNC_NAME", "\(service)@\(host)")
         )
+        let certificate = optionalSetting(self.tlsCert, "ENTITY_SYNC_TLS_CERT")
+        let key = optionalSetting(self.tlsKey, "ENTITY_SYNC_TLS_KEY")
+        let clientCA = optionalSetting(self.tlsClientCA, "ENTITY_SYNC_TLS_CLIENT_CA")
+        switch (certificate, key) {
+        case (let certificate?, let key?):
+            configuration.tls = ServerTLS(certificatePath: certificate, keyPath: key, clientCAPath: clientCA)
+        case (nil, nil):
+            if clientCA != nil { throw ValidationError("--tls-client-ca needs --tls-cert and --tls-key: client certificates are asked for over TLS only") }
+        default:
+            throw ValidationError("--tls-cert and --tls-key go together: give both to serve TLS, or neither for plaintext")
+        }
+        if let ca = optionalSetting(self.tlsCA, "ENTITY_SYNC_TLS_CA") {
+            configuration.clientTLS = ClientTLS(caPath: ca, certificatePath: certificate, keyPath: key)
+        }
+        return configuration
     }
 
     func makeLogger(_ label: String) throws -> Logger {

@@ -23,7 +23,7 @@ struct Health: AsyncParsableCommand {
         while true {
             statuses = await withTaskGroup(of: (Int, String).self) { group in
                 for (index, target) in targets.enumerated() {
-                    group.addTask { (index, await Self.check(target)) }
+                    group.addTask { [tls = self.options.tls] in (index, await Self.check(target, tls: tls)) }
                 }
                 var results = Array(repeating: "", count: targets.count)
                 for await (index, status) in group { results[index] = status }
@@ -46,10 +46,10 @@ struct Health: AsyncParsableCommand {
     }
 
     /// The status word for one address: SERVING, NOT_SERVING, or why it could not be asked.
-    static func check(_ target: HostPort) async -> String {
+    static func check(_ target: HostPort, tls: ClientTLS?) async -> String {
         do {
             return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: target.host, port: target.port),
-                                                                       transportSecurity: .plaintext)) { client in
+                                                                       transportSecurity: tls.transportSecurity)) { client in
                 var options = CallOptions.defaults
                 options.timeout = .seconds(2)
                 let response = try await Grpc_Health_V1_Health.Client(wrapping: client)

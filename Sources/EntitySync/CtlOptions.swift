@@ -17,8 +17,22 @@ struct CtlOptions: ParsableArguments {
     var orgRPC: String?
     @Option(help: "Bearer token for mutations (env: ENTITY_SYNC_TOKEN).")
     var token: String?
+    @Option(help: "PEM CA that signed the services' certificates; setting it calls them over TLS (env: ENTITY_SYNC_TLS_CA; default: plaintext).")
+    var tlsCA: String?
+    @Option(help: "PEM client certificate, for services started with --tls-client-ca (env: ENTITY_SYNC_TLS_CERT).")
+    var tlsCert: String?
+    @Option(help: "PEM private key of --tls-cert (env: ENTITY_SYNC_TLS_KEY).")
+    var tlsKey: String?
     @Flag(help: "Print JSON instead of tables.")
     var json = false
+
+    /// TLS for every call when a CA is given.
+    var tls: ClientTLS? {
+        optionalSetting(self.tlsCA, "ENTITY_SYNC_TLS_CA").map {
+            ClientTLS(caPath: $0, certificatePath: optionalSetting(self.tlsCert, "ENTITY_SYNC_TLS_CERT"),
+                      keyPath: optionalSetting(self.tlsKey, "ENTITY_SYNC_TLS_KEY"))
+        }
+    }
 
     func address(_ flag: String?, _ variable: String, _ fallback: String) throws -> HostPort {
         try HostPort(setting(flag, variable, fallback))
@@ -39,10 +53,10 @@ struct CtlOptions: ParsableArguments {
     func withClient<T: Sendable>(_ address: HostPort, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
         do {
             if let session = CtlSession.current {
-                return try await body(try session.client(for: address))
+                return try await body(try session.client(for: address, tls: self.tls))
             }
             return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
-                                                                       transportSecurity: .plaintext)) { client in
+                                                                       transportSecurity: self.tls.transportSecurity)) { client in
                 try await body(client)
             }
         } catch let error as RPCError where error.code == .unavailable {

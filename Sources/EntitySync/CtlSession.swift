@@ -20,14 +20,14 @@ final class CtlSession: Sendable {
     private let state = Mutex(State())
 
     /// The client for `address`, connecting on first use.
-    func client(for address: HostPort) throws -> Client {
+    func client(for address: HostPort, tls: ClientTLS?) throws -> Client {
         try self.state.withLock { state in
             if let client = state.clients[address] { return client }
             guard !state.closed else {
                 throw CtlError(description: "internal: a gRPC call was started after its command ended")
             }
             let transport = try HTTP2ClientTransport.Posix(target: .dns(host: address.host, port: address.port),
-                                                           transportSecurity: .plaintext)
+                                                           transportSecurity: tls.transportSecurity)
             let client = GRPCClient(transport: transport)
             state.clients[address] = client
             // A connection that fails surfaces in the calls made on it; nothing to report here.

@@ -139,7 +139,8 @@ public final class ConsumerService: Service {
             // SIGTERM while the producer is still unreachable must stop the process, not wait for it.
             _ = try await cancelWhenGracefulShutdown {
                 try await bootstrap.loadIfNeeded(from: producer.map {
-                    SnapshotBootstrap.Producer(name: "\($0)", stream: Self.snapshot(from: $0), isTransient: Self.isTransient)
+                    SnapshotBootstrap.Producer(name: "\($0)", stream: Self.snapshot(from: $0, tls: self.configuration.clientTLS),
+                                               isTransient: Self.isTransient)
                 })
             }
         } catch let error as RPCError {
@@ -149,10 +150,10 @@ public final class ConsumerService: Service {
     }
 
     /// The producer's `Snapshot` stream over gRPC.
-    private static func snapshot(from producer: HostPort) -> SnapshotBootstrap.SnapshotStream {
+    private static func snapshot(from producer: HostPort, tls: ClientTLS?) -> SnapshotBootstrap.SnapshotStream {
         { deliver in
             try await withGRPCClient(
-                transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: .plaintext)
+                transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: tls.transportSecurity)
             ) { client in
                 try await Entitysync_V1_EntityAdmin.Client(wrapping: client).snapshot(Entitysync_V1_SnapshotRequest()) { response in
                     for try await change in response.messages { try await deliver(change) }

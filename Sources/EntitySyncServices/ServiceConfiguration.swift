@@ -19,6 +19,9 @@ public struct ServiceConfiguration: Sendable {
     public var maxRequestBytes: Int
     /// TLS on the gRPC listener; plaintext h2c when nil.
     public var tls: ServerTLS?
+    /// TLS for this process's calls to other services (a consumer's snapshot call to
+    /// `producer`); plaintext when nil.
+    public var clientTLS: ClientTLS?
     /// Once shutdown begins, how long calls in flight may take before every client connection
     /// is closed: a client that never goes away must not keep the process alive.
     public var shutdownGrace: Duration = .seconds(10)

@@ -561,10 +561,6 @@ final class HTTP2Connection: ChannelDuplexHandler {
             self.respondStatus(state, code: .unimplemented, message: "'\(path)' is not a gRPC method path (/package.Service/Method)")
             return
         }
-        guard !self.quiescing else {
-            self.respondStatus(state, code: .unavailable, message: "the server is shutting down: call another instance or retry")
-            return
-        }
         var metadata = Metadata()
         for (name, value) in state.headers {
             if name.hasSuffix("-bin") {

@@ -18,12 +18,15 @@ final class RunningSystem: Sendable {
     let producer: ProducerService
     let userRPC: [ConsumerService]
     let orgRPC: [ConsumerService]
+    /// How `withClient` reaches the services: TLS when they serve it.
+    let clientTLS: ClientTLS?
     private let group: ServiceGroup
     private let task: Task<Void, any Error>
 
     private init(host: TestVirtualHost, producer: ProducerService, userRPC: [ConsumerService], orgRPC: [ConsumerService],
-                 group: ServiceGroup, task: Task<Void, any Error>) {
+                 clientTLS: ClientTLS?, group: ServiceGroup, task: Task<Void, any Error>) {
         self.host = host
+        self.clientTLS = clientTLS
         self.producer = producer
         self.userRPC = userRPC
         self.orgRPC = orgRPC
@@ -31,11 +34,14 @@ final class RunningSystem: Sendable {
         self.task = task
     }
 
-    static func start(_ name: String) async throws -> RunningSystem {
+    /// With `tls`, every service serves TLS only; `clientTLS` is how the tests' clients reach them.
+    static func start(_ name: String, tls: ServerTLS? = nil, clientTLS: ClientTLS? = nil) async throws -> RunningSystem {
         let host = try TestVirtualHost(name)
         func configuration(_ service: String, store: String) -> ServiceConfiguration {
-            ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0), database: host.path(store),
-                                 token: Self.token, prefetch: 8, instanceName: service)
+            var configuration = ServiceConfiguration(amqpURL: host.url, listen: HostPort(host: "127.0.0.1", port: 0),
+                                                     database: host.path(store), token: Self.token, prefetch: 8, instanceName: service)
+            configuration.tls = tls
+            return configuration
         }
         let logger = Broker.logger(name)
         let producer = ProducerService(configuration: configuration("producer", store: "producer"), logger: logger)
@@ -57,7 +63,8 @@ final class RunningSystem: Sendable {
                 throw error
             }
         }
-        let system = RunningSystem(host: host, producer: producer, userRPC: userRPC, orgRPC: orgRPC, group: group, task: task)
+        let system = RunningSystem(host: host, producer: producer, userRPC: userRPC, orgRPC: orgRPC, clientTLS: clientTLS,
+                                   group: group, task: task)
         try await eventually("every service SERVING") {
             if let failure = failure.withLock({ $0 }) { throw HarnessError("a service failed to start: \(failure)") }
             return producer.health.isServing && (userRPC + orgRPC).allSatisfy { $0.health.isServing }
@@ -74,8 +81,9 @@ final class RunningSystem: Sendable {
 
     /// Runs `body` with a gRPC client over HTTP/2 connected to `service`'s port.
     func withClient<T: Sendable>(_ port: Int, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
-        try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
-                                                           transportSecurity: .plaintext)) { client in
+        // The test certificates name localhost.
+        let target: ResolvableTargets.DNS = .dns(host: self.clientTLS == nil ? "127.0.0.1" : "localhost", port: port)
+        return try await withGRPCClient(transport: .http2NIOPosix(target: target, transportSecurity: self.clientTLS.transportSecurity)) { client in
             try await body(client)
         }
     }

@@ -1,0 +1,52 @@
+@testable import HTTP2RPC
+import Testing
+
+/// The gRPC wire encodings the server writes and reads besides HTTP/2 itself.
+struct GRPCWireTests {
+    @Test(arguments: [
+        ("plain text", "plain text"),
+        ("100%", "100%25"),
+        ("ünï", "%C3%BCn%C3%AF"),
+        ("tab\there", "tab%09here"),
+        ("✓", "%E2%9C%93"),
+    ])
+    func statusMessagesArePercentEncoded(_ text: String, _ expected: String) {
+        #expect(GRPCWire.percentEncoded(text) == expected)
+    }
+
+    @Test(arguments: [
+        ("1H", Duration.seconds(3600)), ("2M", .seconds(120)), ("3S", .seconds(3)), ("200m", .milliseconds(200)),
+        ("7u", .microseconds(7)), ("99999999n", .nanoseconds(99_999_999)),
+    ])
+    func timeoutsParse(_ text: String, _ expected: Duration) {
+        #expect(GRPCWire.timeout(text) == expected)
+    }
+
+    @Test(arguments: ["", "S", "1", "123456789S", "1s", "-1S", "1 S", "１S"])
+    func malformedTimeoutsAreRefused(_ text: String) {
+        #expect(GRPCWire.timeout(text) == nil)
+    }
+
+    @Test func base64RoundTripsEveryLength() {
+        var generator = SystemRandomNumberGenerator()
+        for length in 0..<64 {
+            let bytes = (0..<length).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            let text = GRPCWire.base64(bytes)
+            #expect(!text.contains("="), "gRPC sends binary metadata unpadded")
+            #expect(GRPCWire.base64Decoded(text) == bytes)
+            // Padded input, as some clients send, decodes the same.
+            let padded = text + String(repeating: "=", count: (4 - text.count % 4) % 4)
+            #expect(GRPCWire.base64Decoded(padded) == bytes)
+        }
+        #expect(GRPCWire.base64Decoded("not base64!") == nil)
+    }
+
+    @Test func messagesAreFramedWithTheirLength() {
+        var bytes: [UInt8] = [9]
+        GRPCWire.appendFramed([1, 2, 3], to: &bytes)
+        #expect(bytes == [9, 0, 0, 0, 0, 3, 1, 2, 3])
+        var empty: [UInt8] = []
+        GRPCWire.appendFramed([], to: &empty)
+        #expect(empty == [0, 0, 0, 0, 0])
+    }
+}
