@@ -115,6 +115,8 @@ let package = Package(
                 "EntitySyncProto",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),
                 .product(name: "GRDB", package: "GRDB.swift"),
+                // SQLite's C API, for the point reads the gRPC server makes on its event loop.
+                .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ],
             swiftSettings: swiftSettings
         ),

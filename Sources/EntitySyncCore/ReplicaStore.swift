@@ -95,6 +95,34 @@ extension ReplicaStore {
 /// A store that can answer point reads on the calling thread without waiting for anything but
 /// its own file (SQLite): the gRPC server answers these on its event loop, with no thread hop.
 public protocol ImmediateReplicaReads: Sendable {
-    /// Like `ReplicaStore.userWithGroups`, on the calling thread.
-    func userWithGroupsNow(id: String, groupLimit: Int) throws -> UserWithGroups?
+    /// Like `ReplicaStore.userWithGroups`, on the calling thread, already serialized as an
+    /// `entitysync.v1.UserWithGroups` message (see `UserWithGroupsEncoding`); nil if no such user.
+    func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]?
+}
+
+/// Builds a serialized `UserWithGroups` from the stored, already serialized `User` and `Group`
+/// messages: an embedded message is its bytes behind a tag and a length, so nothing is decoded
+/// and encoded again.
+public struct UserWithGroupsEncoding {
+    public private(set) var bytes: [UInt8] = []
+
+    public init(user: UnsafeRawBufferPointer) {
+        self.bytes.reserveCapacity(user.count * 2 + 16)
+        self.append(field: 1, user)
+    }
+
+    public mutating func appendGroup(_ group: UnsafeRawBufferPointer) {
+        self.append(field: 2, group)
+    }
+
+    private mutating func append(field: UInt8, _ message: UnsafeRawBufferPointer) {
+        self.bytes.append(field << 3 | 2)
+        var length = UInt64(message.count)
+        while length >= 0x80 {
+            self.bytes.append(UInt8(truncatingIfNeeded: length) | 0x80)
+            length >>= 7
+        }
+        self.bytes.append(UInt8(length))
+        self.bytes.append(contentsOf: message)
+    }
 }

@@ -76,17 +76,6 @@ struct SQLiteDatabase: Sendable {
         try await self.translatingErrors { try await self.pool.read(body) }
     }
 
-    /// A read on the calling thread (no hop to GRDB's reader queue when one is free).
-    func readNow<T>(_ body: (Database) throws -> T) throws -> T {
-        do {
-            return try self.pool.read(body)
-        } catch let error as SyncError {
-            throw error
-        } catch {
-            throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed: \(error)")
-        }
-    }
-
     /// SyncErrors pass through; anything else from SQLite is the store failing, named by path.
     private func translatingErrors<T>(_ work: () async throws -> T) async throws -> T {
         do {

@@ -10,9 +10,11 @@ import SwiftProtobuf
 public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
     let database: SQLiteDatabase
     private let commitWatch: CommitWatch
+    private let pointReader: SQLitePointReader
 
     public init(path: String) throws {
         self.commitWatch = CommitWatch(path: path)
+        self.pointReader = SQLitePointReader(path: path)
         self.database = try SQLiteDatabase(path: path) { migrator in
             migrator.registerMigration("replica-v1") { db in
                 try EntityTable.create(db)
@@ -145,8 +147,8 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         try await self.database.read { db in try Self.userWithGroups(db, id: id, groupLimit: groupLimit) }
     }
 
-    public func userWithGroupsNow(id: String, groupLimit: Int) throws -> UserWithGroups? {
-        try self.database.readNow { db in try Self.userWithGroups(db, id: id, groupLimit: groupLimit) }
+    public func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]? {
+        try self.pointReader.userWithGroups(id: id, groupLimit: groupLimit)
     }
 
     private static func userWithGroups(_ db: Database, id: String, groupLimit: Int) throws -> UserWithGroups? {

@@ -76,7 +76,7 @@ public final class ConsumerService: Service {
         immediate.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
                         observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in try healthService.check(request) })
         if self.kind == .userRPC, let reads = store as? any ImmediateReplicaReads {
-            immediate.unary(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
+            immediate.unarySerialized(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
                             observer.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))
         }
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [

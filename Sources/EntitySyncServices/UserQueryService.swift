@@ -15,23 +15,29 @@ struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
         }
     }
 
-    /// GetUser answered on the server's event loop, for stores that read without waiting (SQLite).
-    static func immediateGetUser(_ store: any ImmediateReplicaReads) -> @Sendable (Entitysync_V1_GetRequest, ImmediateCall) throws -> Entitysync_V1_UserWithGroups {
+    /// GetUser answered on the server's event loop, for stores that read without waiting
+    /// (SQLite): the stored user and groups go out as stored, already serialized.
+    static func immediateGetUser(_ store: any ImmediateReplicaReads) -> @Sendable (Entitysync_V1_GetRequest, ImmediateCall) throws -> [UInt8] {
         { request, _ in
             do {
                 try DraftValidation.validateID(request.id, field: "id")
-                return try Self.reply(request.id, try store.userWithGroupsNow(id: request.id, groupLimit: Page.maximumSize))
+                guard let reply = try store.userWithGroupsEncoded(id: request.id, groupLimit: Page.maximumSize) else {
+                    throw Self.notFound(request.id)
+                }
+                return reply
             } catch {
                 throw RPCErrors.map(error)
             }
         }
     }
 
+    private static func notFound(_ id: String) -> SyncError {
+        SyncError(.notFound, "user '\(id)' does not exist here (yet): if it was just created, "
+                  + "wait for its version with SyncInfo.WaitForVersion")
+    }
+
     private static func reply(_ id: String, _ found: UserWithGroups?) throws -> Entitysync_V1_UserWithGroups {
-        guard let found else {
-            throw SyncError(.notFound, "user '\(id)' does not exist here (yet): if it was just created, "
-                            + "wait for its version with SyncInfo.WaitForVersion")
-        }
+        guard let found else { throw Self.notFound(id) }
         var response = Entitysync_V1_UserWithGroups()
         response.user = found.user
         response.groups = found.groups

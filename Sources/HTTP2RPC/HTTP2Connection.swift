@@ -278,12 +278,22 @@ final class HTTP2Connection: ChannelDuplexHandler {
               frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
         let state = RPCStreamState(id: header.stream_id)
         self.streams[header.stream_id] = state
-        self.lastStreamActivity = .now()
+        // The table holds the state; nghttp2 keeps a pointer to it for the hot lookups (each
+        // header, data chunk and read), and forgets it when the stream closes.
+        if let session = self.session {
+            nghttp2_session_set_stream_user_data(session, header.stream_id, Unmanaged.passUnretained(state).toOpaque())
+        }
         return 0
     }
 
+    /// The stream's state, through the pointer nghttp2 keeps for it.
+    private func stream(_ id: Int32) -> RPCStreamState? {
+        guard let session = self.session, let pointer = nghttp2_session_get_stream_user_data(session, id) else { return nil }
+        return Unmanaged<RPCStreamState>.fromOpaque(pointer).takeUnretainedValue()
+    }
+
     func onHeader(_ frame: UnsafePointer<nghttp2_frame>, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 {
-        guard let state = self.streams[frame.pointee.hd.stream_id] else { return 0 }
+        guard let state = self.stream(frame.pointee.hd.stream_id) else { return 0 }
         // Request trailers carry nothing gRPC uses.
         guard case .pending = state.kind else { return 0 }
         state.headerBytes += name.count + value.count + 32
@@ -291,23 +301,29 @@ final class HTTP2Connection: ChannelDuplexHandler {
             // Resets the stream; nghttp2 calls on_stream_close, which forgets it.
             return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
         }
-        let value = String(decoding: value, as: UTF8.self)
+        // Pseudo-headers come first (nghttp2 enforces it), so the route is known before the
+        // metadata; calls answered on the loop keep none of it, and no String is made for it.
         if name.first == UInt8(ascii: ":") {
             if Self.equals(name, ":path") {
-                state.path = value
+                state.path = String(decoding: value, as: UTF8.self)
+                state.immediate = self.shared.immediate.handler(for: state.path)
             } else if Self.equals(name, ":method") {
-                state.method = value
+                state.isPost = Self.equals(value, "POST")
+                if !state.isPost { state.method = String(decoding: value, as: UTF8.self) }
             }
             return 0
         }
         if Self.equals(name, "content-type") {
-            state.contentType = value
+            state.contentTypeIsGRPC = Self.isGRPCContentType(value)
+            if !state.contentTypeIsGRPC { state.contentType = String(decoding: value, as: UTF8.self) }
         } else if Self.equals(name, "grpc-encoding") {
-            state.encoding = value
+            if !Self.equals(value, "identity") { state.encoding = String(decoding: value, as: UTF8.self) }
         } else if Self.equals(name, "grpc-timeout") {
-            state.timeout = value
+            state.timeout = String(decoding: value, as: UTF8.self)
         }
-        state.headers.append((String(decoding: name, as: UTF8.self), value))
+        if state.immediate == nil {
+            state.headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
+        }
         return 0
     }
 
@@ -316,11 +332,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
         let endStream = header.flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0
         switch header.type {
         case UInt8(NGHTTP2_HEADERS.rawValue):
-            guard let state = self.streams[header.stream_id] else { return 0 }
+            guard let state = self.stream(header.stream_id) else { return 0 }
             if case .pending = state.kind { self.headersComplete(state) }
             if endStream { self.requestEnded(state) }
         case UInt8(NGHTTP2_DATA.rawValue):
-            guard endStream, let state = self.streams[header.stream_id] else { return 0 }
+            guard endStream, let state = self.stream(header.stream_id) else { return 0 }
             self.requestEnded(state)
         case UInt8(NGHTTP2_PING.rawValue):
             if header.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0, self.quiescing { self.sendGoaway() }
@@ -331,7 +347,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     func onData(_ streamID: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
-        guard let state = self.streams[streamID] else { return 0 }
+        guard let state = self.stream(streamID) else { return 0 }
         switch state.kind {
         case .rejected, .pending:
             return 0
@@ -361,7 +377,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     func readResponse(_ streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
                       flags: UnsafeMutablePointer<UInt32>) -> Int {
-        guard let state = self.streams[streamID] else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        guard let state = self.stream(streamID) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
         let count = min(length, state.pendingOutboundBytes)
         if count > 0 {
             state.outbound.withUnsafeBytes { bytes in
@@ -379,7 +395,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
             if let trailers = state.trailers {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
                 if let session = self.session {
-                    Self.withHeaders(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
+                    switch trailers {
+                    case .ok: _ = nghttp2_submit_trailer(session, streamID, StaticHeaders.okTrailers.pairs, StaticHeaders.okTrailers.count)
+                    case .custom(let trailers):
+                        Self.withHeaders(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
+                    }
                 }
                 state.trailers = nil
             } else if count == 0 {
@@ -393,25 +413,23 @@ final class HTTP2Connection: ChannelDuplexHandler {
     // MARK: Requests
 
     private func headersComplete(_ state: RPCStreamState) {
-        guard state.method == "POST" else {
+        guard state.isPost else {
             self.respondHTTPError(state, status: "405", grpcStatus: .unimplemented,
                                   message: "gRPC calls use POST, not \(state.method)")
             return
         }
-        guard let contentType = state.contentType, contentType.hasPrefix("application/grpc"),
-              contentType == "application/grpc" || contentType.utf8.dropFirst(16).first.map({ $0 == UInt8(ascii: "+") || $0 == UInt8(ascii: ";") }) == true
-        else {
+        guard state.contentTypeIsGRPC else {
             self.respondHTTPError(state, status: "415", grpcStatus: .unknown,
                                   message: "content-type '\(state.contentType ?? "")' is not gRPC: send application/grpc")
             return
         }
-        if let encoding = state.encoding, encoding != "identity" {
+        if let encoding = state.encoding {
             self.respondStatus(state, code: .unimplemented,
                                message: "grpc-encoding '\(encoding)' is not supported: send messages uncompressed",
                                extra: [("grpc-accept-encoding", "identity")])
             return
         }
-        if let handler = self.shared.immediate.handler(for: state.path) {
+        if let handler = state.immediate {
             state.kind = .immediate(handler)
             return
         }
@@ -456,7 +474,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                                              ? "a unary call sends exactly one request message; this one sent more"
                                              : "the request ended inside a message"))
             }
-            let call = ImmediateCall(path: state.path, headers: state.headers)
+            let call = ImmediateCall(path: state.path)
             return handler(UnsafeRawBufferPointer(rebasing: bytes[GRPCWire.prefixLength...]), call)
         }
         switch result {
@@ -464,7 +482,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             var framed: [UInt8] = []
             GRPCWire.appendFramed(message, to: &framed)
             state.outbound = framed
-            state.trailers = Self.okTrailers
+            state.trailers = .ok
             state.finished = true
             self.submitResponse(state)
         case .failure(let error)?:
@@ -486,18 +504,20 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     // MARK: Responses
 
-    private static let okTrailers: [(name: String, value: String)] = [("grpc-status", "0")]
     private static let responseHeaders: [(name: String, value: String)] = [(":status", "200"), ("content-type", "application/grpc")]
 
-    /// Submits the response headers with a data provider reading `state.outbound`.
-    private func submitResponse(_ state: RPCStreamState, headers: [(name: String, value: String)] = HTTP2Connection.responseHeaders) {
+    /// Submits the response headers (`:status 200` and the content type, plus `metadata`) with a
+    /// data provider reading `state.outbound`.
+    private func submitResponse(_ state: RPCStreamState, metadata: [(name: String, value: String)] = []) {
         guard let session = self.session, !state.responseStarted else {
             self.resume(state)
             return
         }
         state.responseStarted = true
         var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: NGHTTP2Callbacks.read)
-        let result = Self.withHeaders(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, &provider) }
+        let result = metadata.isEmpty
+            ? nghttp2_submit_response(session, state.id, StaticHeaders.response.pairs, StaticHeaders.response.count, &provider)
+            : Self.withHeaders(Self.responseHeaders + metadata) { nva, count in nghttp2_submit_response(session, state.id, nva, count, &provider) }
         if result != 0 {
             self.shared.logger.debug("could not submit a response", metadata: ["stream": "\(state.id)", "error": "\(result)"])
         }
@@ -524,7 +544,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         trailers += extra
         trailers += Self.headers(from: metadata)
         if state.responseStarted {
-            state.trailers = trailers
+            state.trailers = .custom(trailers)
             self.resume(state)
             return
         }
@@ -684,7 +704,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         }
         switch part {
         case .metadata(let metadata):
-            self.submitResponse(state, headers: Self.responseHeaders + Self.headers(from: metadata))
+            self.submitResponse(state, metadata: Self.headers(from: metadata))
             done.resume()
         case .message(let bytes):
             GRPCWire.appendFramed(bytes, to: &state.outbound)
@@ -752,6 +772,16 @@ final class HTTP2Connection: ChannelDuplexHandler {
             }
             return pairs.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
         }
+    }
+
+    /// `application/grpc`, alone or followed by `+format` or `;parameters`.
+    private static func isGRPCContentType(_ value: UnsafeRawBufferPointer) -> Bool {
+        let prefix: StaticString = "application/grpc"
+        guard value.count >= prefix.utf8CodeUnitCount,
+              Self.equals(UnsafeRawBufferPointer(rebasing: value[..<prefix.utf8CodeUnitCount]), prefix) else { return false }
+        guard value.count > prefix.utf8CodeUnitCount else { return true }
+        let next = value[prefix.utf8CodeUnitCount]
+        return next == UInt8(ascii: "+") || next == UInt8(ascii: ";")
     }
 
     private static func equals(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {

@@ -1,16 +1,11 @@
 import GRPCCore
 import SwiftProtobuf
 
-/// What an immediate handler may read of its call besides the request message.
+/// What an immediate handler may read of its call besides the request message. Its metadata is
+/// not kept: methods that need it (a token) are not answered on the loop.
 public struct ImmediateCall {
     /// The method path, "/package.Service/Method".
     public let path: String
-    let headers: [(name: String, value: String)]
-
-    /// The first value of a request metadata entry (lower-case name), if sent.
-    public func metadata(_ name: String) -> String? {
-        self.headers.first(where: { $0.name == name })?.value
-    }
 }
 
 /// Unary methods answered on the connection's event-loop thread, as soon as the request has
@@ -27,6 +22,14 @@ public struct ImmediateRoutes: Sendable {
     public mutating func unary<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
         _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request, ImmediateCall) throws -> Response
     ) {
+        self.unarySerialized(method) { (request: Request, call) in try handler(request, call).serializedBytes() }
+    }
+
+    /// Like `unary`, for a handler that has its reply serialized already (stored messages passed
+    /// through as they are).
+    public mutating func unarySerialized<Request: SwiftProtobuf.Message>(
+        _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request, ImmediateCall) throws -> [UInt8]
+    ) {
         self.handlers["/\(method.service.fullyQualifiedService)/\(method.method)"] = { bytes, call in
             let request: Request
             do {
@@ -35,7 +38,7 @@ public struct ImmediateRoutes: Sendable {
                 return .failure(RPCError(code: .invalidArgument, message: "the request is not a valid \(Request.protoMessageName): \(error)"))
             }
             do {
-                return .success(try handler(request, call).serializedBytes())
+                return .success(try handler(request, call))
             } catch let error as RPCError {
                 return .failure(error)
             } catch {

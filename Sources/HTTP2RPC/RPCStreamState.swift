@@ -15,11 +15,25 @@ final class RPCStreamState {
         case rejected
     }
 
+    /// What follows a response's data.
+    enum Trailers {
+        /// `grpc-status: 0` alone.
+        case ok
+        case custom([(name: String, value: String)])
+    }
+
     let id: Int32
     var kind = Kind.pending
     var path = ""
+    /// The handler answering on the loop, known as soon as `:path` is.
+    var immediate: ImmediateRoutes.Handler?
+    var isPost = false
+    /// The method, kept only when it is not POST (for the error message).
     var method = ""
+    var contentTypeIsGRPC = false
+    /// The content type, kept only when it is not gRPC's (for the error message).
     var contentType: String?
+    /// A `grpc-encoding` other than identity.
     var encoding: String?
     var timeout: String?
     var headers: [(name: String, value: String)] = []
@@ -33,7 +47,7 @@ final class RPCStreamState {
     var responseStarted = false
     var outbound: [UInt8] = []
     var outboundOffset = 0
-    var trailers: [(name: String, value: String)]?
+    var trailers: Trailers?
     /// The status is queued (or sent); later writes are refused.
     var finished = false
     /// The data provider returned DEFERRED and waits for `nghttp2_session_resume_data`.

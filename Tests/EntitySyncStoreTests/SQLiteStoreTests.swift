@@ -1,4 +1,5 @@
 import EntitySyncCore
+import EntitySyncProto
 @testable import EntitySyncSQLite
 import EntitySyncTestSupport
 import Testing
@@ -26,5 +27,33 @@ import Testing
         let source = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("durable-source"), producer: "p")
         let sourceSettings = try await source.database.synchronousSettings()
         #expect(sourceSettings.writer == 2 && sourceSettings.reader == 2)
+    }
+
+    /// The point read the gRPC server makes on its event loop answers what the async read does,
+    /// as a serialized UserWithGroups: groups in id order up to the limit, deleted groups left
+    /// out, a deleted or unknown user not found (also when a group already names it).
+    @Test func theEventLoopPointReadAgreesWithTheAsyncRead() async throws {
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("point-read"))
+        for change in [Fixtures.userChange("u1", version: 1), Fixtures.userChange("u2", version: 1),
+                       Fixtures.groupChange("g3", version: 1, members: ["u1", "u9"]), Fixtures.groupChange("g1", version: 1, members: ["u1"]),
+                       Fixtures.groupChange("g2", version: 1, members: ["u1", "u2"]), Fixtures.deletion(.group, "g2", version: 2),
+                       Fixtures.deletion(.user, "u2", version: 2)] {
+            _ = try await replica.apply(validated(change))
+        }
+        for limit in [1, 2, 1000] {
+            let encoded = try #require(try replica.userWithGroupsEncoded(id: "u1", groupLimit: limit))
+            let decoded = try Entitysync_V1_UserWithGroups(serializedBytes: encoded)
+            let expected = try #require(try await replica.userWithGroups(id: "u1", groupLimit: limit))
+            #expect(decoded.user == expected.user)
+            #expect(decoded.groups == expected.groups)
+            #expect(decoded.groups.map(\.id) == Array(["g1", "g3"].prefix(limit)))
+        }
+        #expect(try replica.userWithGroupsEncoded(id: "u2", groupLimit: 10) == nil, "a deleted user")
+        #expect(try replica.userWithGroupsEncoded(id: "u9", groupLimit: 10) == nil, "named by a group, not replicated yet")
+        #expect(try replica.userWithGroupsEncoded(id: "nobody", groupLimit: 10) == nil)
+        // A later change is seen by the next point read (the read connections hold no snapshot).
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 5, name: "Grace")))
+        let after = try Entitysync_V1_UserWithGroups(serializedBytes: try #require(try replica.userWithGroupsEncoded(id: "u1", groupLimit: 10)))
+        #expect(after.user.name == "Grace" && after.user.version == 5)
     }
 }

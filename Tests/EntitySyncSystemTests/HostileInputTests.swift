@@ -309,6 +309,51 @@ struct HostileInputTests {
         #expect(producer.isRunning)
     }
 
+    /// 100 connections with 100 streams each in flight (10,000 calls at once) against the built
+    /// user-rpc's event-loop answers (GetUser on its SQLite replica, Health/Check): every call is
+    /// answered, and memory stays bounded.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/h2load")
+                   && FileManager.default.isExecutableFile(atPath: entitySyncBinary), "needs h2load (nghttp2-client) and the built binary"))
+    func tenThousandStreamsInFlightAreAllAnswered() async throws {
+        let host = try TestVirtualHost("streams")
+        defer { host.tearDown() }
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        let port = try freePort()
+        let userRPC = try ChildProcess(entitySyncBinary, ["user-rpc", "--listen", "127.0.0.1:\(port)", "--db", host.path("user-rpc")],
+                                       environment: ProcessInfo.processInfo.environment.merging([
+                                           "ENTITY_SYNC_AMQP_URL": host.url,
+                                       ]) { $1 }, log: host.directory + "/user-rpc.log")
+        defer { userRPC.signal(SIGKILL) }
+        try await eventually("user-rpc SERVING") { await healthStatus(port: port) == .serving }
+        var get = Entitysync_V1_GetRequest()
+        get.id = "nobody"
+        let message: [UInt8] = try get.serializedBytes()
+        let body = host.directory + "/get.bin"
+        try Data([0, 0, 0, 0, UInt8(message.count)] + message).write(to: URL(fileURLWithPath: body))
+        let health = host.directory + "/health.bin"
+        try Data([0, 0, 0, 0, 0]).write(to: URL(fileURLWithPath: health))
+
+        let before = try Self.memory(of: userRPC.pid)
+        let calls = try Self.h2load(port: port, path: "/entitysync.v1.UserQuery/GetUser", body: body,
+                                    requests: 30_000, clients: 100, streams: 100)
+        #expect(calls.contains("30000 succeeded, 0 failed, 0 errored"), "\(calls)")
+        let checks = try Self.h2load(port: port, path: "/grpc.health.v1.Health/Check", body: health,
+                                     requests: 30_000, clients: 100, streams: 100)
+        #expect(checks.contains("30000 succeeded, 0 failed, 0 errored"), "\(checks)")
+        let after = try Self.memory(of: userRPC.pid)
+        print("10,000 streams in flight: user-rpc RSS \(before.rss / 1024) MiB before, \(after.rss / 1024) MiB after, "
+              + "peak \(after.peak / 1024) MiB; " + (calls.split(separator: "\n").first { $0.contains("finished in") } ?? ""))
+        #expect(after.peak < before.rss + 256 * 1024, "peak resident memory \(after.peak) KiB from \(before.rss) KiB")
+        // What h2load counted as answered are real answers: NOT_FOUND for the user, SERVING for health.
+        let code = try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                                      transportSecurity: .plaintext)) { client in
+            await statusCode { _ = try await Entitysync_V1_UserQuery.Client(wrapping: client).getUser(get) }
+        }
+        #expect(code == .notFound)
+        #expect(await healthStatus(port: port) == .serving)
+        #expect(userRPC.isRunning)
+    }
+
     /// Resident and peak resident memory of a process, in KiB.
     static func memory(of pid: pid_t) throws -> (rss: Int, peak: Int) {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)

@@ -1,0 +1,99 @@
+import EntitySyncCore
+import GRDBSQLite
+import SwiftProtobuf
+import Synchronization
+
+/// Point reads on the calling thread, on read-only SQLite connections of its own with their
+/// statements prepared once: the gRPC server answers GetUser on its event loop with this, with
+/// no hop to GRDB's reader queue and no statement parsing or column lookup by name per call.
+/// A connection serves one caller at a time; there are as many as callers at once (about the
+/// server's loop threads).
+final class SQLitePointReader: Sendable {
+    /// One read-only connection and its prepared statement. Sendable by hand: a connection is
+    /// used by the one caller that took it out of `idle` and put back only when that caller is
+    /// done with it, so no two threads ever touch it at once.
+    private final class Connection: @unchecked Sendable {
+        let handle: OpaquePointer
+        let userWithGroups: OpaquePointer
+
+        init(path: String) throws {
+            var handle: OpaquePointer?
+            let flags = SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX
+            guard sqlite3_open_v2(path, &handle, flags, nil) == SQLITE_OK, let handle else {
+                let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+                sqlite3_close(handle)
+                throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)' for reading: \(message)")
+            }
+            sqlite3_busy_timeout(handle, 10_000)
+            // One statement, so one read transaction: the user and its groups as of one commit.
+            // Row kind 0 is the user (with its tombstone flag), kind 1 its live groups in id order.
+            let sql = """
+                SELECT 0, deleted, state FROM entities WHERE kind = 'user' AND id = ?1
+                UNION ALL
+                SELECT 1, 0, state FROM (SELECT e.state FROM group_members m
+                    JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
+                    WHERE m.user_id = ?1 AND e.deleted = 0 ORDER BY m.group_id LIMIT ?2)
+                """
+            var statement: OpaquePointer?
+            guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
+                  let statement else {
+                let message = String(cString: sqlite3_errmsg(handle))
+                sqlite3_close(handle)
+                throw SyncError(.storeUnavailable, "the SQLite store at '\(path)' cannot be read (\(message)): is it an EntitySync replica?")
+            }
+            self.handle = handle
+            self.userWithGroups = statement
+        }
+
+        deinit {
+            sqlite3_finalize(self.userWithGroups)
+            sqlite3_close(self.handle)
+        }
+    }
+
+    private let path: String
+    // Connections not in use. A connection is only ever used by the one caller that took it out.
+    private let idle = Mutex<[Connection]>([])
+
+    init(path: String) {
+        self.path = path
+    }
+
+    /// The live user `id` and its first `groupLimit` live groups as a serialized
+    /// `UserWithGroups`, straight from the stored messages; nil if there is no such user.
+    func userWithGroups(id: String, groupLimit: Int) throws -> [UInt8]? {
+        let connection = try self.idle.withLock { $0.popLast() } ?? Connection(path: self.path)
+        defer { self.idle.withLock { $0.append(connection) } }
+        let statement = connection.userWithGroups
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        // SQLITE_TRANSIENT: SQLite copies the id, which lives only as long as this call.
+        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+        guard sqlite3_bind_text(statement, 1, id, -1, transient) == SQLITE_OK,
+              sqlite3_bind_int64(statement, 2, Int64(groupLimit)) == SQLITE_OK else {
+            throw self.failure(connection, "binding the id")
+        }
+        var reply: UserWithGroupsEncoding?
+        while true {
+            let step = sqlite3_step(statement)
+            if step == SQLITE_DONE { break }
+            guard step == SQLITE_ROW else { throw self.failure(connection, "reading user '\(id)'") }
+            let bytes = UnsafeRawBufferPointer(start: sqlite3_column_blob(statement, 2), count: Int(sqlite3_column_bytes(statement, 2)))
+            if sqlite3_column_int(statement, 0) == 0 {
+                guard sqlite3_column_int(statement, 1) == 0 else { return nil }
+                reply = UserWithGroupsEncoding(user: bytes)
+            } else {
+                // SQLite runs a UNION ALL's parts in order: the user row, if any, came first.
+                // Without one (a group names a member not replicated yet) the groups do not matter.
+                reply?.appendGroup(bytes)
+            }
+        }
+        return reply?.bytes
+    }
+
+    private func failure(_ connection: Connection, _ doing: String) -> SyncError {
+        SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed \(doing): \(String(cString: sqlite3_errmsg(connection.handle)))")
+    }
+}
