@@ -18,12 +18,13 @@ struct Health: AsyncParsableCommand {
         let targets = self.addresses.isEmpty
             ? [try self.options.producerAddress, try self.options.userRPCAddress, try self.options.orgRPCAddress]
             : try self.addresses.map { try HostPort($0) }
+        let tls = try self.options.tls
         let deadline = ContinuousClock.now + .milliseconds(Int64(max(0, self.wait) * 1000))
         var statuses: [String] = []
         while true {
             statuses = await withTaskGroup(of: (Int, String).self) { group in
                 for (index, target) in targets.enumerated() {
-                    group.addTask { [tls = self.options.tls] in (index, await Self.check(target, tls: tls)) }
+                    group.addTask { [tls] in (index, await Self.check(target, tls: tls)) }
                 }
                 var results = Array(repeating: "", count: targets.count)
                 for await (index, status) in group { results[index] = status }

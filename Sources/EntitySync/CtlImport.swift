@@ -55,7 +55,7 @@ struct Import: AsyncParsableCommand {
         let metadata = self.options.metadata
         var counts = (created: 0, updated: 0)
         try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port),
-                                                           transportSecurity: self.options.tls.transportSecurity)) { client in
+                                                           transportSecurity: try self.options.tls.transportSecurity)) { client in
             let admin = Entitysync_V1_EntityAdmin.Client(wrapping: client)
             for batch in [users, groups] {
                 try await withThrowingTaskGroup(of: Outcome.self) { group in

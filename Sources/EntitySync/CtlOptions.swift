@@ -26,11 +26,22 @@ struct CtlOptions: ParsableArguments {
     @Flag(help: "Print JSON instead of tables.")
     var json = false
 
-    /// TLS for every call when a CA is given.
+    /// TLS for every call when a CA is given. A client certificate without a CA would send the
+    /// token in plaintext while the user meant TLS: refused.
     var tls: ClientTLS? {
-        optionalSetting(self.tlsCA, "ENTITY_SYNC_TLS_CA").map {
-            ClientTLS(caPath: $0, certificatePath: optionalSetting(self.tlsCert, "ENTITY_SYNC_TLS_CERT"),
-                      keyPath: optionalSetting(self.tlsKey, "ENTITY_SYNC_TLS_KEY"))
+        get throws {
+            let certificate = optionalSetting(self.tlsCert, "ENTITY_SYNC_TLS_CERT")
+            let key = optionalSetting(self.tlsKey, "ENTITY_SYNC_TLS_KEY")
+            guard let ca = optionalSetting(self.tlsCA, "ENTITY_SYNC_TLS_CA") else {
+                if certificate != nil || key != nil {
+                    throw ValidationError("--tls-cert and --tls-key need --tls-ca: the CA that signed the services' certificates")
+                }
+                return nil
+            }
+            guard (certificate == nil) == (key == nil) else {
+                throw ValidationError("--tls-cert and --tls-key go together: give both to present a client certificate, or neither")
+            }
+            return ClientTLS(caPath: ca, certificatePath: certificate, keyPath: key)
         }
     }
 
@@ -53,10 +64,10 @@ struct CtlOptions: ParsableArguments {
     func withClient<T: Sendable>(_ address: HostPort, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
         do {
             if let session = CtlSession.current {
-                return try await body(try session.client(for: address, tls: self.tls))
+                return try await body(try session.client(for: address, tls: try self.tls))
             }
             return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
-                                                                       transportSecurity: self.tls.transportSecurity)) { client in
+                                                                       transportSecurity: try self.tls.transportSecurity)) { client in
                 try await body(client)
             }
         } catch let error as RPCError where error.code == .unavailable {

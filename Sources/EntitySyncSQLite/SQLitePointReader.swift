@@ -24,15 +24,18 @@ final class SQLitePointReader: Sendable {
                 sqlite3_close(handle)
                 throw SyncError(.storeUnavailable, "could not open the SQLite store at '\(path)' for reading: \(message)")
             }
-            sqlite3_busy_timeout(handle, 10_000)
+            // The caller is an event loop serving many connections: a WAL reader is only ever
+            // busy briefly (another process recovering the log), and must not hold the loop long.
+            sqlite3_busy_timeout(handle, 100)
             // One statement, so one read transaction: the user and its groups as of one commit.
             // Row kind 0 is the user (with its tombstone flag), kind 1 its live groups in id order.
             let sql = """
-                SELECT 0, deleted, state FROM entities WHERE kind = 'user' AND id = ?1
+                SELECT 0, deleted, state, '' FROM entities WHERE kind = 'user' AND id = ?1
                 UNION ALL
-                SELECT 1, 0, state FROM (SELECT e.state FROM group_members m
+                SELECT 1, 0, state, id FROM (SELECT e.state, e.id FROM group_members m
                     JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
                     WHERE m.user_id = ?1 AND e.deleted = 0 ORDER BY m.group_id LIMIT ?2)
+                ORDER BY 1, 4
                 """
             var statement: OpaquePointer?
             guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
@@ -79,14 +82,20 @@ final class SQLitePointReader: Sendable {
         while true {
             let step = sqlite3_step(statement)
             if step == SQLITE_DONE { break }
-            guard step == SQLITE_ROW else { throw self.failure(connection, "reading user '\(id)'") }
+            guard step == SQLITE_ROW else {
+                if step == SQLITE_BUSY {
+                    throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' is busy (another process is "
+                                    + "recovering its log): retry the call")
+                }
+                throw self.failure(connection, "reading user '\(id)'")
+            }
             let bytes = UnsafeRawBufferPointer(start: sqlite3_column_blob(statement, 2), count: Int(sqlite3_column_bytes(statement, 2)))
             if sqlite3_column_int(statement, 0) == 0 {
                 guard sqlite3_column_int(statement, 1) == 0 else { return nil }
                 reply = UserWithGroupsEncoding(user: bytes)
             } else {
-                // SQLite runs a UNION ALL's parts in order: the user row, if any, came first.
-                // Without one (a group names a member not replicated yet) the groups do not matter.
+                // The user row, if any, came first (ORDER BY 1). Without one (a group names a
+                // member not replicated yet) the groups do not matter.
                 reply?.appendGroup(bytes)
             }
         }

@@ -73,8 +73,10 @@ public final class ConsumerService: Service {
         let healthService = HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService])
         let observer = ImmediateCallObserver(logger: self.logger)
         var immediate = ImmediateRoutes()
-        immediate.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
-                        observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in try healthService.check(request) })
+        immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                  observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
+                                      try healthService.checkSerialized(request)
+                                  })
         if self.kind == .userRPC, let reads = store as? any ImmediateReplicaReads {
             immediate.unarySerialized(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
                             observer.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))

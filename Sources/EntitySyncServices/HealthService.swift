@@ -14,7 +14,24 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
         try self.check(request)
     }
 
-    /// Check needs nothing but a flag: the server answers it on its event loop.
+    /// Check, serialized: the server answers it on its event loop from one of two fixed replies.
+    func checkSerialized(_ request: Grpc_Health_V1_HealthCheckRequest) throws -> [UInt8] {
+        guard request.service.isEmpty || self.services.contains(request.service) else {
+            throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
+        }
+        return self.status.isServing ? Self.serving : Self.notServing
+    }
+
+    private static let serving = Self.serialized(.serving)
+    private static let notServing = Self.serialized(.notServing)
+
+    private static func serialized(_ status: Grpc_Health_V1_HealthCheckResponse.ServingStatus) -> [UInt8] {
+        var response = Grpc_Health_V1_HealthCheckResponse()
+        response.status = status
+        // Encoding an enum field cannot fail; an empty reply would read as UNKNOWN, never as SERVING.
+        return (try? response.serializedBytes()) ?? []
+    }
+
     func check(_ request: Grpc_Health_V1_HealthCheckRequest) throws -> Grpc_Health_V1_HealthCheckResponse {
         guard request.service.isEmpty || self.services.contains(request.service) else {
             throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")

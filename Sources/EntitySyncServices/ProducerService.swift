@@ -41,8 +41,10 @@ public final class ProducerService: Service {
         let healthService = HealthService(status: self.health, services: names)
         let observer = ImmediateCallObserver(logger: self.logger)
         var immediate = ImmediateRoutes()
-        immediate.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
-                        observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in try healthService.check(request) })
+        immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                  observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
+                                      try healthService.checkSerialized(request)
+                                  })
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             EntityAdminService(store: store),
             healthService,

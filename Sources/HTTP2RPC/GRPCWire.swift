@@ -8,7 +8,6 @@ enum GRPCWire {
     /// Appends `message` with its prefix (uncompressed) to `bytes`.
     static func appendFramed(_ message: [UInt8], to bytes: inout [UInt8]) {
         let length = UInt32(truncatingIfNeeded: message.count)
-        bytes.reserveCapacity(bytes.count + self.prefixLength + message.count)
         bytes.append(0)
         bytes.append(UInt8(truncatingIfNeeded: length >> 24))
         bytes.append(UInt8(truncatingIfNeeded: length >> 16))

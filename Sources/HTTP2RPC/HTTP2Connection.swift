@@ -35,6 +35,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private var lastStreamActivity = NIODeadline.now()
     private var pingSentAt: NIODeadline?
     private var ticker: RepeatedTask?
+    /// Request bytes held across this connection's streams, bounded by `maxConnectionBufferBytes`.
+    private var bufferedRequestBytes = 0
     private var remotePeer = "unknown"
     private var localPeer = "unknown"
     private let tlsRequired: Bool
@@ -193,6 +195,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
             wrote = true
         }
         if wrote { context.flush() }
+        // A failed write closes the channel inside flush(), and teardown deletes the session.
+        guard let session = self.session else { return }
         if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
             self.close()
         }
@@ -356,16 +360,44 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 self.reject(state, tooLarge: state.unreadBody + data.count - GRPCWire.prefixLength)
                 return 0
             }
+            guard self.reserveRequestBytes(state, data.count) else { return 0 }
             state.appendBody(data)
         case .bridged:
+            guard self.reserveRequestBytes(state, data.count) else { return 0 }
             state.appendBody(data)
             self.deliverMessages(state)
         }
         return 0
     }
 
+    /// Counts `count` more request bytes held for `state`; false (and the call refused) when the
+    /// connection already holds as much as it may: many streams each sending most of a large
+    /// message must not add up to unbounded memory.
+    private func reserveRequestBytes(_ state: RPCStreamState, _ count: Int) -> Bool {
+        guard self.bufferedRequestBytes + count <= self.shared.configuration.maxConnectionBufferBytes else {
+            let message = "this connection has \(self.bufferedRequestBytes) bytes of unfinished requests, the server's "
+                + "limit per connection: send large requests one at a time, or spread them over connections"
+            if case .bridged = state.kind {
+                self.failBridged(state, code: .resourceExhausted, message: message)
+            } else {
+                self.respondStatus(state, code: .resourceExhausted, message: message)
+            }
+            self.releaseRequestBytes(state)
+            return false
+        }
+        self.bufferedRequestBytes += count
+        state.heldRequestBytes += count
+        return true
+    }
+
+    private func releaseRequestBytes(_ state: RPCStreamState) {
+        self.bufferedRequestBytes -= state.heldRequestBytes
+        state.heldRequestBytes = 0
+    }
+
     func onStreamClosed(_ streamID: Int32, errorCode: UInt32) -> Int32 {
         guard let state = self.streams.removeValue(forKey: streamID) else { return 0 }
+        self.releaseRequestBytes(state)
         self.lastStreamActivity = .now()
         if !state.finished || errorCode != NGHTTP2_NO_ERROR.rawValue {
             self.abandon(state, reason: "the client cancelled the call")
@@ -387,6 +419,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
             state.outboundOffset += count
             if state.outboundOffset == state.outbound.count {
                 state.outbound.removeAll(keepingCapacity: state.outbound.count <= 64 * 1024)
+                state.outboundOffset = 0
+            } else if state.outboundOffset >= 64 * 1024 {
+                // A stream that never drains completely (a Snapshot to a slow reader) must not
+                // keep what it already sent.
+                state.outbound.removeFirst(state.outboundOffset)
                 state.outboundOffset = 0
             }
             self.releaseWriters(state)
@@ -455,6 +492,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     private func answerImmediately(_ state: RPCStreamState, _ handler: ImmediateRoutes.Handler) {
+        defer {
+            state.body = []
+            state.bodyOffset = 0
+            self.releaseRequestBytes(state)
+        }
         let available = state.unreadBody
         guard available >= GRPCWire.prefixLength else {
             self.respondStatus(state, code: available == 0 ? .unimplemented : .internalError,
@@ -555,6 +597,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
         if result != 0 {
             self.shared.logger.debug("could not submit a status", metadata: ["stream": "\(state.id)", "error": "\(result)"])
         }
+        // No RST_STREAM(NO_ERROR) follows for a request still being sent (RFC 9113 §8.1 allows
+        // one): grpcio reads HEADERS and RST_STREAM arriving together as INTERNAL, losing the
+        // status. The rest of such a request is dropped as it comes.
         if !self.inCallbacks { self.flushOutput() }
     }
 
@@ -642,6 +687,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
             state.inbound?.yield(.message(Array(state.body[start..<start + length])))
             state.bodyOffset = start + length
         }
+        // What is left is at most one unfinished message; the rest now belongs to the handler.
+        self.bufferedRequestBytes -= state.heldRequestBytes - state.unreadBody
+        state.heldRequestBytes = state.unreadBody
     }
 
     /// Ends a handed-over call from this side (deadline, bad input): the status goes out now and

@@ -10,6 +10,9 @@ public struct RPCServerConfiguration: Sendable {
     public var maxConcurrentStreams: Int = 100
     /// The largest request message accepted; a larger one fails with RESOURCE_EXHAUSTED.
     public var maxRequestBytes: Int = 4 * 1024 * 1024
+    /// Request bytes one connection may hold across its unfinished requests; a request that would
+    /// go over fails with RESOURCE_EXHAUSTED.
+    public var maxConnectionBufferBytes: Int = 16 * 1024 * 1024
     /// The largest request header list (SETTINGS_MAX_HEADER_LIST_SIZE); a larger one resets the stream.
     public var maxHeaderListBytes: Int = 16 * 1024
     /// A connection with no open stream for this long is closed with GOAWAY.

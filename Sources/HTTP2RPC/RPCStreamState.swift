@@ -41,6 +41,8 @@ final class RPCStreamState {
     /// Request bytes not yet taken as messages.
     var body: [UInt8] = []
     var bodyOffset = 0
+    /// Request bytes of this stream counted against its connection's limit.
+    var heldRequestBytes = 0
     var requestEnded = false
 
     // The response, in the order it goes out: headers, messages, trailers.
