@@ -108,14 +108,18 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
         }
     }
 
+    private static let snapshotPage = 100
+
     func snapshot(request: Entitysync_V1_SnapshotRequest, response: RPCWriter<EntityChange>, context: ServerContext) async throws {
         try await RPCErrors.mapping {
             for kind in EntityKind.allCases {
                 var after: String?
                 while true {
-                    let page = try await self.store.snapshot(of: kind, after: after, limit: 500)
+                    // A page is what a stream to a client that stopped reading holds while it
+                    // waits: small, as entities may be up to hundreds of kilobytes.
+                    let page = try await self.store.snapshot(of: kind, after: after, limit: Self.snapshotPage)
                     for change in page { try await response.write(change) }
-                    guard page.count == 500, let last = page.last else { break }
+                    guard page.count == Self.snapshotPage, let last = page.last else { break }
                     after = last.entityID
                 }
             }

@@ -354,6 +354,38 @@ struct HostileInputTests {
         #expect(userRPC.isRunning)
     }
 
+    /// A client that stops reading a server stream (the Snapshot, over raw HTTP/2, never
+    /// opening its flow-control window) leaves the producer's memory bounded: the handler waits
+    /// instead of queueing the whole snapshot. Meanwhile others get the whole snapshot.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: entitySyncBinary), "needs the built binary"))
+    func aClientThatStopsReadingAStreamCostsBoundedMemory() async throws {
+        let host = try TestVirtualHost("stalled")
+        defer { host.tearDown() }
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        let port = try freePort()
+        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(port)", "--db", host.path("producer")],
+                                        environment: ProcessInfo.processInfo.environment.merging([
+                                            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": RunningSystem.token,
+                                        ]) { $1 }, log: host.directory + "/producer.log")
+        defer { producer.signal(SIGKILL) }
+        try await eventually("producer SERVING") { await healthStatus(port: port) == .serving }
+        // 1,500 users of 14 KB each: a snapshot of about 21 MB.
+        let name = String(repeating: "n", count: 14_000)
+        let rows = (0..<1500).map { "{\"type\":\"user\",\"id\":\"u\($0)\",\"name\":\"\(name)\",\"email\":\"u\($0)@example.com\"}" }
+        let file = host.directory + "/users.jsonl"
+        try rows.joined(separator: "\n").write(toFile: file, atomically: true, encoding: .utf8)
+        let imported = try ChildProcess.run(entitySyncBinary, ["ctl", "import", file, "--producer", "127.0.0.1:\(port)",
+                                                               "--token", RunningSystem.token])
+        #expect(imported.succeeded, "\(imported.output)")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("python/stalled_stream_check.py")
+        let check = try ChildProcess.run("/usr/bin/env", ["python3", script.path, "127.0.0.1:\(port)", "\(producer.pid)"])
+        #expect(check.succeeded && check.output.contains("stalled stream: ok"), "\(check.output)")
+        print(check.output.trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(await healthStatus(port: port) == .serving)
+        #expect(producer.isRunning)
+    }
+
     /// Resident and peak resident memory of a process, in KiB.
     static func memory(of pid: pid_t) throws -> (rss: Int, peak: Int) {
         let status = try String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
