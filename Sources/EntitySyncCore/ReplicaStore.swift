@@ -102,12 +102,15 @@ public protocol ImmediateReplicaReads: Sendable {
 
 /// Builds a serialized `UserWithGroups` from the stored, already serialized `User` and `Group`
 /// messages: an embedded message is its bytes behind a tag and a length, so nothing is decoded
-/// and encoded again.
+/// and encoded again. Fields may be appended in any order (protobuf allows it); groups keep theirs.
 public struct UserWithGroupsEncoding {
     public private(set) var bytes: [UInt8] = []
 
-    public init(user: UnsafeRawBufferPointer) {
-        self.bytes.reserveCapacity(user.count * 2 + 16)
+    public init() {
+        self.bytes.reserveCapacity(256)
+    }
+
+    public mutating func appendUser(_ user: UnsafeRawBufferPointer) {
         self.append(field: 1, user)
     }
 

@@ -30,12 +30,11 @@ final class SQLitePointReader: Sendable {
             // One statement, so one read transaction: the user and its groups as of one commit.
             // Row kind 0 is the user (with its tombstone flag), kind 1 its live groups in id order.
             let sql = """
-                SELECT 0, deleted, state, '' FROM entities WHERE kind = 'user' AND id = ?1
+                SELECT 0, deleted, state FROM entities WHERE kind = 'user' AND id = ?1
                 UNION ALL
-                SELECT 1, 0, state, id FROM (SELECT e.state, e.id FROM group_members m
+                SELECT 1, 0, state FROM (SELECT e.state FROM group_members m
                     JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
                     WHERE m.user_id = ?1 AND e.deleted = 0 ORDER BY m.group_id LIMIT ?2)
-                ORDER BY 1, 4
                 """
             var statement: OpaquePointer?
             guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
@@ -78,7 +77,11 @@ final class SQLitePointReader: Sendable {
               sqlite3_bind_int64(statement, 2, Int64(groupLimit)) == SQLITE_OK else {
             throw self.failure(connection, "binding the id")
         }
-        var reply: UserWithGroupsEncoding?
+        // Rows go into the reply as they come. Protobuf fields may come in any order, so the
+        // reply is right whichever part of the UNION ALL SQLite runs first; the groups keep
+        // their id order.
+        var reply = UserWithGroupsEncoding()
+        var found = false
         while true {
             let step = sqlite3_step(statement)
             if step == SQLITE_DONE { break }
@@ -92,14 +95,14 @@ final class SQLitePointReader: Sendable {
             let bytes = UnsafeRawBufferPointer(start: sqlite3_column_blob(statement, 2), count: Int(sqlite3_column_bytes(statement, 2)))
             if sqlite3_column_int(statement, 0) == 0 {
                 guard sqlite3_column_int(statement, 1) == 0 else { return nil }
-                reply = UserWithGroupsEncoding(user: bytes)
+                reply.appendUser(bytes)
+                found = true
             } else {
-                // The user row, if any, came first (ORDER BY 1). Without one (a group names a
-                // member not replicated yet) the groups do not matter.
-                reply?.appendGroup(bytes)
+                reply.appendGroup(bytes)
             }
         }
-        return reply?.bytes
+        // Without a user row (a group names a member not replicated yet) the groups do not matter.
+        return found ? reply.bytes : nil
     }
 
     private func failure(_ connection: Connection, _ doing: String) -> SyncError {
