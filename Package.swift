@@ -284,6 +284,7 @@ let package = Package(
                 "EntitySyncSQLite",
                 "EntitySyncPostgres",
                 "AMQPClient",
+                "HTTP2RPC",
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "GRPCCore", package: "grpc-swift-2"),
                 .product(name: "GRPCNIOTransportHTTP2", package: "grpc-swift-nio-transport"),

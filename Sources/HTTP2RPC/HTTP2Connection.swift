@@ -375,13 +375,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
     /// message must not add up to unbounded memory.
     private func reserveRequestBytes(_ state: RPCStreamState, _ count: Int) -> Bool {
         guard self.bufferedRequestBytes + count <= self.shared.configuration.maxConnectionBufferBytes else {
-            let message = "this connection has \(self.bufferedRequestBytes) bytes of unfinished requests, the server's "
-                + "limit per connection: send large requests one at a time, or spread them over connections"
-            if case .bridged = state.kind {
-                self.failBridged(state, code: .resourceExhausted, message: message)
-            } else {
-                self.respondStatus(state, code: .resourceExhausted, message: message)
-            }
+            self.refuse(state, code: .resourceExhausted,
+                        message: "this connection has \(self.bufferedRequestBytes) bytes of unfinished requests, the server's "
+                            + "limit per connection: send large requests one at a time, or spread them over connections")
             self.releaseRequestBytes(state)
             return false
         }
@@ -535,12 +531,17 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     private func reject(_ state: RPCStreamState, tooLarge size: Int) {
-        let message = "the request message is \(size) bytes, more than this server's limit of "
-            + "\(self.shared.configuration.maxRequestBytes): send smaller requests, or raise --max-request-bytes"
+        self.refuse(state, code: .resourceExhausted,
+                    message: "the request message is \(size) bytes, more than this server's limit of "
+                        + "\(self.shared.configuration.maxRequestBytes) bytes: send smaller requests")
+    }
+
+    /// Ends a call the server will not take further: a handed-over one is also cancelled.
+    private func refuse(_ state: RPCStreamState, code: Status.Code, message: String) {
         if case .bridged = state.kind {
-            self.failBridged(state, code: .resourceExhausted, message: message)
+            self.failBridged(state, code: code, message: message)
         } else {
-            self.respondStatus(state, code: .resourceExhausted, message: message)
+            self.respondStatus(state, code: code, message: message)
         }
     }
 

@@ -256,12 +256,7 @@ struct HostileInputTests {
     func floodsOfConcurrentStreamsLeaveTheServerServingWithBoundedMemory() async throws {
         let host = try TestVirtualHost("flood")
         defer { host.tearDown() }
-        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
-        let port = try freePort()
-        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(port)", "--db", host.path("producer")],
-                                        environment: ProcessInfo.processInfo.environment.merging([
-                                            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": RunningSystem.token,
-                                        ]) { $1 }, log: host.directory + "/producer.log")
+        let (producer, port) = try Self.startBuiltProducer(host)
         defer { producer.signal(SIGKILL) }
         try await eventually("producer SERVING") {
             return await healthStatus(port: port) == .serving
@@ -361,12 +356,7 @@ struct HostileInputTests {
     func aClientThatStopsReadingAStreamCostsBoundedMemory() async throws {
         let host = try TestVirtualHost("stalled")
         defer { host.tearDown() }
-        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
-        let port = try freePort()
-        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(port)", "--db", host.path("producer")],
-                                        environment: ProcessInfo.processInfo.environment.merging([
-                                            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": RunningSystem.token,
-                                        ]) { $1 }, log: host.directory + "/producer.log")
+        let (producer, port) = try Self.startBuiltProducer(host)
         defer { producer.signal(SIGKILL) }
         try await eventually("producer SERVING") { await healthStatus(port: port) == .serving }
         // 1,500 users of 14 KB each: a snapshot of about 21 MB.
@@ -384,6 +374,17 @@ struct HostileInputTests {
         print(check.output.trimmingCharacters(in: .whitespacesAndNewlines))
         #expect(await healthStatus(port: port) == .serving)
         #expect(producer.isRunning)
+    }
+
+    /// The built binary's producer in `host`'s vhost and folder, with the test token, on a free port.
+    static func startBuiltProducer(_ host: TestVirtualHost) throws -> (ChildProcess, Int) {
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        let port = try freePort()
+        let producer = try ChildProcess(entitySyncBinary, ["producer", "--listen", "127.0.0.1:\(port)", "--db", host.path("producer")],
+                                        environment: ProcessInfo.processInfo.environment.merging([
+                                            "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_TOKEN": RunningSystem.token,
+                                        ]) { $1 }, log: host.directory + "/producer.log")
+        return (producer, port)
     }
 
     /// Resident and peak resident memory of a process, in KiB.
