@@ -71,15 +71,15 @@ public final class ConsumerService: Service {
         case .orgRPC: Entitysync_V1_OrgQuery.descriptor.fullyQualifiedService
         }
         let healthService = HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService])
-        let observer = ImmediateCallObserver(logger: self.logger)
+        let recorder = RPCCallRecorder(logger: self.logger)
         var immediate = ImmediateRoutes()
         immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
-                                  observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
+                                  recorder.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
                                       try healthService.checkSerialized(request)
                                   })
         if self.kind == .userRPC, let reads = store as? any ImmediateReplicaReads {
             immediate.unarySerialized(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
-                            observer.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))
+                            recorder.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))
         }
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             query,
@@ -87,7 +87,7 @@ public final class ConsumerService: Service {
                             runner: runner),
             healthService,
         ], interceptors: [
-            RPCMetricsInterceptor(),
+            RPCMetricsInterceptor(recorder: recorder),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: SyncInfoService.mutations),
         ], immediate: immediate, logger: self.logger)
         self.address.set(transport)

@@ -11,15 +11,20 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
     let services: Set<String>
 
     func check(request: Grpc_Health_V1_HealthCheckRequest, context: ServerContext) async throws -> Grpc_Health_V1_HealthCheckResponse {
-        try self.check(request)
+        try self.requireKnown(request)
+        return self.response()
     }
 
     /// Check, serialized: the server answers it on its event loop from one of two fixed replies.
     func checkSerialized(_ request: Grpc_Health_V1_HealthCheckRequest) throws -> [UInt8] {
+        try self.requireKnown(request)
+        return self.status.isServing ? Self.serving : Self.notServing
+    }
+
+    private func requireKnown(_ request: Grpc_Health_V1_HealthCheckRequest) throws {
         guard request.service.isEmpty || self.services.contains(request.service) else {
             throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
         }
-        return self.status.isServing ? Self.serving : Self.notServing
     }
 
     private static let serving = Self.serialized(.serving)
@@ -30,13 +35,6 @@ struct HealthService: Grpc_Health_V1_Health.SimpleServiceProtocol {
         response.status = status
         // Encoding an enum field cannot fail; an empty reply would read as UNKNOWN, never as SERVING.
         return (try? response.serializedBytes()) ?? []
-    }
-
-    func check(_ request: Grpc_Health_V1_HealthCheckRequest) throws -> Grpc_Health_V1_HealthCheckResponse {
-        guard request.service.isEmpty || self.services.contains(request.service) else {
-            throw RPCError(code: .notFound, message: "unknown service '\(request.service)'")
-        }
-        return self.response()
     }
 
     func watch(request: Grpc_Health_V1_HealthCheckRequest, response: RPCWriter<Grpc_Health_V1_HealthCheckResponse>,

@@ -39,17 +39,17 @@ public final class ProducerService: Service {
         }
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
         let healthService = HealthService(status: self.health, services: names)
-        let observer = ImmediateCallObserver(logger: self.logger)
+        let recorder = RPCCallRecorder(logger: self.logger)
         var immediate = ImmediateRoutes()
         immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
-                                  observer.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
+                                  recorder.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
                                       try healthService.checkSerialized(request)
                                   })
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             EntityAdminService(store: store),
             healthService,
         ], interceptors: [
-            RPCMetricsInterceptor(),
+            RPCMetricsInterceptor(recorder: recorder),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: EntityAdminService.mutations),
         ], immediate: immediate, logger: self.logger)
         self.address.set(transport)

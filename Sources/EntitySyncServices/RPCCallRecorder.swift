@@ -1,0 +1,81 @@
+import GRPCCore
+import HTTP2RPC
+import Logging
+import Metrics
+import Synchronization
+
+/// Records every gRPC call the same way, whether the server's event loop answered it or a
+/// service did (through `RPCMetricsInterceptor`): `entitysync_rpc_requests_total` by method and
+/// status, `entitysync_rpc_duration_seconds` by method, and a log line per failed call (every
+/// call at debug). Metric handles are made once per method and status, not per call.
+final class RPCCallRecorder: Sendable {
+    private let logger: Logger
+    private let counters = Mutex<[String: Counter]>([:])
+    private let timers = Mutex<[String: Timer]>([:])
+
+    init(logger: Logger) {
+        self.logger = logger
+    }
+
+    /// Records one call of `method` that started at `start`; `failure` is its status code and message.
+    func record(method: String, since start: ContinuousClock.Instant, failure: (code: String, message: String)?) {
+        self.timer(method).recordNanoseconds(Self.nanoseconds(since: start))
+        self.counter(method, code: failure?.code ?? "ok").increment()
+        if let failure {
+            self.logger.info("call failed", metadata: ["rpc.method": "\(method)", "rpc.code": "\(failure.code)", "error": "\(failure.message)"])
+        } else if self.logger.logLevel <= .debug {
+            self.logger.debug("call answered", metadata: ["rpc.method": "\(method)"])
+        }
+    }
+
+    /// Wraps an event-loop handler for `method` so that its calls are recorded.
+    func observed<Request: Sendable, Response: Sendable>(
+        _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request, ImmediateCall) throws -> Response
+    ) -> @Sendable (Request, ImmediateCall) throws -> Response {
+        let name = Self.name(method)
+        return { request, call in
+            let start = ContinuousClock.now
+            do {
+                let response = try handler(request, call)
+                self.record(method: name, since: start, failure: nil)
+                return response
+            } catch {
+                self.record(method: name, since: start, failure: Self.failure(error))
+                throw error
+            }
+        }
+    }
+
+    static func name(_ method: MethodDescriptor) -> String {
+        "\(method.service.fullyQualifiedService)/\(method.method)"
+    }
+
+    static func failure(_ error: any Error) -> (code: String, message: String) {
+        guard let error = error as? RPCError else { return ("unknown", "\(error)") }
+        return ("\(error.code)", error.message)
+    }
+
+    private func counter(_ method: String, code: String) -> Counter {
+        self.counters.withLock { counters in
+            let key = "\(method) \(code)"
+            if let counter = counters[key] { return counter }
+            let counter = Counter(label: "entitysync_rpc_requests_total", dimensions: [("method", method), ("code", code)])
+            counters[key] = counter
+            return counter
+        }
+    }
+
+    private func timer(_ method: String) -> Timer {
+        self.timers.withLock { timers in
+            if let timer = timers[method] { return timer }
+            let timer = Timer(label: "entitysync_rpc_duration_seconds", dimensions: [("method", method)])
+            timers[method] = timer
+            return timer
+        }
+    }
+
+    private static func nanoseconds(since start: ContinuousClock.Instant) -> Int64 {
+        let elapsed = start.duration(to: .now).components
+        return elapsed.seconds * 1_000_000_000 + elapsed.attoseconds / 1_000_000_000
+    }
+}
