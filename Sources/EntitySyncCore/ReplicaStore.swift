@@ -95,9 +95,30 @@ extension ReplicaStore {
 /// A store that can answer point reads on the calling thread without waiting for anything but
 /// its own file (SQLite): the gRPC server answers these on its event loop, with no thread hop.
 public protocol ImmediateReplicaReads: Sendable {
+    /// Point reads made back to back on the calling thread until `end()`; from the second on
+    /// they share one read transaction, so a burst of reads pays for one.
+    func readSession() throws -> any ImmediateReadSession
+}
+
+extension ImmediateReplicaReads {
     /// Like `ReplicaStore.userWithGroups`, on the calling thread, already serialized as an
     /// `entitysync.v1.UserWithGroups` message (see `UserWithGroupsEncoding`); nil if no such user.
+    public func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]? {
+        let session = try self.readSession()
+        defer { session.end() }
+        return try session.userWithGroupsEncoded(id: id, groupLimit: groupLimit)
+    }
+}
+
+/// Reads on one thread, begun by `ImmediateReplicaReads.readSession()`. Its reads see one
+/// snapshot of the store, taken no earlier than the session began; `end()` must follow soon (it
+/// holds back the store's checkpoints), on the same thread.
+public protocol ImmediateReadSession: AnyObject {
+    /// A serialized `entitysync.v1.UserWithGroups` for user `id` with its first `groupLimit`
+    /// live groups; nil if there is no live user `id`.
     func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]?
+    /// Ends the session's transaction and gives its connection back; the session is not used again.
+    func end()
 }
 
 /// Builds a serialized `UserWithGroups` from the stored, already serialized `User` and `Group`

@@ -62,6 +62,15 @@ struct SQLiteDatabase: Sendable {
         return (writer, reader)
     }
 
+    /// Runs a TRUNCATE checkpoint: whether a reader's snapshot held it back (`busy`), and the
+    /// frames left in the log.
+    func checkpointTruncate() throws -> (busy: Bool, logFrames: Int) {
+        try self.pool.writeWithoutTransaction { db in
+            let row = try Row.fetchOne(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)")
+            return ((row?[0] as Int?) != 0, row?[1] ?? -1)
+        }
+    }
+
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         try await self.translatingErrors { try await self.pool.write(body) }
     }

@@ -9,12 +9,14 @@ import Synchronization
 /// A connection serves one caller at a time; there are as many as callers at once (about the
 /// server's loop threads).
 final class SQLitePointReader: Sendable {
-    /// One read-only connection and its prepared statement. Sendable by hand: a connection is
-    /// used by the one caller that took it out of `idle` and put back only when that caller is
-    /// done with it, so no two threads ever touch it at once.
-    private final class Connection: @unchecked Sendable {
+    /// One read-only connection and its prepared statements. Sendable by hand: a connection is
+    /// used by the one session that took it out of `idle` and put back only when that session
+    /// has ended, so no two threads ever touch it at once.
+    fileprivate final class Connection: @unchecked Sendable {
         let handle: OpaquePointer
         let userWithGroups: OpaquePointer
+        let begin: OpaquePointer
+        let commit: OpaquePointer
 
         init(path: String) throws {
             var handle: OpaquePointer?
@@ -36,36 +38,109 @@ final class SQLitePointReader: Sendable {
                     JOIN entities e ON e.kind = 'group' AND e.id = m.group_id
                     WHERE m.user_id = ?1 AND e.deleted = 0 ORDER BY m.group_id LIMIT ?2)
                 """
-            var statement: OpaquePointer?
-            guard sqlite3_prepare_v3(handle, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
-                  let statement else {
-                let message = String(cString: sqlite3_errmsg(handle))
-                sqlite3_close(handle)
-                throw SyncError(.storeUnavailable, "the SQLite store at '\(path)' cannot be read (\(message)): is it an EntitySync replica?")
+            var statements: [OpaquePointer] = []
+            for text in [sql, "BEGIN", "COMMIT"] {
+                var statement: OpaquePointer?
+                guard sqlite3_prepare_v3(handle, text, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
+                      let statement else {
+                    let message = String(cString: sqlite3_errmsg(handle))
+                    for prepared in statements { sqlite3_finalize(prepared) }
+                    sqlite3_close(handle)
+                    throw SyncError(.storeUnavailable, "the SQLite store at '\(path)' cannot be read (\(message)): is it an EntitySync replica?")
+                }
+                statements.append(statement)
             }
             self.handle = handle
-            self.userWithGroups = statement
+            self.userWithGroups = statements[0]
+            self.begin = statements[1]
+            self.commit = statements[2]
         }
 
         deinit {
-            sqlite3_finalize(self.userWithGroups)
+            for statement in [self.userWithGroups, self.begin, self.commit] { sqlite3_finalize(statement) }
             sqlite3_close(self.handle)
+        }
+
+        /// Runs a statement without results (BEGIN, COMMIT); whether it succeeded.
+        func run(_ statement: OpaquePointer) -> Bool {
+            defer { sqlite3_reset(statement) }
+            return sqlite3_step(statement) == SQLITE_DONE
         }
     }
 
-    private let path: String
-    // Connections not in use. A connection is only ever used by the one caller that took it out.
-    private let idle = Mutex<[Connection]>([])
+    /// Reads sharing a connection until `end()`. The first read runs alone, in its own
+    /// transaction; a second one begins a transaction that the rest share, so a lone read pays
+    /// for no BEGIN and COMMIT, and a burst pays for one read lock instead of one each.
+    final class Session: ImmediateReadSession {
+        private let reader: SQLitePointReader
+        private let connection: Connection
+        private var reads = 0
+        private var inTransaction = false
+        private var ended = false
+
+        fileprivate init(reader: SQLitePointReader, connection: Connection) {
+            self.reader = reader
+            self.connection = connection
+        }
+
+        deinit {
+            // A session dropped without end() must not keep its transaction or lose its connection.
+            self.end()
+        }
+
+        func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]? {
+            guard !self.ended else {
+                throw SyncError(.storeUnavailable, "a read session of the SQLite store at '\(self.reader.path)' was used after it ended")
+            }
+            if self.reads == 1 {
+                // DEFERRED: the snapshot is taken by the read below, not before it.
+                self.inTransaction = self.connection.run(self.connection.begin)
+            }
+            self.reads += 1
+            do {
+                return try self.reader.userWithGroups(self.connection, id: id, groupLimit: groupLimit)
+            } catch {
+                // A failed read leaves the rest of the session to transactions of their own.
+                self.finishTransaction()
+                throw error
+            }
+        }
+
+        func end() {
+            guard !self.ended else { return }
+            self.ended = true
+            self.finishTransaction()
+            self.reader.idle.withLock { $0.append(self.connection) }
+        }
+
+        private func finishTransaction() {
+            guard self.inTransaction else { return }
+            self.inTransaction = false
+            // COMMIT of a read transaction only releases its lock; if it fails, the connection
+            // must still leave the transaction before anyone else uses it.
+            if !self.connection.run(self.connection.commit), sqlite3_get_autocommit(self.connection.handle) == 0 {
+                sqlite3_exec(self.connection.handle, "ROLLBACK", nil, nil, nil)
+            }
+        }
+    }
+
+    fileprivate let path: String
+    // Connections not in use. A connection is only ever used by the one session that took it out.
+    fileprivate let idle = Mutex<[Connection]>([])
 
     init(path: String) {
         self.path = path
     }
 
+    /// A session on a connection of its own: an idle one, or a new one when all are in use.
+    func session() throws -> Session {
+        let connection = try self.idle.withLock { $0.popLast() } ?? Connection(path: self.path)
+        return Session(reader: self, connection: connection)
+    }
+
     /// The live user `id` and its first `groupLimit` live groups as a serialized
     /// `UserWithGroups`, straight from the stored messages; nil if there is no such user.
-    func userWithGroups(id: String, groupLimit: Int) throws -> [UInt8]? {
-        let connection = try self.idle.withLock { $0.popLast() } ?? Connection(path: self.path)
-        defer { self.idle.withLock { $0.append(connection) } }
+    fileprivate func userWithGroups(_ connection: Connection, id: String, groupLimit: Int) throws -> [UInt8]? {
         let statement = connection.userWithGroups
         defer {
             sqlite3_reset(statement)

@@ -147,8 +147,8 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         try await self.database.read { db in try Self.userWithGroups(db, id: id, groupLimit: groupLimit) }
     }
 
-    public func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]? {
-        try self.pointReader.userWithGroups(id: id, groupLimit: groupLimit)
+    public func readSession() throws -> any ImmediateReadSession {
+        try self.pointReader.session()
     }
 
     private static func userWithGroups(_ db: Database, id: String, groupLimit: Int) throws -> UserWithGroups? {

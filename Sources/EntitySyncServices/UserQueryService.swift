@@ -17,11 +17,16 @@ struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
 
     /// GetUser answered on the server's event loop, for stores that read without waiting
     /// (SQLite): the stored user and groups go out as stored, already serialized.
+    /// The calls that arrived in one read from a connection share a read session (one read
+    /// transaction for a burst of calls).
     static func immediateGetUser(_ store: any ImmediateReplicaReads) -> @Sendable (Entitysync_V1_GetRequest, ImmediateCall) throws -> [UInt8] {
-        { request, _ in
+        let key = ImmediateReadScope.Key()
+        return { request, call in
             do {
                 try DraftValidation.validateID(request.id, field: "id")
-                guard let reply = try store.userWithGroupsEncoded(id: request.id, groupLimit: Page.maximumSize) else {
+                let session = try call.scope.value(for: key, make: { ReadSessionBox(try store.readSession()) },
+                                                   end: { $0.session.end() }).session
+                guard let reply = try session.userWithGroupsEncoded(id: request.id, groupLimit: Page.maximumSize) else {
                     throw Self.notFound(request.id)
                 }
                 return reply
@@ -70,5 +75,14 @@ struct UserQueryService: Entitysync_V1_UserQuery.SimpleServiceProtocol {
         return try await Page.groups(size: request.pageSize, token: request.pageToken) {
             try await self.store.groups(ofUser: request.userID, after: $0, limit: $1)
         }
+    }
+}
+
+/// A read session kept in an `ImmediateReadScope`, which holds class instances.
+private final class ReadSessionBox {
+    let session: any ImmediateReadSession
+
+    init(_ session: any ImmediateReadSession) {
+        self.session = session
     }
 }

@@ -37,6 +37,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private var ticker: RepeatedTask?
     /// Request bytes held across this connection's streams, bounded by `maxConnectionBufferBytes`.
     private var bufferedRequestBytes = 0
+    private let readScope = ImmediateReadScope()
     private var remotePeer = "unknown"
     private var localPeer = "unknown"
     private let tlsRequired: Bool
@@ -125,6 +126,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
             nghttp2_session_mem_recv(session, bytes.baseAddress?.assumingMemoryBound(to: UInt8.self), bytes.count)
         }
         self.inCallbacks = false
+        // The calls answered from this read are done; what they shared (a read transaction)
+        // must not outlive it, or a later request could see an older snapshot than its caller has.
+        self.readScope.end()
         if result < 0 {
             self.shared.logger.debug("closing a connection that broke the HTTP/2 protocol", metadata: [
                 "peer": "\(self.remotePeer)", "error": "\(String(cString: nghttp2_strerror(Int32(truncatingIfNeeded: result))))",
@@ -209,6 +213,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     private func teardown() {
+        self.readScope.end()
         self.ticker?.cancel()
         self.ticker = nil
         let streams = self.streams
@@ -309,8 +314,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
         // metadata; calls answered on the loop keep none of it, and no String is made for it.
         if name.first == UInt8(ascii: ":") {
             if Self.equals(name, ":path") {
-                state.path = String(decoding: value, as: UTF8.self)
-                state.immediate = self.shared.immediate.handler(for: state.path)
+                if let route = self.shared.immediate.route(for: value) {
+                    state.path = route.path
+                    state.immediate = route.handler
+                } else {
+                    state.path = String(decoding: value, as: UTF8.self)
+                }
             } else if Self.equals(name, ":method") {
                 state.isPost = Self.equals(value, "POST")
                 if !state.isPost { state.method = String(decoding: value, as: UTF8.self) }
@@ -512,7 +521,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                                              ? "a unary call sends exactly one request message; this one sent more"
                                              : "the request ended inside a message"))
             }
-            let call = ImmediateCall(path: state.path)
+            let call = ImmediateCall(path: state.path, scope: self.readScope)
             return handler(UnsafeRawBufferPointer(rebasing: bytes[GRPCWire.prefixLength...]), call)
         }
         switch result {

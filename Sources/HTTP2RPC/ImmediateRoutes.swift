@@ -6,6 +6,8 @@ import SwiftProtobuf
 public struct ImmediateCall {
     /// The method path, "/package.Service/Method".
     public let path: String
+    /// Shared by the calls answered from one read of the connection's socket.
+    public let scope: ImmediateReadScope
 }
 
 /// Unary methods answered on the connection's event-loop thread, as soon as the request has
@@ -13,7 +15,16 @@ public struct ImmediateCall {
 /// store, a health flag); everything else goes through the grpc-swift services and interceptors.
 public struct ImmediateRoutes: Sendable {
     typealias Handler = @Sendable (UnsafeRawBufferPointer, ImmediateCall) -> Result<[UInt8], RPCError>
-    private(set) var handlers: [String: Handler] = [:]
+
+    struct Route: Sendable {
+        let path: String
+        let pathBytes: [UInt8]
+        let handler: Handler
+    }
+
+    /// A handful of routes, found by comparing bytes: no String is made for a request's
+    /// `:path` and nothing is hashed.
+    private(set) var routes: [Route] = []
 
     public init() {}
 
@@ -30,7 +41,9 @@ public struct ImmediateRoutes: Sendable {
     public mutating func unarySerialized<Request: SwiftProtobuf.Message>(
         _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request, ImmediateCall) throws -> [UInt8]
     ) {
-        self.handlers["/\(method.service.fullyQualifiedService)/\(method.method)"] = { bytes, call in
+        let path = "/\(method.service.fullyQualifiedService)/\(method.method)"
+        self.routes.removeAll { $0.path == path }
+        self.routes.append(Route(path: path, pathBytes: Array(path.utf8)) { bytes, call in
             let request: Request
             do {
                 request = try Request(serializedBytes: bytes.bytes)
@@ -44,10 +57,51 @@ public struct ImmediateRoutes: Sendable {
             } catch {
                 return .failure(RPCError(code: .internalError, message: "internal error: \(error)"))
             }
-        }
+        })
     }
 
-    func handler(for path: String) -> Handler? { self.handlers[path] }
+    func route(for path: UnsafeRawBufferPointer) -> Route? {
+        for route in self.routes where route.pathBytes.count == path.count {
+            if route.pathBytes.withUnsafeBytes({ $0.elementsEqual(path) }) { return route }
+        }
+        return nil
+    }
 
-    var isEmpty: Bool { self.handlers.isEmpty }
+    var isEmpty: Bool { self.routes.isEmpty }
+}
+
+/// Lets the immediate calls that arrived in one read from a connection's socket share something
+/// (a store's read transaction), ended once they are all answered. Every request in such a read
+/// reached the server before the first of them is answered, so a snapshot taken then is as new as
+/// anything its callers could have seen committed before they sent. Confined to the connection's
+/// event loop.
+public final class ImmediateReadScope {
+    /// Names one kind of shared value; make one per route, once.
+    public final class Key: Sendable {
+        public init() {}
+    }
+
+    private var entries: [(key: ObjectIdentifier, value: AnyObject, end: () -> Void)] = []
+
+    init() {}
+
+    /// The value kept under `key` in this scope, made by `make` for the first call that asks;
+    /// `end` is called on it when the scope ends.
+    public func value<Value: AnyObject>(for key: Key, make: () throws -> Value, end: @escaping (Value) -> Void) rethrows -> Value {
+        let id = ObjectIdentifier(key)
+        for entry in self.entries where entry.key == id {
+            if let value = entry.value as? Value { return value }
+        }
+        let value = try make()
+        self.entries.append((id, value, { end(value) }))
+        return value
+    }
+
+    /// Ends every value made in this scope.
+    func end() {
+        guard !self.entries.isEmpty else { return }
+        let entries = self.entries
+        self.entries.removeAll(keepingCapacity: true)
+        for entry in entries { entry.end() }
+    }
 }

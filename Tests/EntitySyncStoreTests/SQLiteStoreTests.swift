@@ -56,4 +56,46 @@ import Testing
         let after = try Entitysync_V1_UserWithGroups(serializedBytes: try #require(try replica.userWithGroupsEncoded(id: "u1", groupLimit: 10)))
         #expect(after.user.name == "Grace" && after.user.version == 5)
     }
+
+    /// Reads in one session see one snapshot from the second read on: a commit made meanwhile
+    /// (the writer is not held up by it) shows only after `end()`, and only one connection is
+    /// used however many sessions follow one another.
+    @Test func aReadSessionSharesOneSnapshotUntilItEnds() async throws {
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("read-session"))
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 1, name: "Ada")))
+        func name(_ session: any ImmediateReadSession) throws -> String {
+            let bytes = try #require(try session.userWithGroupsEncoded(id: "u1", groupLimit: 10))
+            return try Entitysync_V1_UserWithGroups(serializedBytes: bytes).user.name
+        }
+        let session = try replica.readSession()
+        #expect(try name(session) == "Ada")
+        // The first read ran alone: a commit after it is seen by the second, which takes the snapshot.
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 2, name: "Grace")))
+        #expect(try name(session) == "Grace")
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 3, name: "Edsger")))
+        #expect(try name(session) == "Grace", "the third read shares the second's snapshot")
+        #expect(try session.userWithGroupsEncoded(id: "nobody", groupLimit: 10) == nil)
+        #expect(try name(session) == "Grace")
+        session.end()
+        #expect(throws: SyncError.self) { _ = try session.userWithGroupsEncoded(id: "u1", groupLimit: 10) }
+        let next = try replica.readSession()
+        #expect(try name(next) == "Edsger")
+        #expect(try name(next) == "Edsger")
+        next.end()
+    }
+
+    /// A session that ends without a second read, or is dropped without `end()`, leaves no
+    /// transaction behind: the writer can still checkpoint the whole log.
+    @Test func anEndedOrDroppedSessionHoldsNoSnapshot() async throws {
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("read-session-dropped"))
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 1)))
+        do {
+            let session = try replica.readSession()
+            _ = try session.userWithGroupsEncoded(id: "u1", groupLimit: 10)
+            _ = try session.userWithGroupsEncoded(id: "u1", groupLimit: 10)
+        }
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 2)))
+        let checkpoint = try replica.database.checkpointTruncate()
+        #expect(!checkpoint.busy && checkpoint.logFrames == 0, "a TRUNCATE checkpoint empties the log when no reader holds a snapshot")
+    }
 }
