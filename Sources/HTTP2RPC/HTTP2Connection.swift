@@ -1,4 +1,9 @@
 import CNghttp2
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
 import GRPCCore
 import Logging
 import NIOCore
@@ -31,13 +36,18 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private var closing = false
     private var quiescing = false
     private var goawaySent = false
+    // Times the once-a-second tick needs, to that precision: reads and stream closes only set
+    // a flag, as reading the clock for each was a measurable part of a call.
     private var lastRead = NIODeadline.now()
     private var lastStreamActivity = NIODeadline.now()
+    private var readSinceTick = false
+    private var streamClosedSinceTick = false
     private var pingSentAt: NIODeadline?
     private var ticker: RepeatedTask?
     /// Request bytes held across this connection's streams, bounded by `maxConnectionBufferBytes`.
     private var bufferedRequestBytes = 0
     private let readScope = ImmediateReadScope()
+    private var output: ByteBuffer?
     private var remotePeer = "unknown"
     private var localPeer = "unknown"
     private let tlsRequired: Bool
@@ -49,8 +59,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
         self.tlsReady = shared.configuration.tls == nil
     }
 
-    static func from(_ userData: UnsafeMutableRawPointer) -> HTTP2Connection {
-        Unmanaged<HTTP2Connection>.fromOpaque(userData).takeUnretainedValue()
+    /// Calls `body` with the connection nghttp2 hands back as user data, without retaining it:
+    /// the connection owns the session, so it outlives every callback (no retain and release
+    /// for each header and frame).
+    static func with<Result>(_ userData: UnsafeMutableRawPointer, _ body: (HTTP2Connection) -> Result) -> Result {
+        Unmanaged<HTTP2Connection>.fromOpaque(userData)._withUnsafeGuaranteedRef(body)
     }
 
     // MARK: Channel events
@@ -119,7 +132,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = self.unwrapInboundIn(data)
         guard let session = self.session, !self.closing else { return }
-        self.lastRead = .now()
+        self.readSinceTick = true
         self.pingSentAt = nil
         self.inCallbacks = true
         let result = buffer.withUnsafeReadableBytes { bytes in
@@ -172,7 +185,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
     /// Moves what nghttp2 has to send into the channel, while the channel takes it.
     func flushOutput() {
         guard let session = self.session, let context = self.context, !self.inCallbacks, self.tlsReady else { return }
-        var buffer: ByteBuffer?
+        // The last flush's buffer, written out by now in the usual case, so its storage is
+        // ours alone again and clear() reuses it: no allocation per flush.
+        var buffer = self.output ?? context.channel.allocator.buffer(capacity: 16 * 1024)
+        self.output = nil
+        buffer.clear()
         var wrote = false
         while context.channel.isWritable {
             var data: UnsafePointer<UInt8>?
@@ -186,18 +203,18 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 return
             }
             guard count > 0, let data else { break }
-            if buffer == nil { buffer = context.channel.allocator.buffer(capacity: max(count, 16 * 1024)) }
-            buffer?.writeBytes(UnsafeRawBufferPointer(start: data, count: count))
-            if let full = buffer, full.readableBytes >= 64 * 1024 {
-                context.write(self.wrapOutboundOut(full), promise: nil)
-                buffer = nil
+            buffer.writeBytes(UnsafeRawBufferPointer(start: data, count: count))
+            if buffer.readableBytes >= 64 * 1024 {
+                context.write(self.wrapOutboundOut(buffer), promise: nil)
+                buffer = context.channel.allocator.buffer(capacity: 16 * 1024)
                 wrote = true
             }
         }
-        if let buffer {
+        if buffer.readableBytes > 0 {
             context.write(self.wrapOutboundOut(buffer), promise: nil)
             wrote = true
         }
+        if buffer.capacity <= 64 * 1024 { self.output = buffer }
         if wrote { context.flush() }
         // A failed write closes the channel inside flush(), and teardown deletes the session.
         guard let session = self.session else { return }
@@ -231,6 +248,14 @@ final class HTTP2Connection: ChannelDuplexHandler {
         guard let session = self.session, !self.closing else { return }
         let now = NIODeadline.now()
         let configuration = self.shared.configuration
+        if self.readSinceTick {
+            self.readSinceTick = false
+            self.lastRead = now
+        }
+        if self.streamClosedSinceTick {
+            self.streamClosedSinceTick = false
+            self.lastStreamActivity = now
+        }
         if let sent = self.pingSentAt {
             if now - sent > TimeAmount(configuration.keepaliveTimeout) {
                 self.shared.logger.debug("closing a connection whose peer did not answer a keepalive PING",
@@ -301,8 +326,18 @@ final class HTTP2Connection: ChannelDuplexHandler {
         return Unmanaged<RPCStreamState>.fromOpaque(pointer).takeUnretainedValue()
     }
 
+    /// Calls `body` with stream `id`'s state without retaining it (the table holds it while
+    /// nghttp2 knows the stream); 0 if there is no such stream.
+    private func withStream(_ id: Int32, _ body: (RPCStreamState) -> Int32) -> Int32 {
+        guard let session = self.session, let pointer = nghttp2_session_get_stream_user_data(session, id) else { return 0 }
+        return Unmanaged<RPCStreamState>.fromOpaque(pointer)._withUnsafeGuaranteedRef(body)
+    }
+
     func onHeader(_ frame: UnsafePointer<nghttp2_frame>, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 {
-        guard let state = self.stream(frame.pointee.hd.stream_id) else { return 0 }
+        self.withStream(frame.pointee.hd.stream_id) { state in self.onHeader(state, name: name, value: value) }
+    }
+
+    private func onHeader(_ state: RPCStreamState, name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) -> Int32 {
         // Request trailers carry nothing gRPC uses.
         guard case .pending = state.kind else { return 0 }
         state.headerBytes += name.count + value.count + 32
@@ -360,7 +395,10 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     func onData(_ streamID: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
-        guard let state = self.stream(streamID) else { return 0 }
+        self.withStream(streamID) { state in self.onData(state, data) }
+    }
+
+    private func onData(_ state: RPCStreamState, _ data: UnsafeRawBufferPointer) -> Int32 {
         switch state.kind {
         case .rejected, .pending:
             return 0
@@ -403,7 +441,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     func onStreamClosed(_ streamID: Int32, errorCode: UInt32) -> Int32 {
         guard let state = self.streams.removeValue(forKey: streamID) else { return 0 }
         self.releaseRequestBytes(state)
-        self.lastStreamActivity = .now()
+        self.streamClosedSinceTick = true
         if !state.finished || errorCode != NGHTTP2_NO_ERROR.rawValue {
             self.abandon(state, reason: "the client cancelled the call")
         } else {
@@ -844,6 +882,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     private static func equals(_ bytes: UnsafeRawBufferPointer, _ text: StaticString) -> Bool {
         guard bytes.count == text.utf8CodeUnitCount else { return false }
-        return bytes.elementsEqual(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+        guard let base = bytes.baseAddress else { return text.utf8CodeUnitCount == 0 }
+        return memcmp(base, text.utf8Start, bytes.count) == 0
     }
 }

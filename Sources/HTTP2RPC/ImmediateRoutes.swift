@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#else
+import Darwin
+#endif
 import GRPCCore
 import SwiftProtobuf
 
@@ -61,8 +66,10 @@ public struct ImmediateRoutes: Sendable {
     }
 
     func route(for path: UnsafeRawBufferPointer) -> Route? {
+        guard let base = path.baseAddress else { return nil }
         for route in self.routes where route.pathBytes.count == path.count {
-            if route.pathBytes.withUnsafeBytes({ $0.elementsEqual(path) }) { return route }
+            let equal = route.pathBytes.withUnsafeBytes { bytes in bytes.baseAddress.map { memcmp($0, base, path.count) == 0 } ?? false }
+            if equal { return route }
         }
         return nil
     }

@@ -9,25 +9,26 @@ enum NGHTTP2Callbacks {
         guard nghttp2_session_callbacks_new(&callbacks) == 0, let callbacks else { return nil }
         nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, userData in
             guard let frame, let userData else { return 0 }
-            return HTTP2Connection.from(userData).onBeginHeaders(frame)
+            return HTTP2Connection.with(userData) { $0.onBeginHeaders(frame) }
         }
         nghttp2_session_callbacks_set_on_header_callback(callbacks) { _, frame, name, nameLength, value, valueLength, _, userData in
             guard let frame, let name, let value, let userData else { return 0 }
-            return HTTP2Connection.from(userData).onHeader(
-                frame, name: UnsafeRawBufferPointer(start: name, count: nameLength),
-                value: UnsafeRawBufferPointer(start: value, count: valueLength))
+            return HTTP2Connection.with(userData) {
+                $0.onHeader(frame, name: UnsafeRawBufferPointer(start: name, count: nameLength),
+                            value: UnsafeRawBufferPointer(start: value, count: valueLength))
+            }
         }
         nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, userData in
             guard let frame, let userData else { return 0 }
-            return HTTP2Connection.from(userData).onFrameReceived(frame)
+            return HTTP2Connection.with(userData) { $0.onFrameReceived(frame) }
         }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) { _, _, streamID, data, length, userData in
             guard let userData else { return 0 }
-            return HTTP2Connection.from(userData).onData(streamID, UnsafeRawBufferPointer(start: data, count: length))
+            return HTTP2Connection.with(userData) { $0.onData(streamID, UnsafeRawBufferPointer(start: data, count: length)) }
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamID, errorCode, userData in
             guard let userData else { return 0 }
-            return HTTP2Connection.from(userData).onStreamClosed(streamID, errorCode: errorCode)
+            return HTTP2Connection.with(userData) { $0.onStreamClosed(streamID, errorCode: errorCode) }
         }
         return callbacks
     }()
@@ -35,6 +36,6 @@ enum NGHTTP2Callbacks {
     /// The data provider of every response: it reads the stream's queued bytes.
     static let read: nghttp2_data_source_read_callback = { _, streamID, buffer, length, flags, _, userData in
         guard let userData, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
-        return HTTP2Connection.from(userData).readResponse(streamID, into: buffer, length: length, flags: flags)
+        return HTTP2Connection.with(userData) { $0.readResponse(streamID, into: buffer, length: length, flags: flags) }
     }
 }
