@@ -47,7 +47,7 @@ public enum DraftValidation {
 
     public static func validate(_ draft: UserDraft) throws(SyncError) {
         try self.validateID(draft.id, field: "user.id")
-        guard !draft.name.trimmingCharacters(in: .whitespaces).isEmpty else {
+        guard !Self.isBlank(draft.name) else {
             throw SyncError(.invalidArgument, "user.name is empty; give the user a name")
         }
         guard Self.isPlausibleEmail(draft.email) else {
@@ -77,7 +77,7 @@ public enum DraftValidation {
 
     public static func validate(_ draft: GroupDraft) throws(SyncError) {
         try self.validateID(draft.id, field: "group.id")
-        guard !draft.name.trimmingCharacters(in: .whitespaces).isEmpty else {
+        guard !Self.isBlank(draft.name) else {
             throw SyncError(.invalidArgument, "group.name is empty; give the group a name")
         }
         try self.validateText(draft.name, field: "group.name")
@@ -85,9 +85,26 @@ public enum DraftValidation {
         try self.validateMembers(draft.memberIDs, field: "group.member_ids")
     }
 
+    /// Whether `text` holds nothing but spaces and tabs (what Foundation's `.whitespaces` holds:
+    /// Unicode category Zs and U+0009). Scalars, with an ASCII fast path, rather than Foundation's
+    /// trimming, which was 4% of a producer's CPU per mutation.
+    static func isBlank(_ text: String) -> Bool {
+        for scalar in text.unicodeScalars {
+            if scalar == " " || scalar == "\t" { continue }
+            if scalar.isASCII || scalar.properties.generalCategory != .spaceSeparator { return false }
+        }
+        return true
+    }
+
+    private static func hasWhitespace(_ text: String) -> Bool {
+        text.unicodeScalars.contains { scalar in
+            scalar.isASCII ? (scalar == " " || (0x09...0x0D).contains(scalar.value)) : scalar.properties.isWhitespace
+        }
+    }
+
     static func isPlausibleEmail(_ email: String) -> Bool {
         let parts = email.split(separator: "@", omittingEmptySubsequences: false)
-        guard parts.count == 2, !parts[0].isEmpty, !email.contains(where: \.isWhitespace) else { return false }
+        guard parts.count == 2, !parts[0].isEmpty, !Self.hasWhitespace(email) else { return false }
         let domain = parts[1].split(separator: ".", omittingEmptySubsequences: false)
         return domain.count >= 2 && domain.allSatisfy { !$0.isEmpty }
     }

@@ -110,6 +110,9 @@ final class SQLitePointReader: Sendable {
             guard !self.ended else { return }
             self.ended = true
             self.finishTransaction()
+            // A connection still inside a transaction (COMMIT and ROLLBACK both failed) would
+            // give every later session its old snapshot: it is closed instead of kept.
+            guard sqlite3_get_autocommit(self.connection.handle) != 0 else { return }
             self.reader.idle.withLock { $0.append(self.connection) }
         }
 
@@ -131,6 +134,9 @@ final class SQLitePointReader: Sendable {
     init(path: String) {
         self.path = path
     }
+
+    /// Connections waiting for a session.
+    var idleConnections: Int { self.idle.withLock { $0.count } }
 
     /// A session on a connection of its own: an idle one, or a new one when all are in use.
     func session() throws -> Session {

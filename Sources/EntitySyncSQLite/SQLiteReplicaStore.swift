@@ -10,7 +10,7 @@ import SwiftProtobuf
 public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
     let database: SQLiteDatabase
     private let commitWatch: CommitWatch
-    private let pointReader: SQLitePointReader
+    let pointReader: SQLitePointReader
 
     public init(path: String) throws {
         self.commitWatch = CommitWatch(path: path)

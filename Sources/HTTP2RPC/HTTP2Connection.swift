@@ -251,6 +251,10 @@ final class HTTP2Connection: ChannelDuplexHandler {
         if self.readSinceTick {
             self.readSinceTick = false
             self.lastRead = now
+        } else {
+            // A connection with nothing to do holds no output buffer: many idle clients must
+            // not pin 16 KiB each.
+            self.output = nil
         }
         if self.streamClosedSinceTick {
             self.streamClosedSinceTick = false
@@ -288,6 +292,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         guard let session = self.session, !self.quiescing else { return }
         self.quiescing = true
         self.lastStreamActivity = .now()
+        self.streamClosedSinceTick = false
         _ = nghttp2_submit_shutdown_notice(session)
         _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
         self.flushOutput()

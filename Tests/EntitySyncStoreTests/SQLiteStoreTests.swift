@@ -82,20 +82,31 @@ import Testing
         #expect(try name(next) == "Edsger")
         #expect(try name(next) == "Edsger")
         next.end()
+        #expect(replica.pointReader.idleConnections == 1, "sessions one after another reuse one connection")
     }
 
-    /// A session that ends without a second read, or is dropped without `end()`, leaves no
-    /// transaction behind: the writer can still checkpoint the whole log.
-    @Test func anEndedOrDroppedSessionHoldsNoSnapshot() async throws {
+    /// A session that ends after one read, or is dropped without `end()` after two, gives its
+    /// connection back and holds no transaction: the writer can still checkpoint the whole log.
+    @Test func anEndedOrDroppedSessionGivesItsConnectionBack() async throws {
         let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("read-session-dropped"))
         _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 1)))
+        let single = try replica.readSession()
+        _ = try single.userWithGroupsEncoded(id: "u1", groupLimit: 10)
+        single.end()
+        #expect(replica.pointReader.idleConnections == 1)
         do {
-            let session = try replica.readSession()
-            _ = try session.userWithGroupsEncoded(id: "u1", groupLimit: 10)
-            _ = try session.userWithGroupsEncoded(id: "u1", groupLimit: 10)
+            let dropped = try replica.readSession()
+            #expect(replica.pointReader.idleConnections == 0)
+            _ = try dropped.userWithGroupsEncoded(id: "u1", groupLimit: 10)
+            _ = try dropped.userWithGroupsEncoded(id: "u1", groupLimit: 10)
         }
+        #expect(replica.pointReader.idleConnections == 1, "a dropped session's connection is back in the pool")
         _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 2)))
         let checkpoint = try replica.database.checkpointTruncate()
         #expect(!checkpoint.busy && checkpoint.logFrames == 0, "a TRUNCATE checkpoint empties the log when no reader holds a snapshot")
+        let after = try replica.readSession()
+        let user = try Entitysync_V1_UserWithGroups(serializedBytes: try #require(try after.userWithGroupsEncoded(id: "u1", groupLimit: 10))).user
+        #expect(user.version == 2, "the pooled connection reads the latest commit")
+        after.end()
     }
 }

@@ -110,6 +110,24 @@ def main() -> None:
             for _ in range(120):
                 expect_status(lambda: query.GetUser(services_pb2.GetRequest(id="nobody"), timeout=5),
                               grpc.StatusCode.NOT_FOUND, what="GetUser after cancellations")
+            # Calls answered on the event loop from one socket read share a read transaction: a
+            # burst of GetUsers on this one connection, then an update, then another burst. Each
+            # burst must see what was committed before it was sent, never an older snapshot.
+            with grpc.insecure_channel(producer) as producer_channel:
+                writer = services_pb2_grpc.EntityAdminStub(producer_channel)
+                for version in (1, 2, 3):
+                    name = f"Burst {version}"
+                    fresh = entities_pb2.User(id="burst", name=name, email="burst@example.com")
+                    if version == 1:
+                        writer.CreateUser(services_pb2.CreateUserRequest(user=fresh), metadata=authorized)
+                    else:
+                        writer.UpdateUser(services_pb2.UpdateUserRequest(user=fresh), metadata=authorized)
+                    reached = info.WaitForVersion(services_pb2.WaitForVersionRequest(
+                        entity_type=entities_pb2.ENTITY_TYPE_USER, entity_id="burst", version=version, timeout_ms=10000))
+                    assert reached.version == version, reached
+                    burst = [query.GetUser.future(services_pb2.GetRequest(id="burst"), timeout=5) for _ in range(40)]
+                    seen = {(future.result().user.version, future.result().user.name) for future in burst}
+                    assert seen == {(version, name)}, f"GetUsers sent after version {version} was applied saw {seen}"
             # The event-loop answers: GetUser and Health/Check, with their errors.
             expect_status(lambda: query.GetUser(services_pb2.GetRequest(id="bad id!")), grpc.StatusCode.INVALID_ARGUMENT,
                           what="GetUser with an invalid id")
