@@ -37,6 +37,9 @@ struct ServiceOptions: ParsableArguments {
     @Option(help: "Instance name in logs, events and the broker's connection list (env: ENTITY_SYNC_NAME; default: <service>@<host>).")
     var name: String?
 
+    @Option(help: "Threads serving gRPC connections, each owning the connections it accepts (env: ENTITY_SYNC_RPC_THREADS; default: one per core).")
+    var rpcThreads: String?
+
     @Option(help: "PEM certificate chain: serve gRPC over TLS (with --tls-key), and present it when the service calls another that asks for client certificates (env: ENTITY_SYNC_TLS_CERT; default: plaintext).")
     var tlsCert: String?
 
@@ -68,6 +71,13 @@ struct ServiceOptions: ParsableArguments {
             topology: SyncTopology(queueType: queueType),
             instanceName: setting(self.name, "ENTITY_SYNC_NAME", "\(service)@\(host)")
         )
+        if let text = optionalSetting(self.rpcThreads, "ENTITY_SYNC_RPC_THREADS") {
+            guard let threads = Int(text), (1...256).contains(threads) else {
+                throw ValidationError("--rpc-threads must be a whole number from 1 to 256, not '\(text)' (default: one per core, "
+                                      + "\(ProcessInfo.processInfo.activeProcessorCount) here)")
+            }
+            configuration.rpcThreads = threads
+        }
         let certificate = optionalSetting(self.tlsCert, "ENTITY_SYNC_TLS_CERT")
         let key = optionalSetting(self.tlsKey, "ENTITY_SYNC_TLS_KEY")
         let clientCA = optionalSetting(self.tlsClientCA, "ENTITY_SYNC_TLS_CLIENT_CA")

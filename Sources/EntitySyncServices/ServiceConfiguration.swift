@@ -16,6 +16,9 @@ public struct ServiceConfiguration: Sendable {
     /// Name shown in logs, events and the broker's connection list.
     public var instanceName: String
     public var maxConcurrentStreams: Int
+    /// Event-loop threads of the gRPC server, each owning the connections it accepts; nil: one
+    /// per core.
+    public var rpcThreads: Int?
     public var maxRequestBytes: Int
     /// TLS on the gRPC listener; plaintext h2c when nil.
     public var tls: ServerTLS?

@@ -87,12 +87,40 @@ struct CommandTests {
         let (status, output) = try run(["producer", "--queue-type", "lazy"])
         #expect(status != 0)
         #expect(output.contains("--queue-type must be quorum or classic"))
+        for threads in ["0", "257", "many"] {
+            let (threadsStatus, threadsOutput) = try run(["producer", "--rpc-threads", threads])
+            #expect(threadsStatus != 0)
+            #expect(threadsOutput.contains("--rpc-threads must be a whole number from 1 to 256, not '\(threads)'"), "\(threadsOutput)")
+        }
         let (urlStatus, urlOutput) = try run(["producer", "--amqp-url", "http://nope"])
         #expect(urlStatus != 0)
         #expect(urlOutput.contains("amqp://"))
         let (help, helpText) = try run(["producer", "--help"])
         #expect(help == 0)
         #expect(helpText.contains("ENTITY_SYNC_AMQP_URL") && helpText.contains("default: quorum"))
+    }
+
+    /// `--rpc-threads` (here from the environment) sets how many event-loop threads serve gRPC:
+    /// a service started with one has one such thread, and answers on it.
+    @Test func rpcThreadsSetsTheServersLoopThreads() async throws {
+        let host = try TestVirtualHost("rpc-threads")
+        defer { host.tearDown() }
+        try FileManager.default.createDirectory(atPath: host.directory, withIntermediateDirectories: true)
+        let port = try freePort()
+        let service = try ChildProcess(entitySyncBinary, ["user-rpc", "--listen", "127.0.0.1:\(port)", "--db", host.path("user-rpc")],
+                                       environment: ProcessInfo.processInfo.environment.merging([
+                                           "ENTITY_SYNC_AMQP_URL": host.url, "ENTITY_SYNC_RPC_THREADS": "1",
+                                       ]) { $1 }, log: host.directory + "/user-rpc.log")
+        defer { service.signal(SIGKILL) }
+        try await eventually("user-rpc SERVING") { await healthStatus(port: port) == .serving }
+        // NIO names the threads of a group it makes "NIO-ELT-<group>-#<thread>"; the server makes
+        // its own group when the count is not NIO's default of one per core.
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(service.pid)/task")
+        let names = tasks.compactMap { try? String(contentsOfFile: "/proc/\(service.pid)/task/\($0)/comm", encoding: .utf8) }
+        #expect(names.filter { $0.hasPrefix("NIO-ELT-") }.count == 1, "\(names.sorted())")
+        service.signal(SIGTERM)
+        try await service.waitForExit("user-rpc exited", timeout: .seconds(20))
+        #expect(service.exitedCleanly, "\(service.termination)")
     }
 
     @Test(arguments: ["producer", "user-rpc", "org-rpc"])
