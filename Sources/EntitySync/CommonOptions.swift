@@ -74,7 +74,7 @@ struct ServiceOptions: ParsableArguments {
         if let text = optionalSetting(self.rpcThreads, "ENTITY_SYNC_RPC_THREADS") {
             guard let threads = Int(text), (1...256).contains(threads) else {
                 throw ValidationError("--rpc-threads must be a whole number from 1 to 256, not '\(text)' (default: one per core, "
-                                      + "\(ProcessInfo.processInfo.activeProcessorCount) here)")
+                                      + "\(ServiceConfiguration.defaultRPCThreads) here)")
             }
             configuration.rpcThreads = threads
         }

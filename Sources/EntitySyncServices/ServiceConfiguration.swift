@@ -1,5 +1,6 @@
 import AMQPClient
 import EntitySyncCore
+import HTTP2RPC
 
 /// Everything a service process needs; the `entity-sync` command fills it from flags and the
 /// environment.
@@ -16,9 +17,11 @@ public struct ServiceConfiguration: Sendable {
     /// Name shown in logs, events and the broker's connection list.
     public var instanceName: String
     public var maxConcurrentStreams: Int
-    /// Event-loop threads of the gRPC server, each owning the connections it accepts; nil: one
-    /// per core.
+    /// Event-loop threads of the gRPC server, each owning the connections it accepts; nil: NIO's
+    /// shared group, one loop per core (`defaultRPCThreads`).
     public var rpcThreads: Int?
+    /// How many loops serve gRPC when `rpcThreads` is nil.
+    public static var defaultRPCThreads: Int { RPCServerConfiguration.defaultLoopThreads }
     public var maxRequestBytes: Int
     /// TLS on the gRPC listener; plaintext h2c when nil.
     public var tls: ServerTLS?

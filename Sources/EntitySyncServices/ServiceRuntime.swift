@@ -16,7 +16,7 @@ enum ServiceRuntime {
         // Unlimited would let one client connection open any number of calls at once.
         server.maxConcurrentStreams = configuration.maxConcurrentStreams
         server.maxRequestBytes = configuration.maxRequestBytes
-        if let threads = configuration.rpcThreads { server.loopThreads = threads }
+        server.loopThreads = configuration.rpcThreads
         server.tls = try configuration.tls?.serverConfiguration()
         let transport = HTTP2RPCTransport(configuration: server, immediate: immediate, logger: logger)
         return (GRPCServer(transport: transport, services: services, interceptors: interceptors), transport)

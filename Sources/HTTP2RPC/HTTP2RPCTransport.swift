@@ -27,18 +27,12 @@ public final class HTTP2RPCTransport: ServerTransport {
     private let configuration: RPCServerConfiguration
     private let immediate: ImmediateRoutes
     private let logger: Logger
-    private let group: MultiThreadedEventLoopGroup
-    /// A group of its own (shut down when `listen` returns) when the thread count is not NIO's default.
-    private let ownsGroup: Bool
     private let state = Mutex(State())
 
     public init(configuration: RPCServerConfiguration, immediate: ImmediateRoutes = ImmediateRoutes(), logger: Logger) {
         self.configuration = configuration
         self.immediate = immediate
         self.logger = logger
-        self.ownsGroup = configuration.loopThreads != System.coreCount
-        self.group = self.ownsGroup ? MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.loopThreads))
-                                    : MultiThreadedEventLoopGroup.singleton
     }
 
     /// The bound port, once the server listens (the chosen one when configured with port 0).
@@ -50,7 +44,6 @@ public final class HTTP2RPCTransport: ServerTransport {
     }
 
     public func listen(streamHandler: @escaping @Sendable (RPCStream<Inbound, Outbound>, ServerContext) async -> Void) async throws {
-        defer { if self.ownsGroup { self.group.shutdownGracefully { _ in } } }
         let (incoming, continuation) = AsyncStream<IncomingRPC>.makeStream()
         let alreadyStopping = self.state.withLock { state -> Bool in
             state.incoming = continuation
@@ -61,9 +54,15 @@ public final class HTTP2RPCTransport: ServerTransport {
             self.state.withLock { $0.port = .failure(CancellationError()) }
             return
         }
+        // A group of its own when a thread count is set, made here so that a server stopped
+        // before it listens starts no threads, and shut down on every way out of here: the
+        // calls on its loops are children of this function's task group and end first.
+        let ownGroup = self.configuration.loopThreads.map { MultiThreadedEventLoopGroup(numberOfThreads: max(1, $0)) }
+        defer { ownGroup?.shutdownGracefully { _ in } }
+        let group: any EventLoopGroup = ownGroup ?? MultiThreadedEventLoopGroup.singleton
         let server: any Channel
         do {
-            server = try await self.bind(continuation)
+            server = try await self.bind(continuation, group: group)
         } catch {
             self.state.withLock { $0.port = .failure(error) }
             continuation.finish()
@@ -125,7 +124,7 @@ public final class HTTP2RPCTransport: ServerTransport {
         for channel in connections { channel.close(promise: nil) }
     }
 
-    private func bind(_ incoming: AsyncStream<IncomingRPC>.Continuation) async throws -> any Channel {
+    private func bind(_ incoming: AsyncStream<IncomingRPC>.Continuation, group: any EventLoopGroup) async throws -> any Channel {
         let tls: NIOSSLContext? = try self.configuration.tls.map { configuration in
             var configuration = configuration
             configuration.applicationProtocols = ["h2"]
@@ -137,7 +136,7 @@ public final class HTTP2RPCTransport: ServerTransport {
             if case .enqueued = incoming.yield(call) { return true }
             return false
         }
-        let bootstrap = ServerBootstrap(group: self.group)
+        let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

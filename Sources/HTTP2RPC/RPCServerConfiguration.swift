@@ -27,8 +27,11 @@ public struct RPCServerConfiguration: Sendable {
     /// RST_STREAMs a peer may cause in a burst, then per second (CVE-2023-44487, "rapid reset").
     public var resetBurst: UInt64 = 1000
     public var resetsPerSecond: UInt64 = 33
-    /// Event-loop threads serving connections; each owns the connections it accepted.
-    public var loopThreads: Int = System.coreCount
+    /// Event-loop threads serving connections, each owning the connections it accepted: a group
+    /// of this many made for the server, or NIO's shared group (one loop per core) when nil.
+    public var loopThreads: Int?
+    /// The loops of NIO's shared group, which serves when `loopThreads` is nil.
+    public static var defaultLoopThreads: Int { NIOSingletons.groupLoopCountSuggestion }
     /// TLS with ALPN `h2` when set; plaintext h2c with prior knowledge otherwise.
     public var tls: TLSConfiguration?
 

@@ -113,8 +113,8 @@ struct CommandTests {
                                        ]) { $1 }, log: host.directory + "/user-rpc.log")
         defer { service.signal(SIGKILL) }
         try await eventually("user-rpc SERVING") { await healthStatus(port: port) == .serving }
-        // NIO names the threads of a group it makes "NIO-ELT-<group>-#<thread>"; the server makes
-        // its own group when the count is not NIO's default of one per core.
+        // NIO names the threads of a group it makes "NIO-ELT-<group>-#<thread>" (its shared group's
+        // are "NIO-SGLTN-…"); the server makes a group of its own whenever a count is given.
         let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(service.pid)/task")
         let names = tasks.compactMap { try? String(contentsOfFile: "/proc/\(service.pid)/task/\($0)/comm", encoding: .utf8) }
         #expect(names.filter { $0.hasPrefix("NIO-ELT-") }.count == 1, "\(names.sorted())")
