@@ -107,10 +107,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // The process-wide SQLite settings that need sqlite3_config, which is variadic (C only).
+        .target(
+            name: "CSQLiteTuning",
+            linkerSettings: [.linkedLibrary("sqlite3")]
+        ),
         // The SQLite (GRDB) stores: the producer's source of truth and a consumer group's replica.
         .target(
             name: "EntitySyncSQLite",
             dependencies: [
+                "CSQLiteTuning",
                 "EntitySyncCore",
                 "EntitySyncProto",
                 .product(name: "SwiftProtobuf", package: "swift-protobuf"),

@@ -1,4 +1,5 @@
 import ArgumentParser
+import EntitySyncSQLite
 
 @main
 struct EntitySyncCommand: AsyncParsableCommand {
@@ -14,6 +15,8 @@ struct EntitySyncCommand: AsyncParsableCommand {
 
     /// Every command runs in a `CtlSession`, so a ctl command opens one connection per service.
     static func main() async {
+        // Before anything opens a database: SQLite takes this only before it starts.
+        SQLiteProcess.disableMemoryStatistics()
         do {
             try await CtlSession.run {
                 var command = try self.parseAsRoot()

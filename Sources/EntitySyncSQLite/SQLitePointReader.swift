@@ -147,44 +147,48 @@ final class SQLitePointReader: Sendable {
     /// The live user `id` and its first `groupLimit` live groups as a serialized
     /// `UserWithGroups`, straight from the stored messages; nil if there is no such user.
     fileprivate func userWithGroups(_ connection: Connection, id: String, groupLimit: Int) throws -> [UInt8]? {
-        let statement = connection.userWithGroups
-        defer {
-            sqlite3_reset(statement)
-            sqlite3_clear_bindings(statement)
-        }
-        // SQLITE_TRANSIENT: SQLite copies the id, which lives only as long as this call.
-        let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-        guard sqlite3_bind_text(statement, 1, id, -1, transient) == SQLITE_OK,
-              sqlite3_bind_int64(statement, 2, Int64(groupLimit)) == SQLITE_OK else {
-            throw self.failure(connection, "binding the id")
-        }
-        // Rows go into the reply as they come. Protobuf fields may come in any order, so the
-        // reply is right whichever part of the UNION ALL SQLite runs first; the groups keep
-        // their id order.
-        var reply = UserWithGroupsEncoding()
-        var found = false
-        while true {
-            let step = sqlite3_step(statement)
-            if step == SQLITE_DONE { break }
-            guard step == SQLITE_ROW else {
-                if step == SQLITE_BUSY {
-                    throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' is busy (another process is "
-                                    + "recovering its log): retry the call")
+        var id = id
+        // The id's own bytes are bound (SQLITE_STATIC) and the statement is reset before they
+        // go: no copy into SQLite, which was an allocation and a lock of its allocator per call.
+        return try id.withUTF8 { idBytes in
+            let statement = connection.userWithGroups
+            defer { sqlite3_reset(statement) }
+            // An empty id still binds text, not NULL; nil as the destructor is SQLITE_STATIC.
+            let idPointer = UnsafeRawPointer(idBytes.baseAddress ?? Self.emptyText.utf8Start).assumingMemoryBound(to: CChar.self)
+            guard sqlite3_bind_text(statement, 1, idPointer, Int32(idBytes.count), nil) == SQLITE_OK,
+                  sqlite3_bind_int64(statement, 2, Int64(groupLimit)) == SQLITE_OK else {
+                throw self.failure(connection, "binding the id")
+            }
+            // Rows go into the reply as they come. Protobuf fields may come in any order, so the
+            // reply is right whichever part of the UNION ALL SQLite runs first; the groups keep
+            // their id order.
+            var reply = UserWithGroupsEncoding()
+            var found = false
+            while true {
+                let step = sqlite3_step(statement)
+                if step == SQLITE_DONE { break }
+                guard step == SQLITE_ROW else {
+                    if step == SQLITE_BUSY {
+                        throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' is busy (another process is "
+                                        + "recovering its log): retry the call")
+                    }
+                    throw self.failure(connection, "reading user '\(String(decoding: idBytes, as: UTF8.self))'")
                 }
-                throw self.failure(connection, "reading user '\(id)'")
+                let bytes = UnsafeRawBufferPointer(start: sqlite3_column_blob(statement, 2), count: Int(sqlite3_column_bytes(statement, 2)))
+                if sqlite3_column_int(statement, 0) == 0 {
+                    guard sqlite3_column_int(statement, 1) == 0 else { return nil }
+                    reply.appendUser(bytes)
+                    found = true
+                } else {
+                    reply.appendGroup(bytes)
+                }
             }
-            let bytes = UnsafeRawBufferPointer(start: sqlite3_column_blob(statement, 2), count: Int(sqlite3_column_bytes(statement, 2)))
-            if sqlite3_column_int(statement, 0) == 0 {
-                guard sqlite3_column_int(statement, 1) == 0 else { return nil }
-                reply.appendUser(bytes)
-                found = true
-            } else {
-                reply.appendGroup(bytes)
-            }
+            // Without a user row (a group names a member not replicated yet) the groups do not matter.
+            return found ? reply.bytes : nil
         }
-        // Without a user row (a group names a member not replicated yet) the groups do not matter.
-        return found ? reply.bytes : nil
     }
+
+    private static let emptyText: StaticString = ""
 
     private func failure(_ connection: Connection, _ doing: String) -> SyncError {
         SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' failed \(doing): \(String(cString: sqlite3_errmsg(connection.handle)))")

@@ -458,10 +458,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
     func readResponse(_ streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
                       flags: UnsafeMutablePointer<UInt32>) -> Int {
         guard let state = self.stream(streamID) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        let count = min(length, state.pendingOutboundBytes)
+        let prefix = state.takePrefix(into: buffer, length: length)
+        let count = min(length - prefix, state.outbound.count - state.outboundOffset)
         if count > 0 {
             state.outbound.withUnsafeBytes { bytes in
-                UnsafeMutableRawBufferPointer(start: buffer, count: count)
+                UnsafeMutableRawBufferPointer(start: buffer + prefix, count: count)
                     .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[state.outboundOffset..<state.outboundOffset + count]))
             }
             state.outboundOffset += count
@@ -487,12 +488,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
                     }
                 }
                 state.trailers = nil
-            } else if count == 0 {
+            } else if prefix + count == 0 {
                 state.deferred = true
                 return Int(NGHTTP2_ERR_DEFERRED.rawValue)
             }
         }
-        return count
+        return prefix + count
     }
 
     // MARK: Requests
@@ -569,9 +570,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         }
         switch result {
         case .success(let message)?:
-            var framed: [UInt8] = []
-            GRPCWire.appendFramed(message, to: &framed)
-            state.outbound = framed
+            state.setUnaryReply(message)
             state.trailers = .ok
             state.finished = true
             self.submitResponse(state)

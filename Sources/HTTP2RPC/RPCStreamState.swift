@@ -49,6 +49,11 @@ final class RPCStreamState {
     var responseStarted = false
     var outbound: [UInt8] = []
     var outboundOffset = 0
+    /// The length of a unary reply kept in `outbound` as its handler made it, whose 5-byte
+    /// message prefix goes out first without copying the reply behind it; nil once sent.
+    var outboundPrefixLength: UInt32?
+    /// How many bytes of that prefix went out already.
+    var outboundPrefixSent = 0
     var trailers: Trailers?
     /// The status is queued (or sent); later writes are refused.
     var finished = false
@@ -66,7 +71,32 @@ final class RPCStreamState {
         self.id = id
     }
 
-    var pendingOutboundBytes: Int { self.outbound.count - self.outboundOffset }
+    var pendingOutboundBytes: Int {
+        self.outbound.count - self.outboundOffset + (self.outboundPrefixLength == nil ? 0 : GRPCWire.prefixLength - self.outboundPrefixSent)
+    }
+
+    /// Puts `message` out as the stream's one reply message, behind its prefix.
+    func setUnaryReply(_ message: [UInt8]) {
+        self.outbound = message
+        self.outboundOffset = 0
+        self.outboundPrefixLength = UInt32(truncatingIfNeeded: message.count)
+        self.outboundPrefixSent = 0
+    }
+
+    /// Copies up to `length` bytes of the pending prefix to `buffer`; how many.
+    func takePrefix(into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> Int {
+        guard let messageLength = self.outboundPrefixLength else { return 0 }
+        var count = 0
+        while count < length, self.outboundPrefixSent < GRPCWire.prefixLength {
+            // Byte 0 is the compressed flag (0); bytes 1-4 the big-endian length.
+            let index = self.outboundPrefixSent
+            buffer[count] = index == 0 ? 0 : UInt8(truncatingIfNeeded: messageLength >> UInt32(8 * (4 - index)))
+            count += 1
+            self.outboundPrefixSent += 1
+        }
+        if self.outboundPrefixSent == GRPCWire.prefixLength { self.outboundPrefixLength = nil }
+        return count
+    }
 
     /// Appends request bytes, compacting what was already consumed.
     func appendBody(_ bytes: UnsafeRawBufferPointer) {

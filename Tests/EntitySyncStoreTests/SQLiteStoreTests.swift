@@ -51,10 +51,28 @@ import Testing
         #expect(try replica.userWithGroupsEncoded(id: "u2", groupLimit: 10) == nil, "a deleted user")
         #expect(try replica.userWithGroupsEncoded(id: "u9", groupLimit: 10) == nil, "named by a group, not replicated yet")
         #expect(try replica.userWithGroupsEncoded(id: "nobody", groupLimit: 10) == nil)
+        #expect(try replica.userWithGroupsEncoded(id: "", groupLimit: 10) == nil, "an empty id is text like any other")
+        // The id's bytes are bound without a copy: a long (heap) id reads right, and a
+        // non-ASCII one (never valid, but asked for) finds nothing.
+        #expect(try replica.userWithGroupsEncoded(id: "ünïcödé", groupLimit: 10) == nil)
+        let longID = "user.with-an_id:longer@than-a-small-string"
+        _ = try await replica.apply(validated(Fixtures.userChange(longID, version: 1)))
+        let long = try Entitysync_V1_UserWithGroups(serializedBytes: try #require(try replica.userWithGroupsEncoded(id: longID, groupLimit: 10)))
+        #expect(long.user.id == longID)
+        #expect(try replica.userWithGroupsEncoded(id: String(longID.dropLast()), groupLimit: 10) == nil, "a prefix of an id is not the id")
         // A later change is seen by the next point read (the read connections hold no snapshot).
         _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 5, name: "Grace")))
         let after = try Entitysync_V1_UserWithGroups(serializedBytes: try #require(try replica.userWithGroupsEncoded(id: "u1", groupLimit: 10)))
         #expect(after.user.name == "Grace" && after.user.version == 5)
+    }
+
+    /// SQLite's memory statistics can only be turned off before SQLite starts (the command does
+    /// it first thing); asked later, the call says it came too late and changes nothing.
+    @Test func memoryStatisticsCannotBeTurnedOffOnceSQLiteRuns() async throws {
+        let replica = try SQLiteReplicaStore(path: Fixtures.temporaryDatabasePath("memory-statistics"))
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 1)))
+        #expect(SQLiteProcess.disableMemoryStatistics() == false)
+        #expect(try replica.userWithGroupsEncoded(id: "u1", groupLimit: 1) != nil)
     }
 
     /// Reads in one session see one snapshot from the second read on: a commit made meanwhile

@@ -1,0 +1,45 @@
+@testable import HTTP2RPC
+import Testing
+
+/// A unary reply goes out as its prefix and then its bytes, however nghttp2 sizes its buffers.
+@Suite struct RPCStreamStateTests {
+    /// Drains `state` the way the data provider does: prefix first, then the reply, `chunk` at a time.
+    private func drain(_ state: RPCStreamState, chunk: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        var buffer = [UInt8](repeating: 0xEE, count: chunk)
+        while state.pendingOutboundBytes > 0 {
+            let taken = buffer.withUnsafeMutableBufferPointer { pointer -> Int in
+                // Safe: the buffer has `chunk` bytes and the test never asks for more.
+                guard let base = pointer.baseAddress else { return 0 }
+                let prefix = state.takePrefix(into: base, length: chunk)
+                let count = min(chunk - prefix, state.outbound.count - state.outboundOffset)
+                for index in 0..<count { base[prefix + index] = state.outbound[state.outboundOffset + index] }
+                state.outboundOffset += count
+                return prefix + count
+            }
+            #expect(taken > 0, "a pending stream must give bytes")
+            if taken == 0 { break }
+            out.append(contentsOf: buffer[0..<taken])
+        }
+        return out
+    }
+
+    @Test(arguments: [1, 2, 4, 5, 6, 300, 16_384])
+    func aUnaryReplyGoesOutFramedInAnyChunkSize(chunk: Int) {
+        let message = (0..<259).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let state = RPCStreamState(id: 1)
+        state.setUnaryReply(message)
+        #expect(state.pendingOutboundBytes == message.count + 5)
+        var expected: [UInt8] = []
+        GRPCWire.appendFramed(message, to: &expected)
+        #expect(self.drain(state, chunk: chunk) == expected)
+        #expect(state.pendingOutboundBytes == 0)
+        #expect(state.outboundPrefixLength == nil)
+    }
+
+    @Test func anEmptyReplyIsItsPrefixAlone() {
+        let state = RPCStreamState(id: 3)
+        state.setUnaryReply([])
+        #expect(self.drain(state, chunk: 3) == [0, 0, 0, 0, 0])
+    }
+}
