@@ -31,7 +31,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private let shared: Shared
     private var session: OpaquePointer?
     private var context: ChannelHandlerContext?
-    private var streams: [Int32: RPCStreamState] = [:]
+    /// The open streams, as a list through the states themselves: a stream costs no table entry
+    /// or hash, and is found by id through the pointer nghttp2 keeps for it.
+    private var streams = RPCStreamState.List()
     private var inCallbacks = false
     private var closing = false
     private var quiescing = false
@@ -117,6 +119,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
             loopBound.value.tick()
         }
         if self.tlsReady { self.flushOutput() }
+    }
+
+    deinit {
+        // Normally empty by now (teardown); unlinked one by one, a long list is not released
+        // by a recursion as deep as the list.
+        _ = self.streams.removeAll()
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -233,13 +241,13 @@ final class HTTP2Connection: ChannelDuplexHandler {
         self.readScope.end()
         self.ticker?.cancel()
         self.ticker = nil
-        let streams = self.streams
-        self.streams.removeAll()
-        for state in streams.values { self.abandon(state, reason: "the connection closed") }
+        let streams = self.streams.removeAll()
+        // The session goes first: a stream is found by id through it, and none may be found now.
         if let session = self.session {
             self.session = nil
             nghttp2_session_del(session)
         }
+        for state in streams { self.abandon(state, reason: "the connection closed") }
     }
 
     // MARK: Timers, keepalive, shutdown
@@ -316,7 +324,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         guard header.type == UInt8(NGHTTP2_HEADERS.rawValue),
               frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
         let state = RPCStreamState(id: header.stream_id)
-        self.streams[header.stream_id] = state
+        self.streams.insert(state)
         // The table holds the state; nghttp2 keeps a pointer to it for the hot lookups (each
         // header, data chunk and read), and forgets it when the stream closes.
         if let session = self.session {
@@ -444,7 +452,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     func onStreamClosed(_ streamID: Int32, errorCode: UInt32) -> Int32 {
-        guard let state = self.streams.removeValue(forKey: streamID) else { return 0 }
+        guard let state = self.stream(streamID), state.isListed else { return 0 }
+        self.streams.remove(state)
         self.releaseRequestBytes(state)
         self.streamClosedSinceTick = true
         if !state.finished || errorCode != NGHTTP2_NO_ERROR.rawValue {
@@ -715,7 +724,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     private func deadlineExpired(_ streamID: Int32) {
-        guard let state = self.streams[streamID] else { return }
+        guard let state = self.stream(streamID) else { return }
         self.failBridged(state, code: .deadlineExceeded, message: "the call's deadline (grpc-timeout \(state.timeout ?? "")) passed before it finished")
     }
 
@@ -790,7 +799,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     func attach(_ streamID: Int32, cancellation: ServerContext.RPCCancellationHandle) {
-        guard let state = self.streams[streamID], !state.cancelled else {
+        guard let state = self.stream(streamID), !state.cancelled else {
             cancellation.cancel()
             return
         }
@@ -798,7 +807,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     }
 
     func write(_ streamID: Int32, _ part: RPCResponsePart<[UInt8]>, _ done: CheckedContinuation<Void, any Error>) {
-        guard let state = self.streams[streamID], !state.finished, !state.cancelled else {
+        guard let state = self.stream(streamID), !state.finished, !state.cancelled else {
             done.resume(throwing: RPCError(code: .cancelled, message: "the call ended before the reply was written"))
             return
         }
@@ -828,7 +837,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     /// The handler returned: a call it left without a status is ended here.
     func finish(_ streamID: Int32, error: (any Error)?) {
-        guard let state = self.streams[streamID], !state.finished else { return }
+        guard let state = self.stream(streamID), !state.finished else { return }
         if let error = error as? RPCError {
             self.respondStatus(state, code: Status.Code(error.code), message: error.message)
         } else {

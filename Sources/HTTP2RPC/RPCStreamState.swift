@@ -67,8 +67,54 @@ final class RPCStreamState {
     var waitingWriters: [CheckedContinuation<Void, any Error>] = []
     var deadline: Scheduled<Void>?
 
+    // Links of the connection's list of open streams.
+    fileprivate var next: RPCStreamState?
+    // Unowned: the previous state holds this one through `next`, and unlinking clears both.
+    fileprivate unowned(unsafe) var previous: RPCStreamState?
+    /// In its connection's list (from the request's HEADERS until the stream closes).
+    fileprivate(set) var isListed = false
+
     init(id: Int32) {
         self.id = id
+    }
+
+    /// A connection's open streams, linked through the states: inserting and removing one
+    /// allocates and hashes nothing. The list holds each state until it is removed.
+    struct List {
+        private var first: RPCStreamState?
+
+        var isEmpty: Bool { self.first == nil }
+
+        mutating func insert(_ state: RPCStreamState) {
+            precondition(!state.isListed, "stream \(state.id) is listed already")
+            state.next = self.first
+            self.first?.previous = state
+            self.first = state
+            state.isListed = true
+        }
+
+        mutating func remove(_ state: RPCStreamState) {
+            guard state.isListed else { return }
+            if let previous = state.previous {
+                previous.next = state.next
+            } else {
+                self.first = state.next
+            }
+            state.next?.previous = state.previous
+            state.next = nil
+            state.previous = nil
+            state.isListed = false
+        }
+
+        /// Empties the list; the states it held, most recent first.
+        mutating func removeAll() -> [RPCStreamState] {
+            var states: [RPCStreamState] = []
+            while let state = self.first {
+                self.remove(state)
+                states.append(state)
+            }
+            return states
+        }
     }
 
     var pendingOutboundBytes: Int {

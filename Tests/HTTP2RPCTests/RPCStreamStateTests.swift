@@ -43,3 +43,36 @@ import Testing
         #expect(self.drain(state, chunk: 3) == [0, 0, 0, 0, 0])
     }
 }
+
+/// The connection's list of open streams: insertion, removal from any place, and emptying.
+@Suite struct RPCStreamListTests {
+    @Test func streamsLeaveTheListFromAnyPlace() {
+        var list = RPCStreamState.List()
+        #expect(list.isEmpty)
+        let states = (0..<5).map { RPCStreamState(id: Int32($0 * 2 + 1)) }
+        for state in states { list.insert(state) }
+        #expect(states.allSatisfy { $0.isListed })
+        list.remove(states[2]) // middle
+        list.remove(states[4]) // first (the most recent)
+        list.remove(states[0]) // last
+        list.remove(states[0]) // again: nothing happens
+        #expect(!states[2].isListed && !states[4].isListed && !states[0].isListed)
+        #expect(list.removeAll().map(\.id) == [7, 3])
+        #expect(list.isEmpty)
+        #expect(states.allSatisfy { !$0.isListed })
+    }
+
+    @Test func aLongListIsReleasedWithoutDeepRecursion() {
+        weak var last: RPCStreamState?
+        do {
+            var list = RPCStreamState.List()
+            for id in 0..<200_000 {
+                let state = RPCStreamState(id: Int32(id))
+                if id == 0 { last = state }
+                list.insert(state)
+            }
+            #expect(list.removeAll().count == 200_000)
+        }
+        #expect(last == nil, "every state is released once the list is emptied")
+    }
+}
