@@ -467,25 +467,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
     func readResponse(_ streamID: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
                       flags: UnsafeMutablePointer<UInt32>) -> Int {
         guard let state = self.stream(streamID) else { return Int(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
-        let prefix = state.takePrefix(into: buffer, length: length)
-        let count = min(length - prefix, state.outbound.count - state.outboundOffset)
-        if count > 0 {
-            state.outbound.withUnsafeBytes { bytes in
-                UnsafeMutableRawBufferPointer(start: buffer + prefix, count: count)
-                    .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[state.outboundOffset..<state.outboundOffset + count]))
-            }
-            state.outboundOffset += count
-            if state.outboundOffset == state.outbound.count {
-                state.outbound.removeAll(keepingCapacity: state.outbound.count <= 64 * 1024)
-                state.outboundOffset = 0
-            } else if state.outboundOffset >= 64 * 1024 {
-                // A stream that never drains completely (a Snapshot to a slow reader) must not
-                // keep what it already sent.
-                state.outbound.removeFirst(state.outboundOffset)
-                state.outboundOffset = 0
-            }
-            self.releaseWriters(state)
-        }
+        let count = state.takeOutbound(into: buffer, length: length)
+        if count > 0 { self.releaseWriters(state) }
         if state.pendingOutboundBytes == 0 {
             if let trailers = state.trailers {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
@@ -497,12 +480,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
                     }
                 }
                 state.trailers = nil
-            } else if prefix + count == 0 {
+            } else if count == 0 {
                 state.deferred = true
                 return Int(NGHTTP2_ERR_DEFERRED.rawValue)
             }
         }
-        return prefix + count
+        return count
     }
 
     // MARK: Requests

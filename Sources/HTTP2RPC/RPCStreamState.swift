@@ -129,8 +129,37 @@ final class RPCStreamState {
         self.outboundPrefixSent = 0
     }
 
+    /// Moves up to `length` pending bytes, a unary reply's prefix first, to `buffer` (nghttp2's
+    /// DATA payload); how many.
+    func takeOutbound(into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> Int {
+        let prefix = self.takePrefix(into: buffer, length: length)
+        let count = min(length - prefix, self.outbound.count - self.outboundOffset)
+        guard count > 0 else { return prefix }
+        self.outbound.withUnsafeBytes { bytes in
+            UnsafeMutableRawBufferPointer(start: buffer + prefix, count: count)
+                .copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[self.outboundOffset..<self.outboundOffset + count]))
+        }
+        self.outboundOffset += count
+        if self.outboundOffset == self.outbound.count {
+            // Kept for more messages only while the call goes on; a finished reply may be a
+            // shared array (a fixed Health reply), whose capacity would be a fresh allocation.
+            if self.trailers == nil, self.outbound.count <= 64 * 1024 {
+                self.outbound.removeAll(keepingCapacity: true)
+            } else {
+                self.outbound = []
+            }
+            self.outboundOffset = 0
+        } else if self.outboundOffset >= 64 * 1024 {
+            // A stream that never drains completely (a Snapshot to a slow reader) must not
+            // keep what it already sent.
+            self.outbound.removeFirst(self.outboundOffset)
+            self.outboundOffset = 0
+        }
+        return prefix + count
+    }
+
     /// Copies up to `length` bytes of the pending prefix to `buffer`; how many.
-    func takePrefix(into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> Int {
+    private func takePrefix(into buffer: UnsafeMutablePointer<UInt8>, length: Int) -> Int {
         guard let messageLength = self.outboundPrefixLength else { return 0 }
         var count = 0
         while count < length, self.outboundPrefixSent < GRPCWire.prefixLength {

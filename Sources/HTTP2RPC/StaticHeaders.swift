@@ -1,8 +1,8 @@
 import CNghttp2
 
 /// Header lists every successful unary call sends, built once as nghttp2 name-value pairs so
-/// that a reply costs no header allocation. They are never freed, so nghttp2 is told not to copy
-/// them (a copy was two allocations per call, one for the headers and one for the trailers).
+/// that a reply builds no header list. They are never freed, so nghttp2 is told not to copy the
+/// names and values (it still allocates its array of pairs per submit).
 struct StaticHeaders {
     let pairs: UnsafePointer<nghttp2_nv>
     let count: Int

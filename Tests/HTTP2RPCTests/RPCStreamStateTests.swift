@@ -3,19 +3,14 @@ import Testing
 
 /// A unary reply goes out as its prefix and then its bytes, however nghttp2 sizes its buffers.
 @Suite struct RPCStreamStateTests {
-    /// Drains `state` the way the data provider does: prefix first, then the reply, `chunk` at a time.
+    /// Drains `state` through the data provider's copy step, `chunk` bytes at a time.
     private func drain(_ state: RPCStreamState, chunk: Int) -> [UInt8] {
         var out: [UInt8] = []
         var buffer = [UInt8](repeating: 0xEE, count: chunk)
         while state.pendingOutboundBytes > 0 {
             let taken = buffer.withUnsafeMutableBufferPointer { pointer -> Int in
-                // Safe: the buffer has `chunk` bytes and the test never asks for more.
                 guard let base = pointer.baseAddress else { return 0 }
-                let prefix = state.takePrefix(into: base, length: chunk)
-                let count = min(chunk - prefix, state.outbound.count - state.outboundOffset)
-                for index in 0..<count { base[prefix + index] = state.outbound[state.outboundOffset + index] }
-                state.outboundOffset += count
-                return prefix + count
+                return state.takeOutbound(into: base, length: chunk)
             }
             #expect(taken > 0, "a pending stream must give bytes")
             if taken == 0 { break }
@@ -41,6 +36,20 @@ import Testing
         let state = RPCStreamState(id: 3)
         state.setUnaryReply([])
         #expect(self.drain(state, chunk: 3) == [0, 0, 0, 0, 0])
+    }
+
+    /// A bridged call's framed messages go out as appended, across chunks and appends.
+    @Test(arguments: [1, 7, 16_384])
+    func streamedMessagesGoOutAsAppended(chunk: Int) {
+        let state = RPCStreamState(id: 5)
+        var expected: [UInt8] = []
+        for size in [0, 3, 1000] {
+            let message = [UInt8](repeating: UInt8(size % 251), count: size)
+            GRPCWire.appendFramed(message, to: &state.outbound)
+            GRPCWire.appendFramed(message, to: &expected)
+        }
+        #expect(self.drain(state, chunk: chunk) == expected)
+        #expect(state.outbound.isEmpty && state.outboundOffset == 0)
     }
 }
 
