@@ -5,14 +5,16 @@ enum GRPCWire {
     /// The 5-byte prefix of a length-prefixed message: compressed flag, then big-endian length.
     static let prefixLength = 5
 
+    /// Byte `index` (0..<5) of an uncompressed message's prefix: the compressed flag (0), then
+    /// the big-endian length.
+    static func prefixByte(_ index: Int, messageLength: UInt32) -> UInt8 {
+        index == 0 ? 0 : UInt8(truncatingIfNeeded: messageLength >> UInt32(8 * (4 - index)))
+    }
+
     /// Appends `message` with its prefix (uncompressed) to `bytes`.
     static func appendFramed(_ message: [UInt8], to bytes: inout [UInt8]) {
         let length = UInt32(truncatingIfNeeded: message.count)
-        bytes.append(0)
-        bytes.append(UInt8(truncatingIfNeeded: length >> 24))
-        bytes.append(UInt8(truncatingIfNeeded: length >> 16))
-        bytes.append(UInt8(truncatingIfNeeded: length >> 8))
-        bytes.append(UInt8(truncatingIfNeeded: length))
+        for index in 0..<self.prefixLength { bytes.append(self.prefixByte(index, messageLength: length)) }
         bytes.append(contentsOf: message)
     }
 

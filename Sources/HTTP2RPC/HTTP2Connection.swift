@@ -325,7 +325,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
               frame.pointee.headers.cat == NGHTTP2_HCAT_REQUEST else { return 0 }
         let state = RPCStreamState(id: header.stream_id)
         self.streams.insert(state)
-        // The table holds the state; nghttp2 keeps a pointer to it for the hot lookups (each
+        // The list holds the state; nghttp2 keeps a pointer to it for the hot lookups (each
         // header, data chunk and read), and forgets it when the stream closes.
         if let session = self.session {
             nghttp2_session_set_stream_user_data(session, header.stream_id, Unmanaged.passUnretained(state).toOpaque())

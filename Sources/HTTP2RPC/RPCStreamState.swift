@@ -163,9 +163,7 @@ final class RPCStreamState {
         guard let messageLength = self.outboundPrefixLength else { return 0 }
         var count = 0
         while count < length, self.outboundPrefixSent < GRPCWire.prefixLength {
-            // Byte 0 is the compressed flag (0); bytes 1-4 the big-endian length.
-            let index = self.outboundPrefixSent
-            buffer[count] = index == 0 ? 0 : UInt8(truncatingIfNeeded: messageLength >> UInt32(8 * (4 - index)))
+            buffer[count] = GRPCWire.prefixByte(self.outboundPrefixSent, messageLength: messageLength)
             count += 1
             self.outboundPrefixSent += 1
         }
