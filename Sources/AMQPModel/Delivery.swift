@@ -1,5 +1,8 @@
 /// A message delivered to a consumer. Settle it exactly once: `ack()` or `reject(requeue:)`.
-public struct Delivery: Sendable {
+///
+/// A class: a delivery passes through several hands and arrays on its way to being applied,
+/// and a copy of it is then one reference count, not one per string and table it holds.
+public final class Delivery: Sendable {
     public let body: [UInt8]
     public let properties: AMQPProperties
     public let exchange: String

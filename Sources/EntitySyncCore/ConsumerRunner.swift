@@ -20,7 +20,7 @@ public final class ConsumerRunner: Sendable {
 
     public struct Configuration: Sendable {
         /// Unsettled deliveries per queue; also the most changes applied in one transaction.
-        public var prefetch: UInt16 = 256
+        public var prefetch: UInt16 = 1024
         /// Attempts for a transiently failing event before it is dead-lettered.
         public var maxAttempts = 5
         /// Delay before retry n is `retryBackoff.ceiling(attempt: n - 1)`.
@@ -178,7 +178,7 @@ public final class ConsumerRunner: Sendable {
             guard decisions.count == valid.count else {
                 throw SyncError(.storeUnavailable, "the store answered \(decisions.count) decisions for \(valid.count) changes")
             }
-            for (entry, decision) in zip(valid, decisions) { self.record(entry.change, decision) }
+            self.record(valid.map(\.change), decisions, kind: kind)
         } catch {
             // One change the store refuses, or the store itself: one by one, a failing change
             // is retried alone and an outage pauses the consumer, as for a single delivery.
@@ -216,13 +216,28 @@ public final class ConsumerRunner: Sendable {
 
     /// Counts, logs and announces one handled change.
     private func record(_ change: ValidatedChange, _ decision: VersionRule.Decision) {
-        if decision == .apply { self.applied.signal() }
-        Counter(label: decision == .apply ? "entitysync_events_applied_total" : "entitysync_events_stale_total",
-                dimensions: [("group", self.group), ("entity", change.kind.rawValue)]).increment()
-        self.logger.debug("change handled", metadata: [
-            "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
-            "entity.version": "\(change.version)", "decision": "\(decision)",
-        ])
+        self.record([change], [decision], kind: change.kind)
+    }
+
+    /// Counts, logs and announces changes of one kind handled together: one counter update and
+    /// one wake-up per batch, not per change.
+    private func record(_ changes: [ValidatedChange], _ decisions: [VersionRule.Decision], kind: EntityKind) {
+        var applied = 0
+        for (change, decision) in zip(changes, decisions) {
+            if decision == .apply { applied += 1 }
+            self.logger.debug("change handled", metadata: [
+                "entity.type": "\(change.kind.rawValue)", "entity.id": "\(change.entityID)",
+                "entity.version": "\(change.version)", "decision": "\(decision)",
+            ])
+        }
+        let dimensions = [("group", self.group), ("entity", kind.rawValue)]
+        if applied > 0 {
+            Counter(label: "entitysync_events_applied_total", dimensions: dimensions).increment(by: applied)
+            self.applied.signal()
+        }
+        if applied < changes.count {
+            Counter(label: "entitysync_events_stale_total", dimensions: dimensions).increment(by: changes.count - applied)
+        }
     }
 
     func handle(_ delivery: Delivery, kind: EntityKind) async {
