@@ -123,7 +123,7 @@ public final class AMQPConnection: MessageBroker {
         // Ids only name a consumer in commands (never reused, so a late cancel cannot hit another
         // consumer); the connection thread gives each a channel and reuses channels once closed.
         let id = self.nextConsumerID.wrappingAdd(1, ordering: .relaxed).oldValue
-        let (stream, continuation) = AsyncStream.makeStream(of: Delivery.self)
+        let (stream, continuation) = DeliveryStream.makeStream()
         let mailbox = self.mailbox
         continuation.onTermination = { termination in
             if case .cancelled = termination { _ = mailbox.post(.abandonConsumer(id: id)) }

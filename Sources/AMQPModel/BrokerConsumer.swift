@@ -2,11 +2,11 @@
 public final class BrokerConsumer: Sendable {
     public let queue: String
     /// Ends when the consumer is cancelled or its connection closes.
-    public let deliveries: AsyncStream<Delivery>
+    public let deliveries: DeliveryStream
     private let stop: @Sendable () async -> Void
 
     /// A consumer whose `cancel()` runs `cancel`; made by a broker implementation.
-    public init(queue: String, deliveries: AsyncStream<Delivery>, cancel: @escaping @Sendable () async -> Void) {
+    public init(queue: String, deliveries: DeliveryStream, cancel: @escaping @Sendable () async -> Void) {
         self.queue = queue
         self.deliveries = deliveries
         self.stop = cancel

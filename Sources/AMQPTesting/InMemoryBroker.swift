@@ -91,7 +91,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
 
     @discardableResult
     public func deleteQueue(_ name: String, ifEmpty: Bool) async throws -> Int {
-        let (count, ended) = try self.state.withLock { state -> (Int, [AsyncStream<Delivery>.Continuation]) in
+        let (count, ended) = try self.state.withLock { state -> (Int, [DeliveryStream.Continuation]) in
             guard let queue = state.queues[name] else { return (0, []) }
             let unsettled = state.consumers.values.filter { $0.queue == name }.reduce(0) { $0 + $1.unsettled.count }
             if ifEmpty, !queue.ready.isEmpty || unsettled > 0 {
@@ -100,7 +100,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
             state.queues[name] = nil
             state.bindings = state.bindings.filter { $0.queue != name }
             // The broker cancels the consumers of a deleted queue.
-            var ended: [AsyncStream<Delivery>.Continuation] = []
+            var ended: [DeliveryStream.Continuation] = []
             for (id, consumer) in state.consumers where consumer.queue == name {
                 ended.append(consumer.continuation)
                 state.consumers[id] = nil
@@ -130,7 +130,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
         guard prefetch > 0 else {
             throw AMQPError(.invalidArgument, "prefetch must be at least 1 (0 would mean unlimited deliveries in memory)")
         }
-        let (stream, continuation) = AsyncStream.makeStream(of: Delivery.self)
+        let (stream, continuation) = DeliveryStream.makeStream()
         let id = try self.state.withLock { state -> Int in
             guard state.queues[queue] != nil else {
                 throw AMQPError(.notFound, "no queue '\(queue)' in vhost '/'", replyCode: 404)
@@ -252,7 +252,7 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
     // MARK: Internals
 
     private func cancel(consumer id: Int) {
-        let continuation = self.state.withLock { state -> AsyncStream<Delivery>.Continuation? in
+        let continuation = self.state.withLock { state -> DeliveryStream.Continuation? in
             guard var consumer = state.consumers[id], !consumer.cancelled else { return nil }
             consumer.cancelled = true
             state.queues[consumer.queue]?.consumerOrder.removeAll { $0 == id }
@@ -316,7 +316,7 @@ extension InMemoryBroker {
     struct ConsumerState {
         var queue: String
         var prefetch: Int
-        var continuation: AsyncStream<Delivery>.Continuation
+        var continuation: DeliveryStream.Continuation
         var unsettled: [(tag: UInt64, message: StoredMessage)] = []
         var cancelled = false
         /// The incarnation of the consumer's channel: a new one after each (simulated) close.

@@ -109,8 +109,7 @@ public final class ConsumerRunner: Sendable {
         let batchLimit = Int(self.configuration.prefetch)
         let workers = consumers.map { kind, consumer in
             Task {
-                let batches = DeliveryBatcher(consumer.deliveries, maximum: batchLimit)
-                while let batch = await batches.next() { await self.handle(batch, kind: kind) }
+                while let batch = await consumer.deliveries.nextBatch(maximum: batchLimit) { await self.handle(batch, kind: kind) }
             }
         }
         await withTaskCancellationHandler {

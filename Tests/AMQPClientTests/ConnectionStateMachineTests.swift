@@ -684,7 +684,7 @@ extension Harness {
     }
 
     /// Connects and subscribes one consumer (id 1) to `queue` on channel 3.
-    mutating func consumeOnConnected(_ queue: String) async -> AsyncStream<Delivery> {
+    mutating func consumeOnConnected(_ queue: String) async -> DeliveryStream {
         _ = await self.connect()
         let (_, stream, _) = await self.consume(queue)
         _ = self.workUntilIdle()

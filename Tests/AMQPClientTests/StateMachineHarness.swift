@@ -159,9 +159,9 @@ struct Harness {
     }
 
     /// Posts a consume command and subscribes it; returns the probe of `consume` and the stream.
-    mutating func consume(_ queue: String, prefetch: UInt16 = 10) async -> (Probe<Void>, AsyncStream<Delivery>, Int) {
+    mutating func consume(_ queue: String, prefetch: UInt16 = 10) async -> (Probe<Void>, DeliveryStream, Int) {
         let probe = await Probe<Void>.make()
-        let (stream, continuation) = AsyncStream.makeStream(of: Delivery.self)
+        let (stream, continuation) = DeliveryStream.makeStream()
         let id = self.nextConsumerID
         self.nextConsumerID += 1
         let registration = ConsumerRegistration(id: id, queue: queue, prefetch: prefetch, continuation: continuation)

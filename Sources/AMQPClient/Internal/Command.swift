@@ -124,7 +124,7 @@ struct ConsumerRegistration: Sendable {
     var id: Int
     var queue: String
     var prefetch: UInt16
-    var continuation: AsyncStream<Delivery>.Continuation
+    var continuation: DeliveryStream.Continuation
 }
 
 /// A point-in-time view of the connection, for health checks and tests.

@@ -31,7 +31,7 @@ extension ConnectionStateMachine {
         /// basic.ack or basic.reject; on success answer `reply`, else `settleFailed`.
         case settle(Settlement, channel: UInt16, tag: UInt64, Reply<Void>)
         /// Hand a delivery to its consumer's stream; `deliveryRefused` if the stream has ended.
-        case deliver(DeliveryContent, ChannelRef, AsyncStream<Delivery>.Continuation)
+        case deliver(DeliveryContent, ChannelRef, DeliveryStream.Continuation)
 
         var awaitsOutcome: Bool {
             switch self {
@@ -51,7 +51,7 @@ extension ConnectionStateMachine {
         case status(Reply<ConnectionStatus>, ConnectionStatus)
         case publish(PublishRequest, Result<Void, AMQPError>)
         /// End a consumer's delivery stream.
-        case finish(AsyncStream<Delivery>.Continuation)
+        case finish(DeliveryStream.Continuation)
 
         func give() {
             switch self {
@@ -158,7 +158,7 @@ extension ConnectionStateMachine {
             case subscribe(consumer: Int)
             /// basic.cancel for a consumer cancelled by this process; then finish its stream and
             /// answer the cancel callers.
-            case cancel(consumer: Int, continuation: AsyncStream<Delivery>.Continuation, replies: [Reply<Void>])
+            case cancel(consumer: Int, continuation: DeliveryStream.Continuation, replies: [Reply<Void>])
             case closeChannel(UInt16)
             case openPublishChannel
         }
