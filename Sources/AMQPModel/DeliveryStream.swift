@@ -51,7 +51,10 @@ public final class DeliveryStream: AsyncSequence, Sendable {
     }
 
     fileprivate struct State {
+        /// Deliveries not taken yet are `buffer[head...]`: taking one at a time moves `head`
+        /// instead of shifting the array.
         var buffer: [Delivery] = []
+        var head = 0
         /// Set once the stream ended, with why.
         var termination: Termination?
         var waiter: CheckedContinuation<Void, Never>?
@@ -75,7 +78,10 @@ public final class DeliveryStream: AsyncSequence, Sendable {
         /// Ends the stream (once); cancellation also drops what is buffered.
         func end(_ termination: Termination) {
             let ended = self.state.withLock { state -> (CheckedContinuation<Void, Never>?, (@Sendable (Termination) -> Void)?)? in
-                if termination == .cancelled { state.buffer.removeAll() }
+                if termination == .cancelled {
+                    state.buffer.removeAll()
+                    state.head = 0
+                }
                 guard state.termination == nil else { return nil }
                 state.termination = termination
                 defer {
@@ -101,16 +107,23 @@ public final class DeliveryStream: AsyncSequence, Sendable {
         /// Up to `maximum` buffered deliveries; `.some(nil)` once ended and drained; nil if none yet.
         func take(_ maximum: Int) -> [Delivery]?? {
             self.state.withLock { state -> [Delivery]?? in
-                if !state.buffer.isEmpty {
-                    if state.buffer.count <= maximum {
-                        defer { state.buffer = [] }
-                        return .some(state.buffer)
-                    }
-                    let batch = Array(state.buffer.prefix(maximum))
-                    state.buffer.removeFirst(maximum)
-                    return .some(batch)
+                let available = state.buffer.count - state.head
+                guard available > 0 else { return state.termination != nil ? .some(nil) : nil }
+                if state.head == 0 && available <= maximum {
+                    defer { state.buffer = [] }
+                    return .some(state.buffer)
                 }
-                return state.termination != nil ? .some(nil) : nil
+                let count = Swift.min(maximum, available)
+                let batch = Array(state.buffer[state.head ..< state.head + count])
+                state.head += count
+                if state.head == state.buffer.count {
+                    state.buffer.removeAll(keepingCapacity: true)
+                    state.head = 0
+                } else if state.head >= 1024 && state.head * 2 >= state.buffer.count {
+                    state.buffer.removeFirst(state.head)
+                    state.head = 0
+                }
+                return .some(batch)
             }
         }
 
@@ -118,7 +131,9 @@ public final class DeliveryStream: AsyncSequence, Sendable {
         func wait() async {
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
                 let ready = self.state.withLock { state -> Bool in
-                    if !state.buffer.isEmpty || state.termination != nil { return true }
+                    if state.buffer.count > state.head || state.termination != nil { return true }
+                    // Two readers would overwrite each other's wake-up and one would hang.
+                    precondition(state.waiter == nil, "a DeliveryStream has one reader at a time")
                     state.waiter = continuation
                     return false
                 }
@@ -151,6 +166,12 @@ public final class DeliveryStream: AsyncSequence, Sendable {
     /// The next delivery, or nil once the stream ended (or the calling task was cancelled while
     /// it waited, which ends the stream).
     public func next() async -> Delivery? {
+        // As an AsyncStream: a cancelled reader ends the stream even while deliveries keep
+        // coming, so that its consumer is abandoned and they go back to the queue.
+        if Task.isCancelled {
+            self.storage.end(.cancelled)
+            return nil
+        }
         while true {
             if let taken = self.storage.take(1) { return taken?.first }
             let storage = self.storage

@@ -72,7 +72,8 @@ final class CommitWatch: Sendable {
                 last = current
                 self.signal.signal()
             }
-            // A failed read may leave the connection unusable (the file replaced): open anew.
+            // After a failed read (the file unreadable for a moment, busy), start over with a
+            // fresh connection rather than trust this one.
             if current == nil { reader = nil }
         }
     }

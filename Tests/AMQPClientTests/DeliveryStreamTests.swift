@@ -54,6 +54,36 @@ import Testing
         #expect(continuation.yield(Self.delivery(1)) == .terminated)
     }
 
+    @Test func aCancelledReaderEndsTheStreamEvenWithDeliveriesWaiting() async {
+        let (stream, continuation) = DeliveryStream.makeStream()
+        let terminations = Terminations()
+        continuation.onTermination = { termination in terminations.seen.withLock { $0.append(termination) } }
+        continuation.yield(Self.delivery(1))
+        let reader = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return await stream.next()
+        }
+        #expect(await reader.value == nil)
+        #expect(terminations.seen.withLock { $0 } == [.cancelled])
+        #expect(continuation.yield(Self.delivery(2)) == .terminated)
+    }
+
+    /// Taking one at a time while more arrive, then in batches: every delivery once, in order.
+    @Test func singleTakesAndBatchesInterleavedWithYieldsKeepTheOrder() async {
+        let (stream, continuation) = DeliveryStream.makeStream()
+        var tags: [UInt64] = []
+        for tag: UInt64 in 1...3000 { continuation.yield(Self.delivery(tag)) }
+        for _ in 0..<1500 { if let delivery = await stream.next() { tags.append(delivery.deliveryTag) } }
+        for tag: UInt64 in 3001...6000 { continuation.yield(Self.delivery(tag)) }
+        for _ in 0..<1500 { if let delivery = await stream.next() { tags.append(delivery.deliveryTag) } }
+        continuation.finish()
+        while let batch = await stream.nextBatch(maximum: 700) {
+            #expect(batch.count <= 700)
+            tags.append(contentsOf: batch.map(\.deliveryTag))
+        }
+        #expect(tags == Array(1...6000))
+    }
+
     @Test func aDroppedStreamTellsItsProducer() {
         var stream: DeliveryStream?
         let continuation: DeliveryStream.Continuation
