@@ -34,7 +34,7 @@ public enum ChangeCodec {
         do {
             switch mediaType {
             case Self.protobufContentType:
-                change = try EntityChange(serializedBytes: body)
+                change = try ChangeWire.decode(body) ?? EntityChange(serializedBytes: body)
             case Self.jsonContentType:
                 change = try EntityChange(jsonUTF8Data: Data(body))
             default:
