@@ -48,17 +48,23 @@ enum ChangeWire {
             return nil
         }
 
-        /// The next field's number and wire type, or nil at the end (`done`) or on bad input.
+        /// The next field's number and wire type, or nil on bad input. Every field read here
+        /// has a one-byte tag; a tag padded to more bytes is left to swift-protobuf, which
+        /// rejects some such paddings.
         mutating func tag() -> (field: UInt64, wireType: UInt64)? {
-            guard let tag = self.varint(), tag >> 3 > 0 else { return nil }
-            return (tag >> 3, tag & 7)
+            guard self.position < self.end else { return nil }
+            let tag = self.bytes[self.position]
+            guard tag & 0x80 == 0, tag >> 3 > 0 else { return nil }
+            self.position += 1
+            return (UInt64(tag >> 3), UInt64(tag & 7))
         }
 
         var done: Bool { self.position == self.end }
 
         /// A length-delimited field's contents as a reader of their own.
         mutating func nested() -> Reader? {
-            guard let length = self.varint(), length <= UInt64(self.end - self.position) else { return nil }
+            // swift-protobuf refuses lengths of 2^31 - 1 and above.
+            guard let length = self.varint(), length < 0x7fff_ffff, length <= UInt64(self.end - self.position) else { return nil }
             let start = self.position
             self.position += Int(length)
             return Reader(self.bytes, from: start, to: self.position)

@@ -141,5 +141,10 @@ import Testing
         change.user = user
         #expect(ChangeWire.decode(try change.serializedBytes()) == nil)
         #expect(ChangeWire.decode([]) == EntityChange())
+        // Tags padded to five bytes and more, which swift-protobuf rejects.
+        for padded: [UInt8] in [[0x8a, 0x80, 0x80, 0x80, 0x80, 0x00, 0x00], [0x9a, 0x80, 0x80, 0x80, 0x80, 0x00, 0x02, 0x75, 0x31]] {
+            #expect(ChangeWire.decode(padded) == nil)
+            #expect((try? EntityChange(serializedBytes: padded)) == nil)
+        }
     }
 }
