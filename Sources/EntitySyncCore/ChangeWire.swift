@@ -61,6 +61,16 @@ enum ChangeWire {
 
         var done: Bool { self.position == self.end }
 
+        /// The next field of a message whose fields are numbered up to `highest`, each once
+        /// except `repeating` (0: none). A repeat of a singular field means merging or replacing,
+        /// which is left to swift-protobuf, as are unknown fields.
+        mutating func field(highest: UInt64, seen: inout UInt16, repeating: UInt64 = 0) -> (field: UInt64, wireType: UInt64)? {
+            guard let (field, wireType) = self.tag(), field <= highest else { return nil }
+            guard field == repeating || seen & (1 << field) == 0 else { return nil }
+            seen |= 1 << field
+            return (field, wireType)
+        }
+
         /// A length-delimited field's contents as a reader of their own.
         mutating func nested() -> Reader? {
             // swift-protobuf refuses lengths of 2^31 - 1 and above.
@@ -84,10 +94,7 @@ enum ChangeWire {
             var change = EntityChange()
             var seen: UInt16 = 0
             while !self.done {
-                guard let (field, wireType) = self.tag(), field <= 9 else { return nil }
-                // Each field once: a repeat means merging or replacing, which swift-protobuf does.
-                guard seen & (1 << field) == 0 else { return nil }
-                seen |= 1 << field
+                guard let (field, wireType) = self.field(highest: 9, seen: &seen) else { return nil }
                 switch (field, wireType) {
                 case (1, 2): guard let value = self.string() else { return nil }; change.messageID = value
                 case (2, 0):
@@ -117,9 +124,8 @@ enum ChangeWire {
             var user = User()
             var seen: UInt16 = 0
             while !self.done {
-                // Field 5, the attributes map, is left to swift-protobuf.
-                guard let (field, wireType) = self.tag(), field <= 7, seen & (1 << field) == 0 else { return nil }
-                seen |= 1 << field
+                // Field 5, the attributes map, is left to swift-protobuf (no case below).
+                guard let (field, wireType) = self.field(highest: 7, seen: &seen) else { return nil }
                 switch (field, wireType) {
                 case (1, 2): guard let value = self.string() else { return nil }; user.id = value
                 case (2, 2): guard let value = self.string() else { return nil }; user.name = value
@@ -139,10 +145,7 @@ enum ChangeWire {
             var group = Group()
             var seen: UInt16 = 0
             while !self.done {
-                guard let (field, wireType) = self.tag(), field <= 6 else { return nil }
-                // Members repeat; the other fields come once.
-                guard field == 4 || seen & (1 << field) == 0 else { return nil }
-                seen |= 1 << field
+                guard let (field, wireType) = self.field(highest: 6, seen: &seen, repeating: 4) else { return nil }
                 switch (field, wireType) {
                 case (1, 2): guard let value = self.string() else { return nil }; group.id = value
                 case (2, 2): guard let value = self.string() else { return nil }; group.name = value
@@ -158,11 +161,10 @@ enum ChangeWire {
 
         mutating func timestamp() -> Google_Protobuf_Timestamp? {
             var timestamp = Google_Protobuf_Timestamp()
-            var seen: UInt8 = 0
+            var seen: UInt16 = 0
             while !self.done {
-                guard let (field, wireType) = self.tag(), field <= 2, wireType == 0, seen & (1 << field) == 0 else { return nil }
-                seen |= 1 << field
-                guard let value = self.varint() else { return nil }
+                guard let (field, wireType) = self.field(highest: 2, seen: &seen), wireType == 0,
+                      let value = self.varint() else { return nil }
                 if field == 1 {
                     timestamp.seconds = Int64(bitPattern: value)
                 } else {
