@@ -124,8 +124,9 @@ extension amqp_bytes_t {
 
 enum FieldTableDecoder {
     static func decode(_ table: amqp_table_t) -> AMQPTable {
-        var result: AMQPTable = [:]
-        guard table.num_entries > 0, let entries = table.entries else { return result }
+        guard table.num_entries > 0, let entries = table.entries else { return [:] }
+        // Sized once: growing from empty rehashed the table at each doubling, for every message.
+        var result = AMQPTable(minimumCapacity: Int(table.num_entries))
         for index in 0..<Int(table.num_entries) {
             let entry = entries[index]
             result[entry.key.string] = self.decode(entry.value)

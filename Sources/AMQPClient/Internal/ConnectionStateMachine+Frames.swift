@@ -5,21 +5,28 @@ extension ConnectionStateMachine {
     /// stream has ended the executor reports `deliveryRefused` and the message goes back.
     mutating func delivered(channel: UInt16, tag: UInt64, redelivered: Bool, exchange: String, routingKey: String,
                             properties: AMQPProperties, body: [UInt8]) -> [Action] {
-        guard let id = self.consumers.first(where: { $0.value.channel == channel && $0.value.epoch != 0 })?.key,
-              let state = self.consumers[id] else {
+        let route = self.consumers.id(onChannel: channel).flatMap { id in
+            self.consumers.update(id) { state -> (epoch: UInt64, registration: ConsumerRegistration)? in
+                guard state.epoch != 0 else { return nil }
+                state.unsettled.append(tag)
+                return (state.epoch, state.registration)
+            } ?? nil
+        }
+        guard let route else {
             return [.log(.warning, "amqp delivery for an unknown consumer channel", ["amqp.channel": "\(channel)"])]
         }
-        self.consumers[id]?.unsettled.append(tag)
         let content = DeliveryContent(body: body, properties: properties, exchange: exchange, routingKey: routingKey,
-                                      queue: state.registration.queue, redelivered: redelivered, tag: tag)
-        return [.deliver(content, ChannelRef(number: channel, epoch: state.epoch), state.registration.continuation)]
+                                      queue: route.registration.queue, redelivered: redelivered, tag: tag)
+        return [.deliver(content, ChannelRef(number: channel, epoch: route.epoch), route.registration.continuation)]
     }
 
     /// The outcome of `Action.deliver` when nobody will handle the delivery any more (the consumer
     /// was cancelled): give it back at once.
     mutating func deliveryRefused(_ channel: ChannelRef, tag: UInt64) -> [Action] {
-        if let id = self.consumers.first(where: { $0.value.channel == channel.number && $0.value.epoch == channel.epoch })?.key {
-            self.consumers[id]?.settled(tag: tag, multiple: false)
+        if let id = self.consumers.id(onChannel: channel.number) {
+            _ = self.consumers.update(id) { state in
+                if state.epoch == channel.epoch { state.settled(tag: tag, multiple: false) }
+            }
         }
         return [.requeue(channel: channel.number, tag: tag)]
     }
@@ -62,7 +69,7 @@ extension ConnectionStateMachine {
 
     /// basic.cancel from the broker (queue deleted or unavailable): subscribe again later.
     mutating func consumerCancelledByBroker(channel: UInt16, consumerTag: String, now: ContinuousClock.Instant) -> [Action] {
-        guard let id = self.consumers.first(where: { $0.value.channel == channel })?.key,
+        guard let id = self.consumers.id(onChannel: channel),
               var state = self.consumers[id] else { return [] }
         state.subscribed = false
         state.consumerTag = nil
@@ -85,7 +92,7 @@ extension ConnectionStateMachine {
                                         now: ContinuousClock.Instant) -> [Action] {
         let operation: AMQPOperation = channel == Self.publishChannel
             ? .other("publish")
-            : .consume(self.consumers.values.first { $0.channel == channel }?.registration.queue ?? "?")
+            : .consume(self.consumers.id(onChannel: channel).flatMap { self.consumers[$0]?.registration.queue } ?? "?")
         let error = self.brokerError(replyCode: replyCode, replyText: replyText, operation: operation)
         return [.sendChannelCloseOk(channel)] + self.channelClosed(channel, error: error, now: now)
     }

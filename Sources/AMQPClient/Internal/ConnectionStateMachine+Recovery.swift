@@ -150,7 +150,7 @@ extension ConnectionStateMachine {
             actions.append(.log(.warning, "amqp publishing channel closed by the broker", ["error": "\(error.message)"]))
             return actions
         default:
-            guard let id = self.consumers.first(where: { $0.value.channel == channel })?.key,
+            guard let id = self.consumers.id(onChannel: channel),
                   var state = self.consumers[id] else { return [] }
             state.channelLost()
             state.scheduleRetry(backoff: self.settings.reconnectBackoff, now: now, random: self.random())

@@ -97,7 +97,7 @@ struct ConnectionStateMachine {
     var confirms = ConfirmTracker<PublishRequest>()
     var unsent: Deque<PublishRequest> = []
     var pendingOperations: Deque<PendingOperation> = []
-    var consumers: [Int: ConsumerState] = [:]
+    var consumers = ConsumerTable()
     var topology = RecordedTopology()
     var closing: Closing?
     /// The multi-step work whose current step's outcome is awaited.
@@ -308,16 +308,16 @@ struct ConnectionStateMachine {
 
     mutating func settle(_ settlement: Settlement, tag: UInt64, channel: ChannelRef, reply: Reply<Void>) -> [Action] {
         guard self.phase == .connected,
-              let id = self.consumers.first(where: { $0.value.channel == channel.number })?.key,
-              let state = self.consumers[id], state.epoch != 0, state.epoch == channel.epoch else {
+              let id = self.consumers.id(onChannel: channel.number),
+              self.consumers.update(id, { $0.epoch != 0 && $0.epoch == channel.epoch }) == true else {
             return [.answer(.void(reply, .failure(AMQPError(.deliveryExpired,
                 "the channel this message arrived on has closed (connection lost or channel error), so it can no "
                 + "longer be acknowledged; the broker redelivers it, so process it idempotently"))))]
         }
         // Recorded before sending: if the send fails the connection is lost, and with it the record.
         switch settlement {
-        case .ack(let multiple): self.consumers[id]?.settled(tag: tag, multiple: multiple)
-        case .reject: self.consumers[id]?.settled(tag: tag, multiple: false)
+        case .ack(let multiple): _ = self.consumers.update(id) { $0.settled(tag: tag, multiple: multiple) }
+        case .reject: _ = self.consumers.update(id) { $0.settled(tag: tag, multiple: false) }
         }
         return [.settle(settlement, channel: channel.number, tag: tag, reply)]
     }
