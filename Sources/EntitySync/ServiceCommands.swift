@@ -28,7 +28,7 @@ struct Producer: AsyncParsableCommand {
 func runConsumer(_ kind: ConsumerService.Kind, options: ServiceOptions, consumer: ConsumerOptions, defaultPort: Int) async throws {
     var configuration = try options.configuration(service: kind.rawValue, defaultPort: defaultPort)
     configuration.producer = try optionalSetting(consumer.producer, "ENTITY_SYNC_PRODUCER").map { try HostPort($0) }
-    let prefetchText = setting(consumer.prefetch.map(String.init), "ENTITY_SYNC_PREFETCH", "1024")
+    let prefetchText = setting(consumer.prefetch.map(String.init), "ENTITY_SYNC_PREFETCH", "4096")
     guard let prefetch = UInt16(prefetchText), prefetch > 0 else {
         throw ValidationError("--prefetch must be a number from 1 to 65535, not '\(prefetchText)'")
     }

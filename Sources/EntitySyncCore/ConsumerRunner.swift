@@ -20,7 +20,7 @@ public final class ConsumerRunner: Sendable {
 
     public struct Configuration: Sendable {
         /// Unsettled deliveries per queue; also the most changes applied in one transaction.
-        public var prefetch: UInt16 = 1024
+        public var prefetch: UInt16 = 4096
         /// Attempts for a transiently failing event before it is dead-lettered.
         public var maxAttempts = 5
         /// Delay before retry n is `retryBackoff.ceiling(attempt: n - 1)`.

@@ -76,11 +76,11 @@ enum EntityTable {
         let statement = try db.cachedStatement(sql: sql)
         // Every caller writes inside a transaction; outside one (SQLite rolled it back after an
         // I/O or disk-full error) the write would commit on its own.
-        guard db.isInsideTransaction else {
-            throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: sql)
-        }
         let raw = statement.sqliteStatement
         let connection = db.sqliteConnection
+        guard sqlite3_get_autocommit(connection) == 0 else {
+            throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: sql)
+        }
         let now = Date().timeIntervalSince1970
         let idLength = Int32(id.utf8.count)
         return try kind.rawValue.withCString { kindText in try id.withCString { idText in

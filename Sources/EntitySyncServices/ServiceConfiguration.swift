@@ -47,7 +47,7 @@ public struct ServiceConfiguration: Sendable {
     }()
 
     public init(amqpURL: String = "amqp://guest:guest@127.0.0.1:5672/", listen: HostPort, database: String,
-                token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 1024,
+                token: String? = nil, topology: SyncTopology = SyncTopology(), prefetch: UInt16 = 4096,
                 producer: HostPort? = nil, instanceName: String, maxConcurrentStreams: Int = 100,
                 maxRequestBytes: Int = 4 * 1024 * 1024) {
         self.amqpURL = amqpURL
