@@ -46,12 +46,30 @@ enum EntityTable {
     }
 
     static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
-        _ = try self.write(db, kind: kind, id: id, version: version, deleted: deleted, state: state, onlyIfNewer: false)
+        _ = try self.write(db, try Upsert(db, onlyIfNewer: false), kind: kind, id: id, version: version, deleted: deleted,
+                           state: state)
     }
 
     /// Writes the row only if it is new or `version` is higher than the stored one; true if it wrote.
-    static func saveIfNewer(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws -> Bool {
-        try self.write(db, kind: kind, id: id, version: version, deleted: deleted, state: state, onlyIfNewer: true)
+    static func saveIfNewer(_ db: Database, using upsert: Upsert, kind: EntityKind, id: String, version: UInt64, deleted: Bool,
+                            state: [UInt8]) throws -> Bool {
+        precondition(upsert.onlyIfNewer, "saveIfNewer needs the upsert that keeps newer rows")
+        return try self.write(db, upsert, kind: kind, id: id, version: version, deleted: deleted, state: state)
+    }
+
+    /// The entity upsert's cached statement, looked up once for a batch of rows: GRDB's cache
+    /// hashes the whole SQL text on every lookup. Valid within the access to `db` it came from.
+    struct Upsert {
+        fileprivate let statement: Statement
+        fileprivate let sql: String
+        let onlyIfNewer: Bool
+
+        init(_ db: Database, onlyIfNewer: Bool) throws {
+            // Two literal statements (each cached once), never input.
+            self.sql = onlyIfNewer ? EntityTable.upsertIfNewerSQL : EntityTable.upsertSQL
+            self.statement = try db.cachedStatement(sql: self.sql)
+            self.onlyIfNewer = onlyIfNewer
+        }
     }
 
     private static let upsertSQL = """
@@ -65,18 +83,17 @@ enum EntityTable {
     /// array of existentials and bound through nested closures, cost a consumer about a tenth of
     /// its CPU per event in catch-up. What GRDB's `execute` adds around a step that matters here
     /// is kept: a transaction SQLite aborted is refused, and a failure is a `DatabaseError`.
-    private static func write(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8],
-                              onlyIfNewer: Bool) throws -> Bool {
+    private static func write(_ db: Database, _ upsert: Upsert, kind: EntityKind, id: String, version: UInt64, deleted: Bool,
+                              state: [UInt8]) throws -> Bool {
         // Validation keeps versions within Int64; this keeps a caller that skipped it from trapping.
         guard let signed = Int64(exactly: version) else {
             throw SyncError(.invalidArgument, "version \(version) of \(kind.rawValue) '\(id)' is above \(Int64.max), "
                             + "the largest the store can hold")
         }
-        let sql = onlyIfNewer ? Self.upsertIfNewerSQL : Self.upsertSQL
-        let statement = try db.cachedStatement(sql: sql)
+        let sql = upsert.sql
         // Every caller writes inside a transaction; outside one (SQLite rolled it back after an
         // I/O or disk-full error) the write would commit on its own.
-        let raw = statement.sqliteStatement
+        let raw = upsert.statement.sqliteStatement
         let connection = db.sqliteConnection
         guard sqlite3_get_autocommit(connection) == 0 else {
             throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: sql)

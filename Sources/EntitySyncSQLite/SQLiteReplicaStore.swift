@@ -63,8 +63,9 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
             var decisions: [VersionRule.Decision] = []
             decisions.reserveCapacity(changes.count)
             var counts: [EntityKind: (applied: Int, stale: Int)] = [:]
+            let upsert = try EntityTable.Upsert(db, onlyIfNewer: true)
             for change in changes {
-                let decision = try Self.applyOne(db, change)
+                let decision = try Self.applyOne(db, upsert, change)
                 decisions.append(decision)
                 if decision == .apply { counts[change.kind, default: (0, 0)].applied += 1 } else { counts[change.kind, default: (0, 0)].stale += 1 }
             }
@@ -77,7 +78,7 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
 
     /// One statement writes the row under the version rule (`WHERE stored < incoming`, the
     /// rule `VersionRule.decide` states); whether it wrote tells stale from applied.
-    private static func applyOne(_ db: Database, _ change: ValidatedChange) throws -> VersionRule.Decision {
+    private static func applyOne(_ db: Database, _ upsert: EntityTable.Upsert, _ change: ValidatedChange) throws -> VersionRule.Decision {
         var state: [UInt8] = []
         var members: [String]?
         if change.isDelete {
@@ -96,7 +97,7 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
                 throw SyncError(.invalidArgument, "upsert of \(change.kind.rawValue) '\(change.entityID)' without state")
             }
         }
-        guard try EntityTable.saveIfNewer(db, kind: change.kind, id: change.entityID, version: change.version,
+        guard try EntityTable.saveIfNewer(db, using: upsert, kind: change.kind, id: change.entityID, version: change.version,
                                           deleted: change.isDelete, state: state) else { return .stale }
         if let members { try EntityTable.replaceMembers(db, groupID: change.entityID, memberIDs: members) }
         return .apply
