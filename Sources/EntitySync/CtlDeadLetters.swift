@@ -43,6 +43,7 @@ struct DeadLetters: AsyncParsableCommand {
 
     struct List: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "list",
             abstract: "List dead-lettered events (oldest first); they stay in place.",
             discussion: "Needs the token when the service has one: listing takes the events off their queue for a moment.")
         @OptionGroup var options: CtlOptions
@@ -69,6 +70,7 @@ struct DeadLetters: AsyncParsableCommand {
 
     struct Redrive: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "redrive",
             abstract: "Apply dead-lettered events again through the normal apply path; report applied, stale and failed.",
             discussion: """
                 Each event is applied under the version rule, so a re-drive never rolls an entity back: \

@@ -8,6 +8,7 @@ import GRPCCore
 /// A guided tour: a few writes on the producer, read back from both consumer groups.
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "demo",
         abstract: "A short guided demo: create users and a group on the producer, read them back from user-rpc and org-rpc.",
         discussion: "Safe to run again: existing demo entities are updated, which gives them new versions.")
     @OptionGroup var options: CtlOptions

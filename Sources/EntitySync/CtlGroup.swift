@@ -13,7 +13,7 @@ struct GroupCommands: AsyncParsableCommand {
                                                     subcommands: [Create.self, Get.self, List.self, AddMembers.self])
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a group (on the producer).")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a group (on the producer).")
         @OptionGroup var options: CtlOptions
         @Option var id: String
         @Option var name: String
@@ -36,7 +36,7 @@ struct GroupCommands: AsyncParsableCommand {
     }
 
     struct Get: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a group (from org-rpc by default, with its members).")
+        static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a group (from org-rpc by default, with its members).")
         @OptionGroup var options: CtlOptions
         @Argument var id: String
         @Option(help: "Where to read: producer or org-rpc.") var from: ReadTarget = .orgRPC
@@ -61,7 +61,7 @@ struct GroupCommands: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List groups (one page).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List groups (one page).")
         @OptionGroup var options: CtlOptions
         @Option(help: "Where to read: producer or org-rpc.") var from: ReadTarget = .orgRPC
         @Option var pageSize: Int32 = 100

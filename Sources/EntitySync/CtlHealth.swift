@@ -8,6 +8,7 @@ import GRPCNIOTransportHTTP2
 
 struct Health: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "health",
         abstract: "Ask services for their grpc.health.v1 status; with --wait, wait until all are SERVING.",
         discussion: "Without addresses it asks the producer, user-rpc and org-rpc addresses of the ctl options.")
     @OptionGroup var options: CtlOptions

@@ -10,6 +10,7 @@ import GRPCNIOTransportHTTP2
 
 struct Import: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "import",
         abstract: "Load users and groups from a JSON Lines or CSV file through the producer's admin API.",
         discussion: """
             JSON Lines: one object per line, {"type":"user","id":"u1","name":"Ann","email":"ann@example.com",\

@@ -9,6 +9,7 @@ import SwiftProtobuf
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "status",
         abstract: "Show per consumer group what it has applied, and per queue its depth, dead letters and lag.",
         discussion: """
             Lag is the events a group has not applied yet: those ready in its queue plus those waiting \

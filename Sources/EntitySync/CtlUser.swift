@@ -13,7 +13,7 @@ struct UserCommands: AsyncParsableCommand {
                                                     subcommands: [Create.self, Get.self, List.self, Delete.self])
 
     struct Create: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Create a user (on the producer).")
+        static let configuration = CommandConfiguration(commandName: "create", abstract: "Create a user (on the producer).")
         @OptionGroup var options: CtlOptions
         @Option var id: String
         @Option var name: String
@@ -42,7 +42,7 @@ struct UserCommands: AsyncParsableCommand {
     }
 
     struct Get: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show a user (from user-rpc by default, with its groups).")
+        static let configuration = CommandConfiguration(commandName: "get", abstract: "Show a user (from user-rpc by default, with its groups).")
         @OptionGroup var options: CtlOptions
         @Argument var id: String
         @Option(help: "Where to read: producer or user-rpc.") var from: ReadTarget = .userRPC
@@ -69,7 +69,7 @@ struct UserCommands: AsyncParsableCommand {
     }
 
     struct List: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "List users (one page).")
+        static let configuration = CommandConfiguration(commandName: "list", abstract: "List users (one page).")
         @OptionGroup var options: CtlOptions
         @Option(help: "Where to read: producer or user-rpc.") var from: ReadTarget = .userRPC
         @Option var pageSize: Int32 = 100
@@ -94,7 +94,7 @@ struct UserCommands: AsyncParsableCommand {
     }
 
     struct Delete: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Delete a user (on the producer).")
+        static let configuration = CommandConfiguration(commandName: "delete", abstract: "Delete a user (on the producer).")
         @OptionGroup var options: CtlOptions
         @Argument var id: String
 

@@ -8,7 +8,7 @@ import GRPCCore
 import SwiftProtobuf
 
 struct Wait: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Wait until user-rpc or org-rpc has applied an entity's version.")
+    static let configuration = CommandConfiguration(commandName: "wait", abstract: "Wait until user-rpc or org-rpc has applied an entity's version.")
     @OptionGroup var options: CtlOptions
     @Option(help: "user or group.") var type: String
     @Option var id: String

@@ -6,6 +6,7 @@ import ServiceLifecycle
 
 struct Producer: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "producer",
         abstract: "Run the producer: owns users and groups, declares the topology, publishes every change (EntityAdmin API).")
 
     @OptionGroup var options: ServiceOptions

@@ -6,11 +6,13 @@ import Logging
 
 struct Topology: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "topology",
         abstract: "Declare the exchanges and queues, or show them with their depths.",
         subcommands: [Declare.self, Migrate.self, Show.self, Permissions.self], defaultSubcommand: Show.self)
 
     struct Permissions: ParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "permissions",
             abstract: "Print the rabbitmqctl lines that give each service only the broker permissions it needs.",
             discussion: "One user per service: the producer may declare and publish to the topology's exchanges and "
                 + "queues; each consumer group may only read its own queues and write to its forward exchange. "
@@ -65,7 +67,7 @@ struct Topology: AsyncParsableCommand {
     }
 
     struct Declare: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Declare every exchange and queue (idempotent), as the producer does at startup.")
+        static let configuration = CommandConfiguration(commandName: "declare", abstract: "Declare every exchange and queue (idempotent), as the producer does at startup.")
         @OptionGroup var broker: BrokerOptions
 
         func run() async throws {
@@ -85,6 +87,7 @@ struct Topology: AsyncParsableCommand {
 
     struct Migrate: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
+            commandName: "migrate",
             abstract: "Re-declare queues an earlier version declared with other arguments, keeping every message.",
             discussion: """
                 Queue arguments cannot change once a queue exists. For each queue whose arguments differ, this \
@@ -122,7 +125,7 @@ struct Topology: AsyncParsableCommand {
     }
 
     struct Show: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Show every group's queues with ready messages, consumers, dead letters and retries.")
+        static let configuration = CommandConfiguration(commandName: "show", abstract: "Show every group's queues with ready messages, consumers, dead letters and retries.")
         @OptionGroup var broker: BrokerOptions
         @Flag(help: "Print JSON instead of a table.") var json = false
 

@@ -133,35 +133,36 @@ public final class ConsumerRunner: Sendable {
             self.leftUnsettled.update { $0 = true }
             return
         }
-        var valid: [(delivery: Delivery, change: ValidatedChange)] = []
-        valid.reserveCapacity(batch.count)
-        for delivery in batch {
-            switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
-            case .failure(let poison):
-                // Forwarded and settled before the batch is acked, so the ack of the batch
-                // (multiple) never settles it before its dead-letter copy is confirmed.
-                defer { self.handledCount.update { $0 += 1 } }
-                self.logPoison(delivery, poison)
-                await self.deadLetter(delivery, kind: kind, reason: poison.description)
-            case .success(let change):
-                valid.append((delivery, change))
-            }
-        }
-        // Bounded by size too: a batch of large groups must not hold the store's write lock
-        // (which the group's other instances wait for) for long.
+        // Bounded by size: a batch of large groups must not hold the store's write lock (which
+        // the group's other instances wait for) for long, nor be decoded all at once (a batch
+        // can be as long as the prefetch).
         var start = 0
-        while start < valid.count {
+        while start < batch.count {
             var end = start
             var bytes = 0
-            while end < valid.count, end == start || bytes + valid[end].delivery.body.count <= Self.batchBytes {
-                bytes += valid[end].delivery.body.count
+            while end < batch.count, end == start || bytes + batch[end].body.count <= Self.batchBytes {
+                bytes += batch[end].body.count
                 end += 1
             }
-            if end - start == 1 {
-                // Alone (one large message): the single path, with no batch to fall back from.
-                await self.handle(valid[start].delivery, kind: kind)
-            } else {
-                await self.applyAndAck(Array(valid[start..<end]), kind: kind)
+            var valid: [(delivery: Delivery, change: ValidatedChange)] = []
+            valid.reserveCapacity(end - start)
+            for delivery in batch[start..<end] {
+                switch ChangeCodec.decode(body: delivery.body, contentType: delivery.properties.contentType, expected: kind) {
+                case .failure(let poison):
+                    // Forwarded and settled before the batch is acked, so the ack of the batch
+                    // (multiple) never settles it before its dead-letter copy is confirmed.
+                    defer { self.handledCount.update { $0 += 1 } }
+                    self.logPoison(delivery, poison)
+                    await self.deadLetter(delivery, kind: kind, reason: poison.description)
+                case .success(let change):
+                    valid.append((delivery, change))
+                }
+            }
+            if valid.count == 1 {
+                // Alone (one large message, or the rest poison): the single path, with no batch to fall back from.
+                await self.handle(valid[0].delivery, kind: kind)
+            } else if !valid.isEmpty {
+                await self.applyAndAck(valid, kind: kind)
             }
             start = end
         }

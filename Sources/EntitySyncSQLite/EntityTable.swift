@@ -59,6 +59,8 @@ enum EntityTable {
 
     /// The entity upsert's cached statement, looked up once for a batch of rows: GRDB's cache
     /// hashes the whole SQL text on every lookup. Valid within the access to `db` it came from.
+    /// It is stepped without GRDB's statement hooks, so GRDB transaction observers (none are
+    /// registered on these stores) would not see its changes.
     struct Upsert {
         fileprivate let statement: Statement
         fileprivate let sql: String
@@ -99,7 +101,11 @@ enum EntityTable {
             throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: sql)
         }
         let now = Date().timeIntervalSince1970
-        let idLength = Int32(id.utf8.count)
+        // Validation bounds ids and messages far below this; a caller that skipped it gets an error, not a trap.
+        guard let idLength = Int32(exactly: id.utf8.count), Int32(exactly: state.count) != nil else {
+            throw DatabaseError(resultCode: .SQLITE_TOOBIG, message: "\(kind.rawValue) '\(id.prefix(64))' is too large to store",
+                                sql: sql)
+        }
         return try kind.rawValue.withCString { kindText in try id.withCString { idText in
             try state.withUnsafeBytes { stateBytes in
                 defer {

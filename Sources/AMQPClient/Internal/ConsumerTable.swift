@@ -15,8 +15,9 @@ struct ConsumerTable {
             self.reindex(id)
         }
         _modify {
+            // Deferred so that an access ended by a thrown error reindexes too.
+            defer { self.reindex(id) }
             yield &self.states[id]
-            self.reindex(id)
         }
     }
 
@@ -33,8 +34,15 @@ struct ConsumerTable {
     /// Runs `body` on the stored state in place; nil if there is no consumer `id`.
     mutating func update<Result>(_ id: Int, _ body: (inout ConsumerState) -> Result) -> Result? {
         guard let index = self.states.index(forKey: id) else { return nil }
-        // `channel` is a `let`, so the index cannot go stale here.
-        return body(&self.states.values[index])
+        return Self.update(&self.states.values[index], body)
+    }
+
+    /// `channel` is a `let`, but `body` could still store a whole other state: that would leave
+    /// the index stale, so it is refused.
+    private static func update<Result>(_ state: inout ConsumerState, _ body: (inout ConsumerState) -> Result) -> Result {
+        let channel = state.channel
+        defer { precondition(state.channel == channel, "ConsumerTable.update must not move a consumer to another channel") }
+        return body(&state)
     }
 
     mutating func removeValue(forKey id: Int) -> ConsumerState? {
