@@ -1,6 +1,7 @@
 import EntitySyncCore
 import Foundation
 import GRDB
+import Synchronization
 
 /// Opens a SQLite file in WAL mode, shared safely by several processes on one host, and maps
 /// SQLite failures to `SyncError.storeUnavailable` with the file's path.
@@ -9,10 +10,27 @@ struct SQLiteDatabase: Sendable {
     let path: String
     private let group: GroupCommit
 
+    /// Waits for another connection's write lock, about 10 s in all. SQLite's own handler sleeps
+    /// 1, 2, 5, 10 … up to 100 ms between tries: an instance of a group that found the file
+    /// locked by another's batch slept through the hand-over and the batches after it, so a
+    /// second instance per group added little. Short, even sleeps let the instances take turns.
+    static let waitForLock: Database.BusyCallback = { tries in
+        if tries == 0 { Self.lockWaits.add(1, ordering: .relaxed) }
+        switch tries {
+        case ..<50: usleep(100)
+        case ..<20_050: usleep(500)
+        default: return false
+        }
+        return true
+    }
+
+    /// How many times a connection of this process found the write lock taken (for tests).
+    static let lockWaits = Atomic<Int>(0)
+
     init(path: String, migrations: (inout DatabaseMigrator) -> Void) throws {
         var configuration = Configuration()
         // Several instances write the same file: wait for the lock rather than fail at once.
-        configuration.busyMode = .timeout(10)
+        configuration.busyMode = .callback(Self.waitForLock)
         configuration.prepareDatabase { db in
             // FULL in WAL mode fsyncs the log at every commit: a change acked to the broker,
             // published or replied to a caller survives a power loss. NORMAL could lose the last

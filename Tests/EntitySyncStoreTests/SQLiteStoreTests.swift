@@ -1,7 +1,9 @@
 import EntitySyncCore
+import Foundation
 import EntitySyncProto
 @testable import EntitySyncSQLite
 import EntitySyncTestSupport
+import Synchronization
 import Testing
 
 /// What only the SQLite backend has: a file on this host.
@@ -27,6 +29,45 @@ import Testing
         let source = try SQLiteSourceStore(path: Fixtures.temporaryDatabasePath("durable-source"), producer: "p")
         let sourceSettings = try await source.database.synchronousSettings()
         #expect(sourceSettings.writer == 2 && sourceSettings.reader == 2)
+    }
+
+    /// Two instances of a group write one file: one that finds the write lock taken waits for it
+    /// (in short sleeps, not SQLite's growing ones) and then writes, rather than failing.
+    @Test func aSecondInstanceWaitsForTheWriteLockAndThenWrites() async throws {
+        let path = Fixtures.temporaryDatabasePath("two-writers")
+        let first = try SQLiteReplicaStore(path: path)
+        let second = try SQLiteReplicaStore(path: path)
+        let waitsBefore = SQLiteDatabase.lockWaits.load(ordering: .relaxed)
+        let (locked, lockedContinuation) = AsyncStream<Void>.makeStream()
+        let release = Release()
+        let holder = Task {
+            try await first.database.write { db in
+                // A write (even of no rows) takes the file's write lock until the commit.
+                try db.execute(sql: "UPDATE entities SET version = version")
+                lockedContinuation.yield()
+                release.wait()
+            }
+        }
+        for await _ in locked { break }
+        let writer = Task { try await second.apply(batch: [try validated(Fixtures.userChange("u2", version: 1)),
+                                                           try validated(Fixtures.userChange("u3", version: 1))]) }
+        // The second writer must have met the lock before it is released.
+        let deadline = ContinuousClock.now + .seconds(5)
+        while SQLiteDatabase.lockWaits.load(ordering: .relaxed) == waitsBefore, ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(1))
+        }
+        #expect(SQLiteDatabase.lockWaits.load(ordering: .relaxed) > waitsBefore, "the second writer never waited for the lock")
+        release.open()
+        try await holder.value
+        #expect(try await writer.value == [.apply, .apply])
+        for id in ["u2", "u3"] { #expect(try await first.user(id: id)?.id == id) }
+    }
+
+    /// Holds a write transaction open on the writer's thread until opened.
+    private final class Release: Sendable {
+        private let semaphore = DispatchSemaphore(value: 0)
+        func wait() { self.semaphore.wait() }
+        func open() { self.semaphore.signal() }
     }
 
     /// The point read the gRPC server makes on its event loop answers what the async read does,
