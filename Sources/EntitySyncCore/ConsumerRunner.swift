@@ -5,9 +5,10 @@ import Metrics
 
 /// Consumes one consumer group's queues and applies every change to the group's store.
 ///
-/// Deliveries are taken in batches of what has arrived (up to the prefetch): each is decoded and
-/// validated, the valid ones are applied in one store transaction (newer versions only, in
-/// delivery order), and acked after the commit with one `ack(multiple:)`. If the batch fails,
+/// Deliveries are taken in batches of what has arrived (up to the prefetch), handled in slices of
+/// at most 1 MiB of messages: each is decoded and validated, the valid ones are applied in one
+/// store transaction (newer versions only, in delivery order), and acked after the commit with
+/// one `ack(multiple:)`. If a slice fails,
 /// its changes are applied one by one, so that a failing change is retried alone. A poison message (undecodable, unknown type or content type, invalid
 /// fields) is copied to the queue's dead-letter queue with the reason in a header and acked at
 /// once. A transient failure (store busy, I/O error) is copied to the queue's retry queue with a
@@ -122,8 +123,8 @@ public final class ConsumerRunner: Sendable {
         self.logger.info("consumer stopped")
     }
 
-    /// Handles deliveries that arrived together: poison set aside one by one, the rest applied in
-    /// one transaction and acked together; one by one if that fails.
+    /// Handles deliveries that arrived together, 1 MiB of messages at a time: poison set aside one
+    /// by one, the rest applied in one transaction and acked together; one by one if that fails.
     func handle(_ batch: [Delivery], kind: EntityKind) async {
         guard batch.count > 1 else {
             if let delivery = batch.first { await self.handle(delivery, kind: kind) }

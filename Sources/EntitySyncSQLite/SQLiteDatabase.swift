@@ -10,27 +10,39 @@ struct SQLiteDatabase: Sendable {
     let path: String
     private let group: GroupCommit
 
-    /// Waits for another connection's write lock, about 10 s in all. SQLite's own handler sleeps
+    /// Waits for another connection's write lock, 10 s at most. SQLite's own handler sleeps
     /// 1, 2, 5, 10 … up to 100 ms between tries: an instance of a group that found the file
     /// locked by another's batch slept through the hand-over and the batches after it, so a
     /// second instance per group added little. Short, even sleeps let the instances take turns.
-    static let waitForLock: Database.BusyCallback = { tries in
-        if tries == 0 { Self.lockWaits.add(1, ordering: .relaxed) }
-        switch tries {
-        case ..<50: usleep(100)
-        case ..<20_050: usleep(500)
-        default: return false
+    /// Only the writer connection uses it (GRDB gives its readers SQLite's own handler).
+    final class LockWait: Sendable {
+        static let limit = Duration.seconds(10)
+        /// How many times the writer found the lock taken (for tests).
+        let waits = Atomic<Int>(0)
+        private let since = Mutex<ContinuousClock.Instant?>(nil)
+
+        /// GRDB's busy callback: `tries` counts the calls for one wait, from 0.
+        func shouldRetry(_ tries: Int) -> Bool {
+            let now = ContinuousClock.now
+            let since = self.since.withLock { since in
+                if tries == 0 || since == nil { since = now }
+                return since ?? now
+            }
+            if tries == 0 { self.waits.add(1, ordering: .relaxed) }
+            // Timed, not counted: a loaded machine oversleeps short sleeps many times over.
+            guard now - since < Self.limit else { return false }
+            usleep(tries < 50 ? 100 : 500)
+            return true
         }
-        return true
     }
 
-    /// How many times a connection of this process found the write lock taken (for tests).
-    static let lockWaits = Atomic<Int>(0)
+    let lockWait = LockWait()
 
     init(path: String, migrations: (inout DatabaseMigrator) -> Void) throws {
         var configuration = Configuration()
         // Several instances write the same file: wait for the lock rather than fail at once.
-        configuration.busyMode = .callback(Self.waitForLock)
+        let lockWait = self.lockWait
+        configuration.busyMode = .callback { tries in lockWait.shouldRetry(tries) }
         configuration.prepareDatabase { db in
             // FULL in WAL mode fsyncs the log at every commit: a change acked to the broker,
             // published or replied to a caller survives a power loss. NORMAL could lose the last

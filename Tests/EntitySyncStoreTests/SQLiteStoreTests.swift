@@ -37,10 +37,12 @@ import Testing
         let path = Fixtures.temporaryDatabasePath("two-writers")
         let first = try SQLiteReplicaStore(path: path)
         let second = try SQLiteReplicaStore(path: path)
-        let waitsBefore = SQLiteDatabase.lockWaits.load(ordering: .relaxed)
-        let (locked, lockedContinuation) = AsyncStream<Void>.makeStream()
         let release = Release()
+        // Whatever happens below, the first store's writer thread is let go.
+        defer { release.open() }
+        let (locked, lockedContinuation) = AsyncStream<Void>.makeStream()
         let holder = Task {
+            defer { lockedContinuation.finish() }
             try await first.database.write { db in
                 // A write (even of no rows) takes the file's write lock until the commit.
                 try db.execute(sql: "UPDATE entities SET version = version")
@@ -48,15 +50,21 @@ import Testing
                 release.wait()
             }
         }
-        for await _ in locked { break }
+        var tookLock = false
+        for await _ in locked { tookLock = true; break }
+        guard tookLock else {
+            try await holder.value
+            Issue.record("the first store never took the write lock")
+            return
+        }
         let writer = Task { try await second.apply(batch: [try validated(Fixtures.userChange("u2", version: 1)),
                                                            try validated(Fixtures.userChange("u3", version: 1))]) }
         // The second writer must have met the lock before it is released.
         let deadline = ContinuousClock.now + .seconds(5)
-        while SQLiteDatabase.lockWaits.load(ordering: .relaxed) == waitsBefore, ContinuousClock.now < deadline {
+        while second.database.lockWait.waits.load(ordering: .relaxed) == 0, ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(1))
         }
-        #expect(SQLiteDatabase.lockWaits.load(ordering: .relaxed) > waitsBefore, "the second writer never waited for the lock")
+        #expect(second.database.lockWait.waits.load(ordering: .relaxed) > 0, "the second writer never waited for the lock")
         release.open()
         try await holder.value
         #expect(try await writer.value == [.apply, .apply])
