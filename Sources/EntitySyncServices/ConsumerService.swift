@@ -72,24 +72,30 @@ public final class ConsumerService: Service {
         }
         let healthService = HealthService(status: self.health, services: [queryName, Entitysync_V1_SyncInfo.descriptor.fullyQualifiedService])
         let recorder = RPCCallRecorder(logger: self.logger)
-        var immediate = ImmediateRoutes()
-        immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
+        var routes = RPCRoutes()
+        routes.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
                                   recorder.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
                                       try healthService.checkSerialized(request)
                                   })
         if self.kind == .userRPC, let reads = store as? any ImmediateReplicaReads {
-            immediate.unarySerialized(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
+            routes.unarySerialized(Entitysync_V1_UserQuery.Method.GetUser.descriptor,
                             recorder.observed(Entitysync_V1_UserQuery.Method.GetUser.descriptor, UserQueryService.immediateGetUser(reads)))
         }
+        let syncInfo = SyncInfoService(group: self.group, topology: self.configuration.topology, store: store,
+                                       connection: connection, runner: runner)
+        // Answered by the server itself, without grpc-swift's router: callers wait on it after
+        // every mutation they make.
+        routes.unaryAsync(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor,
+                          recorder.observed(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor, token: nil,
+                                            syncInfo.waitForVersion))
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             query,
-            SyncInfoService(group: self.group, topology: self.configuration.topology, store: store, connection: connection,
-                            runner: runner),
+            syncInfo,
             healthService,
         ], interceptors: [
             RPCMetricsInterceptor(recorder: recorder),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: SyncInfoService.mutations),
-        ], immediate: immediate, logger: self.logger)
+        ], routes: routes, logger: self.logger)
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }

@@ -21,11 +21,19 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     ]
 
     func createUser(request: Entitysync_V1_CreateUserRequest, context: ServerContext) async throws -> User {
+        try await self.createUser(request)
+    }
+
+    func createUser(_ request: Entitysync_V1_CreateUserRequest) async throws -> User {
         guard request.hasUser else { throw RPCErrors.invalid("user is required") }
         return try await RPCErrors.mapping { try await self.store.createUser(Self.draft(request.user)) }
     }
 
     func updateUser(request: Entitysync_V1_UpdateUserRequest, context: ServerContext) async throws -> User {
+        try await self.updateUser(request)
+    }
+
+    func updateUser(_ request: Entitysync_V1_UpdateUserRequest) async throws -> User {
         guard request.hasUser else { throw RPCErrors.invalid("user is required") }
         return try await RPCErrors.mapping {
             try await self.store.updateUser(Self.draft(request.user), expectedVersion: Self.expected(request.expectedVersion))
@@ -33,6 +41,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func deleteUser(request: Entitysync_V1_DeleteRequest, context: ServerContext) async throws -> Entitysync_V1_DeleteResponse {
+        try await self.deleteUser(request)
+    }
+
+    func deleteUser(_ request: Entitysync_V1_DeleteRequest) async throws -> Entitysync_V1_DeleteResponse {
         try await RPCErrors.mapping {
             var response = Entitysync_V1_DeleteResponse()
             response.id = request.id
@@ -42,6 +54,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func getUser(request: Entitysync_V1_GetRequest, context: ServerContext) async throws -> User {
+        try await self.getUser(request)
+    }
+
+    func getUser(_ request: Entitysync_V1_GetRequest) async throws -> User {
         try await RPCErrors.mapping {
             try DraftValidation.validateID(request.id, field: "id")
             guard let user = try await self.store.user(id: request.id) else {
@@ -58,11 +74,19 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func createGroup(request: Entitysync_V1_CreateGroupRequest, context: ServerContext) async throws -> Group {
+        try await self.createGroup(request)
+    }
+
+    func createGroup(_ request: Entitysync_V1_CreateGroupRequest) async throws -> Group {
         guard request.hasGroup else { throw RPCErrors.invalid("group is required") }
         return try await RPCErrors.mapping { try await self.store.createGroup(Self.draft(request.group)) }
     }
 
     func updateGroup(request: Entitysync_V1_UpdateGroupRequest, context: ServerContext) async throws -> Group {
+        try await self.updateGroup(request)
+    }
+
+    func updateGroup(_ request: Entitysync_V1_UpdateGroupRequest) async throws -> Group {
         guard request.hasGroup else { throw RPCErrors.invalid("group is required") }
         return try await RPCErrors.mapping {
             try await self.store.updateGroup(Self.draft(request.group), expectedVersion: Self.expected(request.expectedVersion))
@@ -70,6 +94,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func deleteGroup(request: Entitysync_V1_DeleteRequest, context: ServerContext) async throws -> Entitysync_V1_DeleteResponse {
+        try await self.deleteGroup(request)
+    }
+
+    func deleteGroup(_ request: Entitysync_V1_DeleteRequest) async throws -> Entitysync_V1_DeleteResponse {
         try await RPCErrors.mapping {
             var response = Entitysync_V1_DeleteResponse()
             response.id = request.id
@@ -79,6 +107,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func getGroup(request: Entitysync_V1_GetRequest, context: ServerContext) async throws -> Group {
+        try await self.getGroup(request)
+    }
+
+    func getGroup(_ request: Entitysync_V1_GetRequest) async throws -> Group {
         try await RPCErrors.mapping {
             try DraftValidation.validateID(request.id, field: "id")
             guard let group = try await self.store.group(id: request.id) else {
@@ -95,6 +127,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func addGroupMembers(request: Entitysync_V1_GroupMembersRequest, context: ServerContext) async throws -> Group {
+        try await self.addGroupMembers(request)
+    }
+
+    func addGroupMembers(_ request: Entitysync_V1_GroupMembersRequest) async throws -> Group {
         try await RPCErrors.mapping {
             try await self.store.addGroupMembers(groupID: request.groupID, userIDs: request.userIds,
                                                  expectedVersion: Self.expected(request.expectedVersion))
@@ -102,6 +138,10 @@ struct EntityAdminService: Entitysync_V1_EntityAdmin.SimpleServiceProtocol {
     }
 
     func removeGroupMembers(request: Entitysync_V1_GroupMembersRequest, context: ServerContext) async throws -> Group {
+        try await self.removeGroupMembers(request)
+    }
+
+    func removeGroupMembers(_ request: Entitysync_V1_GroupMembersRequest) async throws -> Group {
         try await RPCErrors.mapping {
             try await self.store.removeGroupMembers(groupID: request.groupID, userIDs: request.userIds,
                                                     expectedVersion: Self.expected(request.expectedVersion))

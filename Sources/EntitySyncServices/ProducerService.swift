@@ -40,18 +40,20 @@ public final class ProducerService: Service {
         let names: Set<String> = [Entitysync_V1_EntityAdmin.descriptor.fullyQualifiedService]
         let healthService = HealthService(status: self.health, services: names)
         let recorder = RPCCallRecorder(logger: self.logger)
-        var immediate = ImmediateRoutes()
-        immediate.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
+        var routes = RPCRoutes()
+        routes.unarySerialized(Grpc_Health_V1_Health.Method.Check.descriptor,
                                   recorder.observed(Grpc_Health_V1_Health.Method.Check.descriptor) { request, _ in
                                       try healthService.checkSerialized(request)
                                   })
+        let admin = EntityAdminService(store: store)
+        admin.register(in: &routes, recorder: recorder, token: self.configuration.token)
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
-            EntityAdminService(store: store),
+            admin,
             healthService,
         ], interceptors: [
             RPCMetricsInterceptor(recorder: recorder),
             BearerTokenInterceptor(token: self.configuration.token, protectedMethods: EntityAdminService.mutations),
-        ], immediate: immediate, logger: self.logger)
+        ], routes: routes, logger: self.logger)
         self.address.set(transport)
         let shutdown = ShutdownActions()
         shutdown.add { [health] in health.set(serving: false) }

@@ -56,11 +56,39 @@ final class RPCCallRecorder: Sendable {
         }
     }
 
+    /// Wraps a handler the server runs as a task for `method` so that its calls are recorded and,
+    /// when `token` is set, refused without it (as `BearerTokenInterceptor` does for the
+    /// grpc-swift services).
+    func observed<Request: Sendable, Response: Sendable>(
+        _ method: MethodDescriptor, token: BearerToken?, _ handler: @escaping @Sendable (Request) async throws -> Response
+    ) -> @Sendable (Request, RPCCallInfo) async throws -> Response {
+        let name = Self.name(method)
+        let timer = self.timer(name)
+        let answered = self.counter(name, code: "ok")
+        let logsEveryCall = self.logger.logLevel <= .debug
+        let timed = !(MetricsSystem.factory is NOOPMetricsHandler)
+        return { request, call in
+            let start = timed ? ContinuousClock.now : nil
+            do {
+                try token?.check(call.metadata("authorization"))
+                let response = try await handler(request)
+                if let start { timer.recordNanoseconds(Self.nanoseconds(since: start)) }
+                answered.increment()
+                if logsEveryCall { self.logger.debug("call answered", metadata: ["rpc.method": "\(name)"]) }
+                return response
+            } catch {
+                self.record(method: name, since: start ?? .now, failure: Self.failure(error))
+                throw error
+            }
+        }
+    }
+
     static func name(_ method: MethodDescriptor) -> String {
         "\(method.service.fullyQualifiedService)/\(method.method)"
     }
 
     static func failure(_ error: any Error) -> (code: String, message: String) {
+        if error is CancellationError { return ("cancelled", "the call was cancelled") }
         guard let error = error as? RPCError else { return ("unknown", "\(error)") }
         return ("\(error.code)", error.message)
     }

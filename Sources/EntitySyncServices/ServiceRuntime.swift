@@ -10,7 +10,7 @@ import Synchronization
 /// that waits out a broker that is not up yet but fails fast on configuration errors.
 enum ServiceRuntime {
     static func makeServer(_ configuration: ServiceConfiguration, services: [any RegistrableRPCService],
-                           interceptors: [any ServerInterceptor], immediate: ImmediateRoutes = ImmediateRoutes(),
+                           interceptors: [any ServerInterceptor], routes: RPCRoutes = RPCRoutes(),
                            logger: Logger) throws -> (GRPCServer<HTTP2RPCTransport>, HTTP2RPCTransport) {
         var server = RPCServerConfiguration(host: configuration.listen.host, port: configuration.listen.port)
         // Unlimited would let one client connection open any number of calls at once.
@@ -18,7 +18,7 @@ enum ServiceRuntime {
         server.maxRequestBytes = configuration.maxRequestBytes
         server.loopThreads = configuration.rpcThreads
         server.tls = try configuration.tls?.serverConfiguration()
-        let transport = HTTP2RPCTransport(configuration: server, immediate: immediate, logger: logger)
+        let transport = HTTP2RPCTransport(configuration: server, routes: routes, logger: logger)
         return (GRPCServer(transport: transport, services: services, interceptors: interceptors), transport)
     }
 

@@ -77,6 +77,10 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     }
 
     func waitForVersion(request: Entitysync_V1_WaitForVersionRequest, context: ServerContext) async throws -> Entitysync_V1_WaitForVersionResponse {
+        try await self.waitForVersion(request)
+    }
+
+    func waitForVersion(_ request: Entitysync_V1_WaitForVersionRequest) async throws -> Entitysync_V1_WaitForVersionResponse {
         guard let kind = EntityKind(request.entityType) else {
             throw RPCErrors.invalid("entity_type must be ENTITY_TYPE_USER or ENTITY_TYPE_GROUP")
         }

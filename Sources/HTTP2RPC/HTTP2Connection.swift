@@ -21,8 +21,10 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     struct Shared: Sendable {
         let configuration: RPCServerConfiguration
-        let immediate: ImmediateRoutes
+        let routes: RPCRoutes
         let methods: [String: MethodDescriptor]
+        /// The calls running as tasks, which the server waits for when it stops.
+        let running: RunningCalls
         let logger: Logger
         /// Hands a stream to the grpc-swift services; false once the server no longer takes calls.
         let deliver: @Sendable (IncomingRPC) -> Bool
@@ -362,9 +364,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
         // metadata; calls answered on the loop keep none of it, and no String is made for it.
         if name.first == UInt8(ascii: ":") {
             if Self.equals(name, ":path") {
-                if let route = self.shared.immediate.route(for: value) {
+                if let route = self.shared.routes.route(for: value) {
                     state.path = route.path
-                    state.immediate = route.handler
+                    state.route = route.handler
                 } else {
                     state.path = String(decoding: value, as: UTF8.self)
                 }
@@ -382,7 +384,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         } else if Self.equals(name, "grpc-timeout") {
             state.timeout = String(decoding: value, as: UTF8.self)
         }
-        if state.immediate == nil {
+        if !state.isImmediate {
             state.headers.append((String(decoding: name, as: UTF8.self), String(decoding: value, as: UTF8.self)))
         }
         return 0
@@ -413,9 +415,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     private func onData(_ state: RPCStreamState, _ data: UnsafeRawBufferPointer) -> Int32 {
         switch state.kind {
-        case .rejected, .pending:
+        case .rejected, .pending, .running:
             return 0
-        case .immediate:
+        case .immediate, .task:
             if state.unreadBody + data.count > self.shared.configuration.maxRequestBytes + GRPCWire.prefixLength {
                 self.reject(state, tooLarge: state.unreadBody + data.count - GRPCWire.prefixLength)
                 return 0
@@ -507,11 +509,16 @@ final class HTTP2Connection: ChannelDuplexHandler {
                                extra: [("grpc-accept-encoding", "identity")])
             return
         }
-        if let handler = state.immediate {
+        switch state.route {
+        case .immediate(let handler)?:
             state.kind = .immediate(handler)
-            return
+        case .task(let handler)?:
+            state.kind = .task(handler)
+            // The deadline runs from the headers: a slow request body counts against it.
+            self.startDeadline(state)
+        case nil:
+            self.startBridged(state)
         }
-        self.startBridged(state)
     }
 
     private func requestEnded(_ state: RPCStreamState) {
@@ -520,6 +527,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
         switch state.kind {
         case .immediate(let handler):
             self.answerImmediately(state, handler)
+        case .task(let handler):
+            self.startTask(state, handler)
         case .bridged:
             if state.unreadBody > 0 {
                 self.failBridged(state, code: .internalError,
@@ -527,12 +536,83 @@ final class HTTP2Connection: ChannelDuplexHandler {
                 return
             }
             state.inbound?.finish()
-        case .pending, .rejected:
+        case .pending, .rejected, .running:
             break
         }
     }
 
-    private func answerImmediately(_ state: RPCStreamState, _ handler: ImmediateRoutes.Handler) {
+    private func answerImmediately(_ state: RPCStreamState, _ handler: RPCRoutes.ImmediateHandler) {
+        let call = ImmediateCall(path: state.path, scope: self.readScope)
+        switch self.withUnaryRequest(state, { handler($0, call) }) {
+        case .success(let message):
+            state.setUnaryReply(message)
+            state.trailers = .ok
+            state.finished = true
+            self.submitResponse(state)
+        case .failure(let error):
+            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
+        }
+    }
+
+    /// Decodes the call's request on the loop and runs its job as a task, whose outcome comes
+    /// back to `taskFinished`.
+    private func startTask(_ state: RPCStreamState, _ handler: RPCRoutes.TaskHandler) {
+        guard !state.finished else { return }
+        let call = RPCCallInfo(path: state.path, metadata: state.headers)
+        state.headers = []
+        let job: RPCRoutes.Job
+        switch self.withUnaryRequest(state, { handler($0, call) }) {
+        case .success(let decoded):
+            job = decoded
+        case .failure(let error):
+            self.failTask(state, code: Status.Code(error.code), message: error.message)
+            return
+        }
+        guard let context = self.context, self.shared.running.enter() else {
+            self.failTask(state, code: .unavailable, message: "the server is shutting down: call another instance or retry")
+            return
+        }
+        state.kind = .running
+        let connection = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        let id = state.id
+        let running = self.shared.running
+        state.task = Task {
+            let outcome = await job()
+            // Handed to the loop before the call stops counting: the server's loops outlive
+            // the counted calls.
+            loop.execute { connection.value.taskFinished(id, outcome) }
+            running.leave()
+        }
+    }
+
+    /// A call's task has ended; its reply or status goes out unless the call ended first.
+    private func taskFinished(_ streamID: Int32, _ outcome: Result<[UInt8], RPCError>) {
+        guard let state = self.stream(streamID), case .running = state.kind, !state.finished else { return }
+        state.task = nil
+        state.deadline?.cancel()
+        state.deadline = nil
+        switch outcome {
+        case .success(let message):
+            state.setUnaryReply(message)
+            state.trailers = .ok
+            state.finished = true
+            self.submitResponse(state)
+        case .failure(let error):
+            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
+        }
+    }
+
+    private func failTask(_ state: RPCStreamState, code: Status.Code, message: String) {
+        self.respondStatus(state, code: code, message: message)
+        state.kind = .rejected
+        self.cancelHandler(state)
+    }
+
+    /// Calls `body` with the one request message of a unary call whose request has ended, and
+    /// frees the request's bytes; a missing, compressed or extra message is the call's error.
+    private func withUnaryRequest<Value>(_ state: RPCStreamState,
+                                         _ body: (UnsafeRawBufferPointer) -> Result<Value, RPCError>) -> Result<Value, RPCError> {
         defer {
             state.body = []
             state.bodyOffset = 0
@@ -540,12 +620,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
         }
         let available = state.unreadBody
         guard available >= GRPCWire.prefixLength else {
-            self.respondStatus(state, code: available == 0 ? .unimplemented : .internalError,
-                               message: available == 0 ? "the call sent no request message: a unary call sends exactly one"
-                                                       : "the request ended inside a message prefix")
-            return
+            return .failure(RPCError(code: available == 0 ? .unimplemented : .internalError,
+                                     message: available == 0 ? "the call sent no request message: a unary call sends exactly one"
+                                                             : "the request ended inside a message prefix"))
         }
-        let result: Result<[UInt8], RPCError>? = state.body.withUnsafeBytes { all in
+        return state.body.withUnsafeBytes { all in
             let bytes = UnsafeRawBufferPointer(rebasing: all[state.bodyOffset...])
             let length = Int(bytes[1]) << 24 | Int(bytes[2]) << 16 | Int(bytes[3]) << 8 | Int(bytes[4])
             guard bytes[0] == 0 else {
@@ -557,19 +636,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                                              ? "a unary call sends exactly one request message; this one sent more"
                                              : "the request ended inside a message"))
             }
-            let call = ImmediateCall(path: state.path, scope: self.readScope)
-            return handler(UnsafeRawBufferPointer(rebasing: bytes[GRPCWire.prefixLength...]), call)
-        }
-        switch result {
-        case .success(let message)?:
-            state.setUnaryReply(message)
-            state.trailers = .ok
-            state.finished = true
-            self.submitResponse(state)
-        case .failure(let error)?:
-            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
-        case nil:
-            break
+            return body(UnsafeRawBufferPointer(rebasing: bytes[GRPCWire.prefixLength...]))
         }
     }
 
@@ -581,9 +648,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     /// Ends a call the server will not take further: a handed-over one is also cancelled.
     private func refuse(_ state: RPCStreamState, code: Status.Code, message: String) {
-        if case .bridged = state.kind {
+        switch state.kind {
+        case .bridged:
             self.failBridged(state, code: code, message: message)
-        } else {
+        case .task, .running:
+            self.failTask(state, code: code, message: message)
+        default:
             self.respondStatus(state, code: code, message: message)
         }
     }
@@ -625,6 +695,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.finished = true
         if case .pending = state.kind { state.kind = .rejected }
         if case .immediate = state.kind { state.kind = .rejected }
+        if case .task = state.kind { state.kind = .rejected }
         var trailers: [(name: String, value: String)] = [("grpc-status", "\(code.rawValue)")]
         if !message.isEmpty { trailers.append(("grpc-message", GRPCWire.percentEncoded(message))) }
         trailers += extra
@@ -693,22 +764,27 @@ final class HTTP2Connection: ChannelDuplexHandler {
             self.respondStatus(state, code: .unavailable, message: "the server is shutting down: call another instance or retry")
             return
         }
-        if let timeout = state.timeout {
-            guard let duration = GRPCWire.timeout(timeout) else {
-                self.failBridged(state, code: .invalidArgument, message: "grpc-timeout '\(timeout)' is malformed: send 1 to 8 digits and a unit (H M S m u n)")
-                return
-            }
-            let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
-            let id = state.id
-            state.deadline = context.eventLoop.scheduleTask(in: TimeAmount(duration)) {
-                loopBound.value.deadlineExpired(id)
-            }
+        self.startDeadline(state)
+    }
+
+    /// Ends the call with DEADLINE_EXCEEDED, cancelling its handler, once its `grpc-timeout` has
+    /// passed (a malformed one ends it now).
+    private func startDeadline(_ state: RPCStreamState) {
+        guard let timeout = state.timeout, let context = self.context else { return }
+        guard let duration = GRPCWire.timeout(timeout) else {
+            self.refuse(state, code: .invalidArgument, message: "grpc-timeout '\(timeout)' is malformed: send 1 to 8 digits and a unit (H M S m u n)")
+            return
+        }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let id = state.id
+        state.deadline = context.eventLoop.scheduleTask(in: TimeAmount(duration)) {
+            loopBound.value.deadlineExpired(id)
         }
     }
 
     private func deadlineExpired(_ streamID: Int32) {
-        guard let state = self.stream(streamID) else { return }
-        self.failBridged(state, code: .deadlineExceeded, message: "the call's deadline (grpc-timeout \(state.timeout ?? "")) passed before it finished")
+        guard let state = self.stream(streamID), !state.finished else { return }
+        self.refuse(state, code: .deadlineExceeded, message: "the call's deadline (grpc-timeout \(state.timeout ?? "")) passed before it finished")
     }
 
     /// Passes each complete request message to the handler.
@@ -750,6 +826,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.cancelled = true
         state.deadline?.cancel()
         state.deadline = nil
+        state.task?.cancel()
+        state.task = nil
         state.cancellation?.cancel()
         let writers = state.waitingWriters
         state.waitingWriters.removeAll()

@@ -6,9 +6,10 @@ import NIOSSL
 import Synchronization
 
 /// A gRPC server transport on libnghttp2: each connection is one nghttp2 session on one event
-/// loop. Methods in `immediate` are answered on that loop; every other call is handed to the
-/// grpc-swift services (`GRPCServer(transport:services:interceptors:)`) with its handler
-/// running as a task and its replies coming back to the connection's loop.
+/// loop. Methods in `routes` are answered by the server itself (on that loop, or by a task per
+/// call); every other call is handed to the grpc-swift services
+/// (`GRPCServer(transport:services:interceptors:)`) with its handler running as a task and its
+/// replies coming back to the connection's loop.
 public final class HTTP2RPCTransport: ServerTransport {
     public typealias Bytes = [UInt8]
 
@@ -25,13 +26,14 @@ public final class HTTP2RPCTransport: ServerTransport {
     }
 
     private let configuration: RPCServerConfiguration
-    private let immediate: ImmediateRoutes
+    private let routes: RPCRoutes
     private let logger: Logger
     private let state = Mutex(State())
+    private let running = RunningCalls()
 
-    public init(configuration: RPCServerConfiguration, immediate: ImmediateRoutes = ImmediateRoutes(), logger: Logger) {
+    public init(configuration: RPCServerConfiguration, routes: RPCRoutes = RPCRoutes(), logger: Logger) {
         self.configuration = configuration
-        self.immediate = immediate
+        self.routes = routes
         self.logger = logger
     }
 
@@ -87,6 +89,8 @@ public final class HTTP2RPCTransport: ServerTransport {
                     group.addTask { await Self.run(call, streamHandler) }
                 }
             }
+            // Every connection has closed or is closing, which cancels the calls it had running.
+            await self.running.closeAndDrain()
         } onCancel: {
             self.forceClose()
         }
@@ -131,8 +135,8 @@ public final class HTTP2RPCTransport: ServerTransport {
             return try NIOSSLContext(configuration: configuration)
         }
         let methods = self.state.withLock { $0.methods }
-        let shared = HTTP2Connection.Shared(configuration: self.configuration, immediate: self.immediate, methods: methods,
-                                            logger: self.logger) { call in
+        let shared = HTTP2Connection.Shared(configuration: self.configuration, routes: self.routes, methods: methods,
+                                            running: self.running, logger: self.logger) { call in
             if case .enqueued = incoming.yield(call) { return true }
             return false
         }

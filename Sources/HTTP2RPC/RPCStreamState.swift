@@ -8,7 +8,11 @@ final class RPCStreamState {
         /// Headers not complete yet.
         case pending
         /// Answered on the loop once the request has arrived.
-        case immediate(ImmediateRoutes.Handler)
+        case immediate(RPCRoutes.ImmediateHandler)
+        /// Answered by a task started once the request has arrived.
+        case task(RPCRoutes.TaskHandler)
+        /// Its task is running; the reply comes back to the loop.
+        case running
         /// Handed to the grpc-swift services; parts flow through `inbound`.
         case bridged
         /// Already answered with an error; whatever else the client sends is dropped.
@@ -25,8 +29,13 @@ final class RPCStreamState {
     let id: Int32
     var kind = Kind.pending
     var path = ""
-    /// The handler answering on the loop, known as soon as `:path` is.
-    var immediate: ImmediateRoutes.Handler?
+    /// The server's own handler for the method, known as soon as `:path` is.
+    var route: RPCRoutes.Handler?
+    /// Answered on the loop: its metadata is not kept.
+    var isImmediate: Bool {
+        if case .immediate? = self.route { return true }
+        return false
+    }
     var isPost = false
     /// The method, kept only when it is not POST (for the error message).
     var method = ""
@@ -60,11 +69,15 @@ final class RPCStreamState {
     /// The data provider returned DEFERRED and waits for `nghttp2_session_resume_data`.
     var deferred = false
 
+    /// The task answering a call of a task route.
+    var task: Task<Void, Never>?
+
     // Bridged streams only.
     var inbound: AsyncThrowingStream<RPCRequestPart<[UInt8]>, any Error>.Continuation?
     var cancellation: ServerContext.RPCCancellationHandle?
     var cancelled = false
     var waitingWriters: [CheckedContinuation<Void, any Error>] = []
+    /// The call's `grpc-timeout`, for bridged and task calls.
     var deadline: Scheduled<Void>?
 
     // Links of the connection's list of open streams.

@@ -12,7 +12,8 @@ import Testing
 /// The libnghttp2 server's connection management on its own, with a service of the test's:
 /// graceful shutdown lets a call in flight finish, an idle connection gets GOAWAY, a peer that
 /// stops answering PINGs is dropped, and floods of PINGs, SETTINGS and resets lose their
-/// connection while the server keeps serving.
+/// connection while the server keeps serving; a method answered by a task of the server's own
+/// sees its metadata, is waited for at shutdown and cancelled with its call.
 struct HTTP2RPCServerTests {
     private static let python = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("python")
@@ -58,11 +59,75 @@ struct HTTP2RPCServerTests {
         }
     }
 
-    private static func serve(_ configure: (inout RPCServerConfiguration) -> Void = { _ in },
+    /// Check answered by a task route of the server's own, which waits until the test opens it
+    /// or the call is cancelled; it records the metadata it saw and the cancellations.
+    final class GatedRoute: Sendable {
+        private struct State {
+            var opened = false
+            var entered = 0
+            var cancelled = 0
+            var authorization: [String] = []
+            var waiting: [Int: CheckedContinuation<Void, Never>] = [:]
+            var nextWaiter = 0
+        }
+        private let state = Mutex(State())
+
+        var entered: Int { self.state.withLock { $0.entered } }
+        var cancelled: Int { self.state.withLock { $0.cancelled } }
+        var authorization: [String] { self.state.withLock { $0.authorization } }
+
+        var routes: RPCRoutes {
+            var routes = RPCRoutes()
+            routes.unaryAsync(Grpc_Health_V1_Health.Method.Check.descriptor) { (request: Grpc_Health_V1_HealthCheckRequest, call) in
+                try await self.check(request, call)
+            }
+            return routes
+        }
+
+        private func check(_ request: Grpc_Health_V1_HealthCheckRequest, _ call: RPCCallInfo) async throws -> Grpc_Health_V1_HealthCheckResponse {
+            let waiter = self.state.withLock { state -> Int in
+                state.entered += 1
+                if let authorization = call.metadata("authorization") { state.authorization.append(authorization) }
+                state.nextWaiter += 1
+                return state.nextWaiter
+            }
+            await withTaskCancellationHandler {
+                await withCheckedContinuation { continuation in
+                    let resumeNow = self.state.withLock { state -> Bool in
+                        if state.opened || Task.isCancelled { return true }
+                        state.waiting[waiter] = continuation
+                        return false
+                    }
+                    if resumeNow { continuation.resume() }
+                }
+            } onCancel: {
+                self.state.withLock { $0.waiting.removeValue(forKey: waiter) }?.resume()
+            }
+            if Task.isCancelled {
+                self.state.withLock { $0.cancelled += 1 }
+                throw CancellationError()
+            }
+            var response = Grpc_Health_V1_HealthCheckResponse()
+            response.status = .serving
+            response.unknownFields = request.unknownFields
+            return response
+        }
+
+        func open() {
+            let waiting = self.state.withLock { state in
+                state.opened = true
+                defer { state.waiting = [:] }
+                return Array(state.waiting.values)
+            }
+            for continuation in waiting { continuation.resume() }
+        }
+    }
+
+    private static func serve(_ configure: (inout RPCServerConfiguration) -> Void = { _ in }, routes: RPCRoutes = RPCRoutes(),
                               services: [any RegistrableRPCService]) async throws -> (GRPCServer<HTTP2RPCTransport>, HTTP2RPCTransport, Task<Void, any Error>, Int) {
         var configuration = RPCServerConfiguration(host: "127.0.0.1", port: 0)
         configure(&configuration)
-        let transport = HTTP2RPCTransport(configuration: configuration, logger: Logger(label: "test"))
+        let transport = HTTP2RPCTransport(configuration: configuration, routes: routes, logger: Logger(label: "test"))
         let server = GRPCServer(transport: transport, services: services)
         let serving = Task { try await server.serve() }
         return (server, transport, serving, try await transport.listeningPort())
@@ -82,6 +147,52 @@ struct HTTP2RPCServerTests {
             return try await call.value
         }
         #expect(reply.status == .serving)
+        try await serving.value
+    }
+
+    @Test func aTaskRouteSeesItsMetadataAndGracefulShutdownWaitsForIt() async throws {
+        let route = GatedRoute()
+        let (server, _, serving, port) = try await Self.serve(routes: route.routes, services: [GatedHealth()])
+        let reply = try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                                       transportSecurity: .plaintext)) { client in
+            let call = Task {
+                try await Grpc_Health_V1_Health.Client(wrapping: client).check(Grpc_Health_V1_HealthCheckRequest(),
+                                                                               metadata: ["authorization": "Bearer t0ken"])
+            }
+            try await eventually("the call reached its task") { route.entered == 1 }
+            server.beginGracefulShutdown()
+            try await eventually("the listener closed") { !Self.accepts(port) }
+            route.open()
+            return try await call.value
+        }
+        #expect(reply.status == .serving)
+        #expect(route.authorization == ["Bearer t0ken"])
+        #expect(route.cancelled == 0)
+        try await serving.value
+    }
+
+    @Test func aCancelledOrLateTaskCallCancelsItsTask() async throws {
+        let route = GatedRoute()
+        let (server, _, serving, port) = try await Self.serve(routes: route.routes, services: [GatedHealth()])
+        try await withGRPCClient(transport: .http2NIOPosix(target: .ipv4(address: "127.0.0.1", port: port),
+                                                           transportSecurity: .plaintext)) { client in
+            let health = Grpc_Health_V1_Health.Client(wrapping: client)
+            // The client gives up (RST_STREAM): the server cancels the call's task.
+            let call = Task { try await health.check(Grpc_Health_V1_HealthCheckRequest()) }
+            try await eventually("the call reached its task") { route.entered == 1 }
+            call.cancel()
+            _ = await call.result
+            try await eventually("the task was cancelled") { route.cancelled == 1 }
+            // A deadline the server keeps: DEADLINE_EXCEEDED, and the task is cancelled.
+            var options = CallOptions.defaults
+            options.timeout = .milliseconds(300)
+            await #expect(throws: RPCError.self) { try await health.check(Grpc_Health_V1_HealthCheckRequest(), options: options) }
+            try await eventually("the late call's task was cancelled") { route.cancelled == 2 }
+            // The connection serves on.
+            route.open()
+            #expect(try await health.check(Grpc_Health_V1_HealthCheckRequest()).status == .serving)
+        }
+        server.beginGracefulShutdown()
         try await serving.value
     }
 
