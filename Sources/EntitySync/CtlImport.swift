@@ -6,7 +6,7 @@ import EntitySyncProto
 import EntitySyncServices
 import Foundation
 import GRPCCore
-import GRPCNIOTransportHTTP2
+import HTTP2RPC
 
 struct Import: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -55,9 +55,10 @@ struct Import: AsyncParsableCommand {
         let producer = try self.options.producerAddress
         let metadata = self.options.metadata
         var counts = (created: 0, updated: 0)
-        try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port),
-                                                           transportSecurity: try self.options.tls.transportSecurity)) { client in
-            let admin = Entitysync_V1_EntityAdmin.Client(wrapping: client)
+        let client = try RPCClient(host: producer.host, port: producer.port,
+                                   tls: try self.options.tls.map { try $0.clientConfiguration() })
+        do {
+            let admin = NativeAdminCalls(client: client)
             for batch in [users, groups] {
                 try await withThrowingTaskGroup(of: Outcome.self) { group in
                     var next = batch.makeIterator()
@@ -82,7 +83,11 @@ struct Import: AsyncParsableCommand {
                     }
                 }
             }
+        } catch {
+            await client.close()
+            throw error
         }
+        await client.close()
         progress.finish()
         rejected.sort { $0.line < $1.line }
         self.report(rows: rows.count, created: counts.created, updated: counts.updated, rejected: rejected,
@@ -139,7 +144,7 @@ struct Import: AsyncParsableCommand {
     }
 
     /// Creates the entity, or updates it if it exists; retries a few times while the producer is unavailable.
-    static func load(_ record: ImportRecord, line: Int, admin: Upsert.Admin,
+    static func load(_ record: ImportRecord, line: Int, admin: any AdminCalls,
                      metadata: Metadata) async -> Outcome {
         var attempt = 0
         while true {
@@ -163,7 +168,7 @@ struct Import: AsyncParsableCommand {
         }
     }
 
-    private static func upsert(_ record: ImportRecord, admin: Upsert.Admin, metadata: Metadata) async throws -> Outcome {
+    private static func upsert(_ record: ImportRecord, admin: any AdminCalls, metadata: Metadata) async throws -> Outcome {
         let created = switch record {
         case .user(let user): try await Upsert.user(user, admin: admin, metadata: metadata).created
         case .group(let group): try await Upsert.group(group, admin: admin, metadata: metadata).created

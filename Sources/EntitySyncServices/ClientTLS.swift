@@ -1,4 +1,6 @@
+import EntitySyncCore
 import GRPCNIOTransportHTTP2
+import NIOSSL
 
 /// How our own gRPC clients (ctl, a consumer's snapshot call to the producer) reach a service
 /// that serves TLS: the CA that signed its certificate, and a client certificate where the
@@ -26,6 +28,30 @@ public struct ClientTLS: Sendable, Equatable {
                 config.privateKey = .file(path: keyPath, format: .pem)
             }
         }
+    }
+
+    /// The same, for our libnghttp2 client (`RPCClient`); the files are read now, so a wrong
+    /// path fails with what to pass instead.
+    public func clientConfiguration() throws -> TLSConfiguration {
+        var configuration = TLSConfiguration.makeClientConfiguration()
+        configuration.minimumTLSVersion = .tlsv12
+        if let caPath = self.caPath {
+            do {
+                configuration.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(caPath))
+            } catch {
+                throw SyncError(.configuration, "could not read the CA '\(caPath)' (\(error)): pass a PEM CA certificate with --tls-ca")
+            }
+        }
+        if let certificatePath = self.certificatePath, let keyPath = self.keyPath {
+            do {
+                configuration.certificateChain = try NIOSSLCertificate.fromPEMFile(certificatePath).map { .certificate($0) }
+                configuration.privateKey = .privateKey(try NIOSSLPrivateKey(file: keyPath, format: .pem))
+            } catch {
+                throw SyncError(.configuration, "could not read the client certificate '\(certificatePath)' or its key "
+                                + "'\(keyPath)' (\(error)): pass PEM files with --tls-cert and --tls-key")
+            }
+        }
+        return configuration
     }
 }
 

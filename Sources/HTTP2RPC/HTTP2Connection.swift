@@ -478,7 +478,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
                     switch trailers {
                     case .ok: _ = nghttp2_submit_trailer(session, streamID, StaticHeaders.okTrailers.pairs, StaticHeaders.okTrailers.count)
                     case .custom(let trailers):
-                        Self.withHeaders(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
+                        NGHTTP2Headers.with(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
                     }
                 }
                 state.trailers = nil
@@ -673,7 +673,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: NGHTTP2Callbacks.read)
         let result = metadata.isEmpty
             ? nghttp2_submit_response(session, state.id, StaticHeaders.response.pairs, StaticHeaders.response.count, &provider)
-            : Self.withHeaders(Self.responseHeaders + metadata) { nva, count in nghttp2_submit_response(session, state.id, nva, count, &provider) }
+            : NGHTTP2Headers.with(Self.responseHeaders + metadata) { nva, count in nghttp2_submit_response(session, state.id, nva, count, &provider) }
         if result != 0 {
             self.shared.logger.debug("could not submit a response", metadata: ["stream": "\(state.id)", "error": "\(result)"])
         }
@@ -706,7 +706,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             return
         }
         state.responseStarted = true
-        let result = Self.withHeaders(Self.responseHeaders + trailers) { nva, count in
+        let result = NGHTTP2Headers.with(Self.responseHeaders + trailers) { nva, count in
             nghttp2_submit_response(session, state.id, nva, count, nil)
         }
         if result != 0 {
@@ -727,7 +727,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             (":status", status), ("content-type", "application/grpc"),
             ("grpc-status", "\(grpcStatus.rawValue)"), ("grpc-message", GRPCWire.percentEncoded(message)),
         ]
-        _ = Self.withHeaders(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, nil) }
+        _ = NGHTTP2Headers.with(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, nil) }
         if !self.inCallbacks { self.flushOutput() }
     }
 
@@ -917,31 +917,6 @@ final class HTTP2Connection: ChannelDuplexHandler {
             }
         }
         return headers
-    }
-
-    /// Calls `body` with `headers` as nghttp2 name-value pairs (nghttp2 copies them).
-    private static func withHeaders<Result>(_ headers: [(name: String, value: String)],
-                                            _ body: (UnsafePointer<nghttp2_nv>?, Int) -> Result) -> Result {
-        var storage: [UInt8] = []
-        var ranges: [(Int, Int, Int, Int)] = []
-        ranges.reserveCapacity(headers.count)
-        for (name, value) in headers {
-            let nameStart = storage.count
-            storage.append(contentsOf: name.utf8)
-            let valueStart = storage.count
-            storage.append(contentsOf: value.utf8)
-            ranges.append((nameStart, valueStart - nameStart, valueStart, storage.count - valueStart))
-        }
-        storage.append(0)
-        return storage.withUnsafeMutableBufferPointer { bytes in
-            // Never nil: `storage` has at least the terminating zero.
-            guard let base = bytes.baseAddress else { return body(nil, 0) }
-            let pairs = ranges.map { range in
-                nghttp2_nv(name: base + range.0, value: base + range.2, namelen: range.1, valuelen: range.3,
-                           flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
-            }
-            return pairs.withUnsafeBufferPointer { body($0.baseAddress, $0.count) }
-        }
     }
 
     /// `application/grpc`, alone or followed by `+format` or `;parameters`.

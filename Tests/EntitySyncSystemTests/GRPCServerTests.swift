@@ -53,6 +53,17 @@ struct GRPCServerTests {
             "ctl", "health", "--tls-ca", "\(tls)/ca.pem", "localhost:\(producer)", "localhost:\(userRPC)", "localhost:\(orgRPC)",
         ])
         #expect(ctl.succeeded && ctl.output.components(separatedBy: "SERVING").count == 4, "ctl health over TLS:\n\(ctl.output)")
+        // ctl import (on our libnghttp2 client) over TLS; refused with another CA or in plaintext.
+        let rows = system.host.directory + "/tls-import.jsonl"
+        try "{\"type\":\"user\",\"id\":\"tls1\",\"name\":\"T\",\"email\":\"t1@example.com\"}\n".write(toFile: rows, atomically: true, encoding: .utf8)
+        let imported = try ChildProcess.run(entitySyncBinary, ["ctl", "import", rows, "--tls-ca", "\(tls)/ca.pem",
+                                                               "--producer", "localhost:\(producer)", "--token", RunningSystem.token])
+        #expect(imported.succeeded && imported.output.contains("1 created"), "ctl import over TLS:\n\(imported.output)")
+        for refused in [["--tls-ca", "\(tls)/other-ca.pem"], []] {
+            let failed = try ChildProcess.run(entitySyncBinary, ["ctl", "import", rows, "--producer", "localhost:\(producer)",
+                                                                 "--token", RunningSystem.token] + refused)
+            #expect(!failed.succeeded && failed.output.contains("refused the import"), "ctl import \(refused):\n\(failed.output)")
+        }
         // A client that trusts another CA, and one that speaks plaintext, are refused.
         let wrongCA = await statusCode {
             try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: "localhost", port: producer),
@@ -112,6 +123,13 @@ struct GRPCServerTests {
             "localhost:\(producer)",
         ])
         #expect(ctl.succeeded, "ctl with a client certificate:\n\(ctl.output)")
+        let rows = system.host.directory + "/mtls-import.jsonl"
+        try "{\"type\":\"user\",\"id\":\"mtls1\",\"name\":\"M\",\"email\":\"m1@example.com\"}\n".write(toFile: rows, atomically: true, encoding: .utf8)
+        let imported = try ChildProcess.run(entitySyncBinary, [
+            "ctl", "import", rows, "--tls-ca", "\(tls)/ca.pem", "--tls-cert", "\(tls)/client.pem", "--tls-key", "\(tls)/client.key",
+            "--producer", "localhost:\(producer)", "--token", RunningSystem.token,
+        ])
+        #expect(imported.succeeded && imported.output.contains("1 created"), "ctl import with a client certificate:\n\(imported.output)")
         try await system.stop()
     }
 }

@@ -1,0 +1,178 @@
+import GRPCCore
+import NIOCore
+import NIOPosix
+import NIOSSL
+import SwiftProtobuf
+import Synchronization
+
+/// A unary gRPC client on libnghttp2 over one HTTP/2 connection, for callers that make many
+/// small calls (a bulk import): a call is a stream of the connection, its bytes moved on the
+/// connection's event loop, with no task, channel or async sequence of its own. Errors are
+/// `RPCError`s, as grpc-swift's client throws.
+public final class RPCClient: Sendable {
+    private struct Connection: Sendable {
+        let channel: any Channel
+        let handler: NIOLoopBound<HTTP2ClientConnection>
+    }
+
+    private enum Next {
+        case ready(Connection)
+        case wait(Task<Connection, any Error>)
+    }
+
+    private enum State {
+        case idle
+        case connecting(Task<Connection, any Error>)
+        case connected(Connection)
+        case closed
+    }
+
+    private let host: String
+    private let port: Int
+    private let tls: NIOSSLContext?
+    private let group: any EventLoopGroup
+    private let target: String
+    private let state = Mutex(State.idle)
+
+    /// A client of `host:port`, over TLS with ALPN `h2` when `tls` is set (the server's
+    /// certificate must name `host`), h2c with prior knowledge otherwise. It connects on its
+    /// first call, and again on the first call after the connection was lost.
+    public init(host: String, port: Int, tls: TLSConfiguration? = nil,
+                group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
+        self.host = host
+        self.port = port
+        self.target = "\(host):\(port)"
+        self.tls = try tls.map { configuration in
+            var configuration = configuration
+            configuration.applicationProtocols = ["h2"]
+            return try NIOSSLContext(configuration: configuration)
+        }
+        self.group = group
+    }
+
+    /// The open connection, or a new one when there is none (one connect for all callers).
+    private func connection() async throws -> Connection {
+        let next = try self.state.withLock { state -> Next in
+            switch state {
+            case .connected(let connection) where connection.channel.isActive:
+                return .ready(connection)
+            case .connecting(let task):
+                return .wait(task)
+            case .closed:
+                throw RPCError(code: .unavailable, message: "the client of \(self.target) is closed")
+            case .idle, .connected:
+                let task = Task { try await self.open() }
+                state = .connecting(task)
+                return .wait(task)
+            }
+        }
+        switch next {
+        case .ready(let connection):
+            return connection
+        case .wait(let task):
+            do {
+                let connection = try await task.value
+                self.state.withLock { state in
+                    if case .connecting = state { state = .connected(connection) }
+                }
+                return connection
+            } catch {
+                self.state.withLock { state in
+                    if case .connecting = state { state = .idle }
+                }
+                throw error
+            }
+        }
+    }
+
+    private func open() async throws -> Connection {
+        let target = self.target
+        let context = self.tls
+        // SNI carries names only; an address is checked against the certificate's IP entries.
+        let serverHostname = (try? SocketAddress(ipAddress: self.host, port: 0)) == nil ? self.host : nil
+        let bootstrap = ClientBootstrap(group: self.group)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    if let context {
+                        try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: serverHostname))
+                    }
+                    try channel.pipeline.syncOperations.addHandler(HTTP2ClientConnection(authority: target, tls: context != nil))
+                }
+            }
+        let channel: any Channel
+        do {
+            channel = try await bootstrap.connect(host: self.host, port: self.port).get()
+        } catch {
+            throw RPCError(code: .unavailable, message: "cannot connect to \(target): \(error)")
+        }
+        let handler = try await channel.eventLoop.submit {
+            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: HTTP2ClientConnection.self), eventLoop: channel.eventLoop)
+        }.get()
+        return Connection(channel: channel, handler: handler)
+    }
+
+    /// Calls the unary `method` with `request`; cancelling the caller's task cancels the call.
+    public func unary<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
+        _ method: MethodDescriptor, _ request: Request, metadata: [(name: String, value: String)] = [],
+        as response: Response.Type = Response.self
+    ) async throws -> Response {
+        let framed = try Self.framed(request)
+        let path = "/\(method.service.fullyQualifiedService)/\(method.method)"
+        let box = CallBox()
+        let current = try await self.connection()
+        let loop = current.channel.eventLoop
+        let connection = current.handler
+        let reply = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (done: CheckedContinuation<[UInt8], any Error>) in
+                loop.execute {
+                    let call = ClientCall(request: framed, completion: done)
+                    box.call = call
+                    if box.cancelled {
+                        call.complete(.failure(RPCError(code: .cancelled, message: "the call was cancelled")))
+                    } else {
+                        connection.value.start(call, path: path, metadata: metadata)
+                    }
+                }
+            }
+        } onCancel: {
+            loop.execute {
+                box.cancelled = true
+                if let call = box.call { connection.value.cancel(call) }
+            }
+        }
+        do {
+            return try Response(serializedBytes: reply)
+        } catch {
+            throw RPCError(code: .internalError, message: "\(self.target) sent a reply that is not a valid \(Response.protoMessageName): \(error)")
+        }
+    }
+
+    private static func framed(_ request: some SwiftProtobuf.Message) throws -> [UInt8] {
+        var framed: [UInt8] = []
+        GRPCWire.appendFramed(try request.serializedBytes(), to: &framed)
+        return framed
+    }
+
+    /// Closes the connection; calls still running fail with UNAVAILABLE, later ones at once.
+    public func close() async {
+        let previous = self.state.withLock { state -> State in
+            defer { state = .closed }
+            return state
+        }
+        switch previous {
+        case .connected(let connection): try? await connection.channel.close()
+        case .connecting(let task): try? await task.value.channel.close()
+        case .idle, .closed: break
+        }
+    }
+}
+
+/// Where a call and its cancellation meet, on the connection's event loop only.
+private final class CallBox: @unchecked Sendable {
+    // @unchecked: both fields are read and written on the connection's event loop alone (every
+    // access is inside `loop.execute`), which serialises them.
+    var call: ClientCall?
+    var cancelled = false
+}
