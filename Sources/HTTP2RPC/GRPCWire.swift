@@ -41,7 +41,6 @@ enum GRPCWire {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// Parses `grpc-timeout` ("1-8 ASCII digits" then a unit H M S m u n); nil when malformed.
     /// Undoes `percentEncoded` (a `grpc-message` as sent); text that is not valid percent-encoded
     /// UTF-8 is kept as it came.
     static func percentDecoded(_ text: String) -> String {
@@ -69,6 +68,7 @@ enum GRPCWire {
         }
     }
 
+    /// Parses `grpc-timeout` ("1-8 ASCII digits" then a unit H M S m u n); nil when malformed.
     static func timeout(_ value: String) -> Duration? {
         let bytes = Array(value.utf8)
         guard bytes.count >= 2, bytes.count <= 9, let unit = bytes.last else { return nil }

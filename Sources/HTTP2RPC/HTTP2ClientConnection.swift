@@ -2,10 +2,22 @@ import CNghttp2
 import GRPCCore
 import NIOCore
 import NIOTLS
+import Synchronization
+
+/// What the client's callers may read of its connection from any thread.
+final class ClientConnectionFlags: Sendable {
+    /// The server sent GOAWAY (or the session can take no more streams): new calls need a new
+    /// connection.
+    let goingAway = Atomic(false)
+}
 
 /// One unary call of an `RPCClient`, from its request to its status. Touched on the
 /// connection's event loop only.
 final class ClientCall {
+    /// The largest reply message a call takes, as grpc-swift's client: a server cannot make the
+    /// client hold more.
+    static let maxResponseBytes = 4 * 1024 * 1024
+
     /// The framed request, sent by the stream's data provider.
     let request: [UInt8]
     var requestOffset = 0
@@ -32,12 +44,13 @@ final class ClientCall {
     func outcome(errorCode: UInt32) -> Result<[UInt8], RPCError> {
         guard let status = self.grpcStatus else {
             if errorCode == NGHTTP2_REFUSED_STREAM.rawValue {
-                return .failure(RPCError(code: .unavailable, message: "the server refused the call before starting it (it is shutting down): retry"))
+                return .failure(RPCError(code: .unavailable, message: "the call was refused before it started (the connection is closing or full): retry"))
             }
             if errorCode != NGHTTP2_NO_ERROR.rawValue {
                 return .failure(RPCError(code: .unavailable, message: "the server reset the call (HTTP/2 error \(errorCode)) before its status"))
             }
-            return .failure(RPCError(code: .internalError, message: "the reply (HTTP status \(self.httpStatus ?? "none")) carried no grpc-status"))
+            return .failure(RPCError(code: Self.code(httpStatus: self.httpStatus),
+                                     message: "the reply (HTTP status \(self.httpStatus ?? "none")) carried no grpc-status"))
         }
         guard let value = Int(status) else {
             return .failure(RPCError(code: .unknown, message: "malformed grpc-status '\(status)'"))
@@ -45,6 +58,18 @@ final class ClientCall {
         if value == 0 { return self.message() }
         let code = Status.Code(rawValue: value).flatMap { RPCError.Code($0) } ?? .unknown
         return .failure(RPCError(code: code, message: self.grpcMessage.map(GRPCWire.percentDecoded) ?? ""))
+    }
+
+    /// gRPC's mapping of an HTTP status that came without a grpc-status (a proxy's answer).
+    private static func code(httpStatus: String?) -> RPCError.Code {
+        switch httpStatus {
+        case "400": .internalError
+        case "401": .unauthenticated
+        case "403": .permissionDenied
+        case "404": .unimplemented
+        case "429", "502", "503", "504": .unavailable
+        default: .unknown
+        }
     }
 
     /// The one reply message of a call whose status is OK.
@@ -81,6 +106,7 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
     private var closeReason = "the connection to the server closed"
     private let authority: String
     private let scheme: String
+    let flags = ClientConnectionFlags()
 
     init(authority: String, tls: Bool) {
         self.authority = authority
@@ -181,7 +207,7 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
         headers += metadata
         var provider = nghttp2_data_provider(source: nghttp2_data_source(ptr: nil), read_callback: NGHTTP2Callbacks.readRequest)
         let id = NGHTTP2Headers.with(headers) { nva, count in
-            nghttp2_submit_request(session, nil, nva, count, &provider, Unmanaged.passUnretained(call).toOpaque())
+            nghttp2_submit_request(session, nil, nva, count, &provider, nil)
         }
         guard id > 0 else {
             call.complete(.failure(RPCError(code: .unavailable, message: "could not start the call: \(String(cString: nghttp2_strerror(id)))")))
@@ -216,7 +242,18 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
 
     func onData(_ streamID: Int32, _ data: UnsafeRawBufferPointer) -> Int32 {
         guard let call = self.calls[streamID] else { return 0 }
+        guard call.response.count + data.count <= ClientCall.maxResponseBytes + GRPCWire.prefixLength else {
+            call.complete(.failure(RPCError(code: .resourceExhausted,
+                                            message: "the reply is larger than this client's limit of \(ClientCall.maxResponseBytes) bytes")))
+            // Resets the stream; on_stream_close forgets the call.
+            return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue)
+        }
         call.response.append(contentsOf: data)
+        return 0
+    }
+
+    func onFrameReceived(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
+        if frame.pointee.hd.type == UInt8(NGHTTP2_GOAWAY.rawValue) { self.flags.goingAway.store(true, ordering: .relaxed) }
         return 0
     }
 
@@ -256,8 +293,12 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
             guard count > 0, let data else { break }
             buffer.writeBytes(UnsafeRawBufferPointer(start: data, count: count))
         }
-        guard buffer.readableBytes > 0 else { return }
-        context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil)
+        if buffer.readableBytes > 0 { context.writeAndFlush(self.wrapOutboundOut(buffer), promise: nil) }
+        // After a GOAWAY the session ends once its last stream has: close, so a new call reconnects.
+        if let session = self.session, nghttp2_session_want_read(session) == 0, nghttp2_session_want_write(session) == 0 {
+            self.flags.goingAway.store(true, ordering: .relaxed)
+            context.close(promise: nil)
+        }
     }
 
     private func teardown() {

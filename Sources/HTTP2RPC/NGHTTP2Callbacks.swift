@@ -51,6 +51,10 @@ enum NGHTTP2Callbacks {
                             value: UnsafeRawBufferPointer(start: value, count: valueLength))
             }
         }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, userData in
+            guard let frame, let userData else { return 0 }
+            return HTTP2ClientConnection.with(userData) { $0.onFrameReceived(frame) }
+        }
         nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) { _, _, streamID, data, length, userData in
             guard let userData else { return 0 }
             return HTTP2ClientConnection.with(userData) { $0.onData(streamID, UnsafeRawBufferPointer(start: data, count: length)) }

@@ -13,6 +13,10 @@ public final class RPCClient: Sendable {
     private struct Connection: Sendable {
         let channel: any Channel
         let handler: NIOLoopBound<HTTP2ClientConnection>
+        let flags: ClientConnectionFlags
+
+        /// Takes new calls: open, and no GOAWAY from the server.
+        var isUsable: Bool { self.channel.isActive && !self.flags.goingAway.load(ordering: .relaxed) }
     }
 
     private enum Next {
@@ -41,7 +45,7 @@ public final class RPCClient: Sendable {
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         self.host = host
         self.port = port
-        self.target = "\(host):\(port)"
+        self.target = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         self.tls = try tls.map { configuration in
             var configuration = configuration
             configuration.applicationProtocols = ["h2"]
@@ -54,13 +58,14 @@ public final class RPCClient: Sendable {
     private func connection() async throws -> Connection {
         let next = try self.state.withLock { state -> Next in
             switch state {
-            case .connected(let connection) where connection.channel.isActive:
+            case .connected(let connection) where connection.isUsable:
                 return .ready(connection)
             case .connecting(let task):
                 return .wait(task)
             case .closed:
                 throw RPCError(code: .unavailable, message: "the client of \(self.target) is closed")
-            case .idle, .connected:
+            case .idle, .connected(_):
+                // A connection the server is closing finishes its calls on its own, then closes.
                 let task = Task { try await self.open() }
                 state = .connecting(task)
                 return .wait(task)
@@ -72,13 +77,14 @@ public final class RPCClient: Sendable {
         case .wait(let task):
             do {
                 let connection = try await task.value
+                // Only for the connect still under way: a late waiter must not replace a newer one.
                 self.state.withLock { state in
-                    if case .connecting = state { state = .connected(connection) }
+                    if case .connecting(let current) = state, current == task { state = .connected(connection) }
                 }
                 return connection
             } catch {
                 self.state.withLock { state in
-                    if case .connecting = state { state = .idle }
+                    if case .connecting(let current) = state, current == task { state = .idle }
                 }
                 throw error
             }
@@ -107,10 +113,15 @@ public final class RPCClient: Sendable {
         } catch {
             throw RPCError(code: .unavailable, message: "cannot connect to \(target): \(error)")
         }
-        let handler = try await channel.eventLoop.submit {
-            NIOLoopBound(try channel.pipeline.syncOperations.handler(type: HTTP2ClientConnection.self), eventLoop: channel.eventLoop)
-        }.get()
-        return Connection(channel: channel, handler: handler)
+        do {
+            return try await channel.eventLoop.submit {
+                let handler = try channel.pipeline.syncOperations.handler(type: HTTP2ClientConnection.self)
+                return Connection(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop), flags: handler.flags)
+            }.get()
+        } catch {
+            // The server closed the connection at once (it is shutting down).
+            throw RPCError(code: .unavailable, message: "the connection to \(target) closed as it opened: \(error)")
+        }
     }
 
     /// Calls the unary `method` with `request`; cancelling the caller's task cancels the call.

@@ -14,6 +14,16 @@ struct GRPCWireTests {
         #expect(GRPCWire.percentEncoded(text) == expected)
     }
 
+    @Test(arguments: ["plain text", "100%", "ünï ✓", "tab\there", "%41 stays", "50% off", ""])
+    func percentDecodingUndoesTheEncoding(_ text: String) {
+        #expect(GRPCWire.percentDecoded(GRPCWire.percentEncoded(text)) == text)
+    }
+
+    @Test(arguments: [("%", "%"), ("%4", "%4"), ("%zz", "%zz"), ("%FF", "%FF"), ("a%20b", "a b")])
+    func malformedPercentEncodingIsKeptAsItCame(_ text: String, _ expected: String) {
+        #expect(GRPCWire.percentDecoded(text) == expected)
+    }
+
     @Test(arguments: [
         ("1H", Duration.seconds(3600)), ("2M", .seconds(120)), ("3S", .seconds(3)), ("200m", .milliseconds(200)),
         ("7u", .microseconds(7)), ("99999999n", .nanoseconds(99_999_999)),
