@@ -38,7 +38,7 @@ struct BearerToken: Sendable {
 }
 
 /// Requires the bearer token on the protected methods the grpc-swift services answer, when a
-/// token is configured (the server's own routes check it through `RPCCallRecorder.observed`).
+/// token is configured (the server's own task routes check it through `RPCCallRecorder.around`).
 struct BearerTokenInterceptor: ServerInterceptor {
     let token: BearerToken?
     let protectedMethods: Set<MethodDescriptor>

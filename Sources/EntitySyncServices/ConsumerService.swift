@@ -86,8 +86,9 @@ public final class ConsumerService: Service {
         // Answered by the server itself, without grpc-swift's router: callers wait on it after
         // every mutation they make.
         routes.unaryAsync(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor,
-                          recorder.observed(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor, token: nil,
-                                            syncInfo.waitForVersion))
+                          around: recorder.around(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor, token: nil)) {
+            (request: Entitysync_V1_WaitForVersionRequest, _) in try await syncInfo.waitForVersion(request)
+        }
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             query,
             syncInfo,

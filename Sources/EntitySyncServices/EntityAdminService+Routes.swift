@@ -14,7 +14,9 @@ extension EntityAdminService {
         func add<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
             _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request) async throws -> Response
         ) {
-            routes.unaryAsync(method, recorder.observed(method, token: Self.mutations.contains(method) ? token : nil, handler))
+            routes.unaryAsync(method, around: recorder.around(method, token: Self.mutations.contains(method) ? token : nil)) {
+                (request: Request, _) in try await handler(request)
+            }
         }
         typealias Method = Entitysync_V1_EntityAdmin.Method
         add(Method.CreateUser.descriptor, self.createUser)

@@ -56,26 +56,24 @@ final class RPCCallRecorder: Sendable {
         }
     }
 
-    /// Wraps a handler the server runs as a task for `method` so that its calls are recorded and,
-    /// when `token` is set, refused without it (as `BearerTokenInterceptor` does for the
-    /// grpc-swift services).
-    func observed<Request: Sendable, Response: Sendable>(
-        _ method: MethodDescriptor, token: BearerToken?, _ handler: @escaping @Sendable (Request) async throws -> Response
-    ) -> @Sendable (Request, RPCCallInfo) async throws -> Response {
+    /// What runs around each call of a method the server answers by a task: when `token` is
+    /// set the call is refused without it before its request is even decoded (as
+    /// `BearerTokenInterceptor` does for the grpc-swift services), and every outcome is recorded.
+    func around(_ method: MethodDescriptor, token: BearerToken?) -> RPCRoutes.Around {
         let name = Self.name(method)
         let timer = self.timer(name)
         let answered = self.counter(name, code: "ok")
         let logsEveryCall = self.logger.logLevel <= .debug
         let timed = !(MetricsSystem.factory is NOOPMetricsHandler)
-        return { request, call in
+        return { call, body in
             let start = timed ? ContinuousClock.now : nil
             do {
                 try token?.check(call.metadata("authorization"))
-                let response = try await handler(request)
+                let reply = try await body()
                 if let start { timer.recordNanoseconds(Self.nanoseconds(since: start)) }
                 answered.increment()
                 if logsEveryCall { self.logger.debug("call answered", metadata: ["rpc.method": "\(name)"]) }
-                return response
+                return reply
             } catch {
                 self.record(method: name, since: start ?? .now, failure: Self.failure(error))
                 throw error

@@ -554,16 +554,15 @@ final class HTTP2Connection: ChannelDuplexHandler {
         }
     }
 
-    /// Decodes the call's request on the loop and runs its job as a task, whose outcome comes
-    /// back to `taskFinished`.
+    /// Runs the call's job as a task, whose outcome comes back to `taskFinished`.
     private func startTask(_ state: RPCStreamState, _ handler: RPCRoutes.TaskHandler) {
         guard !state.finished else { return }
         let call = RPCCallInfo(path: state.path, metadata: state.headers)
         state.headers = []
         let job: RPCRoutes.Job
-        switch self.withUnaryRequest(state, { handler($0, call) }) {
-        case .success(let decoded):
-            job = decoded
+        switch self.withUnaryRequest(state, { .success(handler($0, call)) }) {
+        case .success(let made):
+            job = made
         case .failure(let error):
             self.failTask(state, code: Status.Code(error.code), message: error.message)
             return

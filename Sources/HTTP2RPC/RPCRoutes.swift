@@ -38,8 +38,11 @@ public struct RPCRoutes: Sendable {
     typealias ImmediateHandler = @Sendable (UnsafeRawBufferPointer, ImmediateCall) -> Result<[UInt8], RPCError>
     /// The work of a call that runs as a task; it returns the serialized reply or the status.
     typealias Job = @Sendable () async -> Result<[UInt8], RPCError>
-    /// Decodes a call's request on the loop (a bad one is answered there) into the job to run.
-    typealias TaskHandler = @Sendable (UnsafeRawBufferPointer, RPCCallInfo) -> Result<Job, RPCError>
+    /// Makes a call's job from its request message (copied: the job runs on another thread).
+    typealias TaskHandler = @Sendable (UnsafeRawBufferPointer, RPCCallInfo) -> Job
+    /// Runs around a task call's request decoding and handler, which `body` does: a token
+    /// check first, metrics of every outcome.
+    public typealias Around = @Sendable (RPCCallInfo, _ body: () async throws -> [UInt8]) async throws -> [UInt8]
 
     enum Handler: Sendable {
         case immediate(ImmediateHandler)
@@ -78,15 +81,25 @@ public struct RPCRoutes: Sendable {
         })
     }
 
-    /// Answers `method` with `handler` running as a task per call. A client's RST_STREAM, a
-    /// passed `grpc-timeout` or a closed connection cancels the task; a thrown `RPCError` becomes
-    /// the call's status, any other error INTERNAL.
+    /// Answers `method` with `handler` running as a task per call, inside `around` when given
+    /// (which sees the call before its request is decoded). A client's RST_STREAM, a passed
+    /// `grpc-timeout` or a closed connection cancels the task; a thrown `RPCError` becomes the
+    /// call's status, any other error INTERNAL.
     public mutating func unaryAsync<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
-        _ method: MethodDescriptor, _ handler: @escaping @Sendable (Request, RPCCallInfo) async throws -> Response
+        _ method: MethodDescriptor, around: Around? = nil,
+        _ handler: @escaping @Sendable (Request, RPCCallInfo) async throws -> Response
     ) {
         self.add(method, .task { bytes, call in
-            Self.decode(Request.self, bytes).map { request in
-                { await Self.outcome { try await handler(request, call).serializedBytes() } }
+            let request = Array(bytes)
+            return {
+                await Self.outcome {
+                    let body: () async throws -> [UInt8] = {
+                        let reply: [UInt8] = try await handler(try Self.decode(Request.self, request).get(), call).serializedBytes()
+                        return reply
+                    }
+                    guard let around else { return try await body() }
+                    return try await around(call, body)
+                }
             }
         })
     }
@@ -100,6 +113,14 @@ public struct RPCRoutes: Sendable {
     private static func decode<Request: SwiftProtobuf.Message>(_ type: Request.Type, _ bytes: UnsafeRawBufferPointer) -> Result<Request, RPCError> {
         do {
             return .success(try Request(serializedBytes: bytes.bytes))
+        } catch {
+            return .failure(RPCError(code: .invalidArgument, message: "the request is not a valid \(Request.protoMessageName): \(error)"))
+        }
+    }
+
+    private static func decode<Request: SwiftProtobuf.Message>(_ type: Request.Type, _ bytes: [UInt8]) -> Result<Request, RPCError> {
+        do {
+            return .success(try Request(serializedBytes: bytes))
         } catch {
             return .failure(RPCError(code: .invalidArgument, message: "the request is not a valid \(Request.protoMessageName): \(error)"))
         }
