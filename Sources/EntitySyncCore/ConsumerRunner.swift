@@ -65,8 +65,8 @@ public final class ConsumerRunner: Sendable {
 
     /// Deliveries this instance has handled (applied, skipped as stale, retried or dead-lettered).
     public var handled: Int { self.handledCount.read { $0 } }
-    /// Signalled after every change this instance applies (for read-your-writes waits).
-    public let applied = WakeSignal()
+    /// `WaitForVersion` callers, answered as this instance applies their changes.
+    public let versionWaiters: VersionWaiters
 
     public init(group: String, topology: SyncTopology, broker: any MessageBroker, store: any ReplicaStore,
                 configuration: Configuration = Configuration(), logger: Logger) {
@@ -74,6 +74,7 @@ public final class ConsumerRunner: Sendable {
         self.topology = topology
         self.broker = broker
         self.store = store
+        self.versionWaiters = VersionWaiters(store: store)
         self.configuration = configuration
         var logger = logger
         logger[metadataKey: "consumer.group"] = "\(group)"
@@ -234,7 +235,7 @@ public final class ConsumerRunner: Sendable {
         let dimensions = [("group", self.group), ("entity", kind.rawValue)]
         if applied > 0 {
             Counter(label: "entitysync_events_applied_total", dimensions: dimensions).increment(by: applied)
-            self.applied.signal()
+            self.versionWaiters.applied(zip(changes, decisions).lazy.filter { $0.1 == .apply }.map(\.0))
         }
         if applied < changes.count {
             Counter(label: "entitysync_events_stale_total", dimensions: dimensions).increment(by: changes.count - applied)

@@ -12,10 +12,9 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
     let topology: SyncTopology
     let store: any ReplicaStore
     let connection: AMQPConnection
-    /// Applies events; its `applied` signal fires whenever this process applies a change (other
-    /// instances' applies wake waiters through the store's `waitForCommit`).
+    /// Applies events and answers `WaitForVersion` callers as it does (`versionWaiters`; other
+    /// instances' applies are found through the store's `waitForCommit`).
     let runner: ConsumerRunner
-    var applied: WakeSignal { self.runner.applied }
 
     /// The methods that need the bearer token when one is configured: re-drive changes the
     /// replica, and listing takes dead letters off their queue for a moment and puts them back.
@@ -92,27 +91,15 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
         let timeout = Duration.milliseconds(request.timeoutMs == 0 ? 5000 : Int64(request.timeoutMs))
         return try await RPCErrors.mapping {
             try DraftValidation.validateID(request.entityID, field: "entity_id")
-            let deadline = ContinuousClock.now + timeout
-            while true {
-                if let held = try await self.store.version(of: kind, id: request.entityID), held.version >= request.version {
-                    var response = Entitysync_V1_WaitForVersionResponse()
-                    response.version = held.version
-                    response.deleted = held.deleted
-                    return response
-                }
-                guard ContinuousClock.now < deadline, !Task.isCancelled else {
-                    throw RPCError(code: .deadlineExceeded, message: "\(kind.rawValue) '\(request.entityID)' has not "
-                                   + "reached version \(request.version) here within \(timeout)")
-                }
-                // This process's applies wake it at once, the store for commits by any instance;
-                // 25 ms bounds a store that cannot tell.
-                await withTaskGroup(of: Void.self) { group in
-                    group.addTask { await self.applied.wait(timeout: .milliseconds(25)) }
-                    group.addTask { await self.store.waitForCommit(timeout: .milliseconds(25)) }
-                    await group.next()
-                    group.cancelAll()
-                }
+            guard let held = try await self.runner.versionWaiters.wait(kind, request.entityID, version: request.version, timeout: timeout),
+                  !Task.isCancelled else {
+                throw RPCError(code: .deadlineExceeded, message: "\(kind.rawValue) '\(request.entityID)' has not "
+                               + "reached version \(request.version) here within \(timeout)")
             }
+            var response = Entitysync_V1_WaitForVersionResponse()
+            response.version = held.version
+            response.deleted = held.deleted
+            return response
         }
     }
 
