@@ -19,6 +19,8 @@ public protocol ReplicaStore: Sendable {
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
     /// One entity's version (nil if never seen).
     func version(of kind: EntityKind, id: String) async throws -> EntityVersion?
+    /// Several entities' versions read together (nil for one never seen), in the order asked.
+    func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?]
     func statistics() async throws -> [EntityKind: ReplicaStatistics]
     func listUsers(after: String?, limit: Int) async throws -> [User]
     func listGroups(after: String?, limit: Int) async throws -> [Group]
@@ -51,6 +53,14 @@ extension ReplicaStore {
         var decisions: [VersionRule.Decision] = []
         for change in changes { decisions.append(try await self.apply(change)) }
         return decisions
+    }
+
+    /// One read per entity: for stores without a cheaper way.
+    public func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?] {
+        var versions: [EntityVersion?] = []
+        versions.reserveCapacity(entities.count)
+        for entity in entities { versions.append(try await self.version(of: entity.kind, id: entity.id)) }
+        return versions
     }
 
     /// A store that cannot tell when others commit: the caller polls every `timeout`.

@@ -145,21 +145,23 @@ public final class VersionWaiters: Sendable {
             if done { return }
             guard recheck else { continue }
             lastRecheck = now
-            for key in keys {
-                // A failed read leaves the wait to its deadline or the next sweep.
-                guard let held = try? await self.store.version(of: key.kind, id: key.id) else { continue }
-                let answered = self.state.withLock { state -> [CheckedContinuation<EntityVersion?, Never>] in
-                    guard var waiters = state.waiting[key] else { return [] }
-                    var answered: [CheckedContinuation<EntityVersion?, Never>] = []
+            // One read for every waiting entity; a failed read leaves the waits to their
+            // deadline or the next sweep.
+            guard let found = try? await self.store.versions(of: keys.map { (kind: $0.kind, id: $0.id) }),
+                  found.count == keys.count else { continue }
+            let answered = self.state.withLock { state -> [(CheckedContinuation<EntityVersion?, Never>, EntityVersion)] in
+                var answered: [(CheckedContinuation<EntityVersion?, Never>, EntityVersion)] = []
+                for (key, held) in zip(keys, found) {
+                    guard let held, var waiters = state.waiting[key] else { continue }
                     for (waiterID, waiter) in waiters where waiter.version <= held.version {
                         waiters[waiterID] = nil
-                        answered.append(waiter.continuation)
+                        answered.append((waiter.continuation, held))
                     }
                     state.waiting[key] = waiters.isEmpty ? nil : waiters
-                    return answered
                 }
-                for continuation in answered { continuation.resume(returning: held) }
+                return answered
             }
+            for (continuation, held) in answered { continuation.resume(returning: held) }
         }
     }
 }

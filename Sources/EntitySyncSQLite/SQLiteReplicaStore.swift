@@ -128,6 +128,11 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         try await self.database.read { db in try EntityTable.version(db, kind: kind, id: id) }
     }
 
+    /// In one read transaction: one hop to GRDB's reader for all of them.
+    public func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?] {
+        try await self.database.read { db in try entities.map { try EntityTable.version(db, kind: $0.kind, id: $0.id) } }
+    }
+
     public func listUsers(after: String?, limit: Int) async throws -> [User] {
         try await self.database.read { db in try EntityTable.users(db, after: after, limit: limit) }
     }
