@@ -91,8 +91,7 @@ struct SyncInfoService: Entitysync_V1_SyncInfo.SimpleServiceProtocol {
         let timeout = Duration.milliseconds(request.timeoutMs == 0 ? 5000 : Int64(request.timeoutMs))
         return try await RPCErrors.mapping {
             try DraftValidation.validateID(request.entityID, field: "entity_id")
-            guard let held = try await self.runner.versionWaiters.wait(kind, request.entityID, version: request.version, timeout: timeout),
-                  !Task.isCancelled else {
+            guard let held = try await self.runner.versionWaiters.wait(kind, request.entityID, version: request.version, timeout: timeout) else {
                 throw RPCError(code: .deadlineExceeded, message: "\(kind.rawValue) '\(request.entityID)' has not "
                                + "reached version \(request.version) here within \(timeout)")
             }

@@ -9,19 +9,27 @@ import Testing
 @Suite struct VersionWaitersTests {
     @Test(arguments: StoreBackend.available) func aWaitIsAnsweredByTheApplyThatReachesItsVersion(backend: StoreBackend) async throws {
         let replica = try await backend.place("waiters-applied").replica()
-        let waiters = VersionWaiters(store: replica, recheckInterval: .seconds(60))
+        let waiters = VersionWaiters(store: replica, recheckInterval: .milliseconds(200))
         let waiting = Task { try await waiters.wait(.user, "u1", version: 2, timeout: .seconds(60)) }
         try await eventually("the wait is registered") { waiters.count == 1 }
         // An older version, or another entity, does not answer it.
         waiters.applied([try validated(Fixtures.userChange("u1", version: 1)), try validated(Fixtures.userChange("u2", version: 9))])
         #expect(waiters.count == 1)
-        // The store is never read again: the recheck is a minute away, and the store lacks v2.
+        // Only the apply can answer it: the store never holds v2.
         var delete = Fixtures.userChange("u1", version: 2)
         delete.operation = .delete
         delete.state = nil
         waiters.applied([try validated(delete)])
         #expect(try await waiting.value == EntityVersion(version: 2, deleted: true))
         #expect(waiters.count == 0)
+        // Several versions of one entity in a batch: the newest answers, with its tombstone flag.
+        let second = Task { try await waiters.wait(.user, "u3", version: 4, timeout: .seconds(60)) }
+        try await eventually("the second wait is registered") { waiters.count == 1 }
+        var gone = Fixtures.userChange("u3", version: 5)
+        gone.operation = .delete
+        gone.state = nil
+        waiters.applied([try validated(Fixtures.userChange("u3", version: 4)), try validated(gone)])
+        #expect(try await second.value == EntityVersion(version: 5, deleted: true))
     }
 
     @Test(arguments: StoreBackend.available) func aVersionAlreadyHeldReturnsAtOnce(backend: StoreBackend) async throws {
@@ -46,12 +54,15 @@ import Testing
 
     @Test(arguments: StoreBackend.available) func waitsEndAtTheirDeadlineOrWhenCancelled(backend: StoreBackend) async throws {
         let replica = try await backend.place("waiters-end").replica()
-        let waiters = VersionWaiters(store: replica, recheckInterval: .milliseconds(20))
+        let waiters = VersionWaiters(store: replica, recheckInterval: .seconds(5))
+        // A deadline shorter than the recheck interval ends the wait at the deadline.
+        let started = ContinuousClock.now
         #expect(try await waiters.wait(.user, "late", version: 1, timeout: .milliseconds(50)) == nil)
+        #expect(ContinuousClock.now - started < .seconds(5), "the wait outlived its deadline until the recheck")
         let cancelled = Task { try await waiters.wait(.user, "gone", version: 1, timeout: .seconds(60)) }
         try await eventually("the wait is registered") { waiters.count == 1 }
         cancelled.cancel()
-        #expect(try await cancelled.value == nil)
+        await #expect(throws: CancellationError.self) { try await cancelled.value }
         #expect(waiters.count == 0)
     }
 }

@@ -220,6 +220,9 @@ struct HostileInputTests {
                     let code = await Self.send(body, to: method, client: client, metadata: metadata)
                     #expect(code == .unauthenticated, "\(method) with \(name) token: \(String(describing: code))")
                 }
+                // The token is checked before the request is read: an undecodable one is refused for the token.
+                let garbage = await Self.send([0x00, 0xFF, 0x13, 0x37], to: method, client: client, metadata: Metadata())
+                #expect(garbage == .unauthenticated, "\(method) with no token and an undecodable body: \(String(describing: garbage))")
             }
         }
         try await self.expectServingAndUnchanged(system, users: 1, groups: ["eng": 1], ada: 1)
