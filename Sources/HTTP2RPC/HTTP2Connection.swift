@@ -543,7 +543,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     private func answerImmediately(_ state: RPCStreamState, _ handler: RPCRoutes.ImmediateHandler) {
         let call = ImmediateCall(path: state.path, scope: self.readScope)
-        switch self.withUnaryRequest(state, { handler($0, call) }) {
+        self.answer(state, self.withUnaryRequest(state, { handler($0, call) }))
+    }
+
+    /// Ends a unary call with its one reply message, or with its error's status.
+    private func answer(_ state: RPCStreamState, _ outcome: Result<[UInt8], RPCError>) {
+        switch outcome {
         case .success(let message):
             state.setUnaryReply(message)
             state.trailers = .ok
@@ -591,15 +596,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.task = nil
         state.deadline?.cancel()
         state.deadline = nil
-        switch outcome {
-        case .success(let message):
-            state.setUnaryReply(message)
-            state.trailers = .ok
-            state.finished = true
-            self.submitResponse(state)
-        case .failure(let error):
-            self.respondStatus(state, code: Status.Code(error.code), message: error.message)
-        }
+        self.answer(state, outcome)
     }
 
     private func failTask(_ state: RPCStreamState, code: Status.Code, message: String) {
