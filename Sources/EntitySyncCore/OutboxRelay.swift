@@ -104,7 +104,6 @@ public final class OutboxRelay: Sendable {
 
     /// Runs until the task is cancelled; the batch in flight at cancellation is finished first.
     public func run() async {
-        var failures = 0
         do {
             try self.validate()
         } catch {
@@ -114,34 +113,10 @@ public final class OutboxRelay: Sendable {
             return
         }
         self.logger.info("outbox relay started", metadata: ["relay.lease": "\(self.lease)"])
-        while !Task.isCancelled {
-            do {
-                let records = try await self.store.claimOutbox(owner: self.owner, lease: self.lease,
-                                                               limit: self.configuration.batchSize)
-                guard !records.isEmpty else {
-                    self.counters.backlog.record(0)
-                    await self.store.commits.wait(timeout: self.configuration.idleCheck)
-                    continue
-                }
-                let failed = try await self.renewingLease { try await self.publish(records) }
-                if failed == 0 {
-                    failures = 0
-                } else {
-                    failures += 1
-                    let delay = self.configuration.backoff.delay(attempt: failures - 1)
-                    self.logger.warning("outbox publish failed; retrying", metadata: [
-                        "outbox.failed": "\(failed)", "outbox.batch": "\(records.count)", "retry_in": "\(delay)",
-                    ])
-                    try await Task.sleep(for: delay)
-                }
-            } catch is CancellationError {
-                break
-            } catch {
-                failures += 1
-                let delay = self.configuration.backoff.delay(attempt: failures - 1)
-                self.logger.error("outbox relay error; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
-                try? await Task.sleep(for: delay)
-            }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.tick() }
+            await self.relay()
+            group.cancelAll()
         }
         do {
             // In a task of its own: this one is cancelled (that is how the relay stops), and the
@@ -155,35 +130,84 @@ public final class OutboxRelay: Sendable {
         self.logger.info("outbox relay stopped")
     }
 
-    /// Runs `body` while renewing the lease in the background. The lease already outlives the
-    /// publish timeout; renewing covers store work after the publish that waits longer than the
-    /// margin (a contended SQLite lock) and connection-thread stalls past the publish deadline.
-    private func renewingLease<T: Sendable>(_ body: () async throws -> T) async throws -> T {
-        let every = self.configuration.leaseRenewal(publishTimeout: self.broker.publishTimeout)
-        return try await withThrowingTaskGroup(of: Void.self, returning: T.self) { group in
-            group.addTask {
-                while true {
-                    do {
-                        try await Task.sleep(for: every)
-                    } catch {
-                        return
-                    }
-                    // Limit 0: renews (or, if it lapsed and nobody took it, retakes) the lease
-                    // without reading records. Never takes a lease another relay holds.
-                    do {
-                        _ = try await self.store.claimOutbox(owner: self.owner, lease: self.lease, limit: 0)
-                    } catch {
-                        self.logger.warning("could not renew the outbox lease", metadata: ["error": "\(error)"])
-                    }
+    /// Claims, publishes and removes batches until cancelled. A batch's confirmed records are
+    /// removed in the transaction that claims the next one: one store round trip per batch.
+    private func relay() async {
+        var failures = 0
+        var confirmed: [Int64] = []
+        while !Task.isCancelled {
+            do {
+                let records = try await self.store.claimOutbox(owner: self.owner, lease: self.lease,
+                                                               limit: self.configuration.batchSize, removing: confirmed)
+                confirmed = []
+                guard !records.isEmpty else {
+                    self.counters.backlog.record(0)
+                    // Woken by this process's next commit, or by the tick.
+                    await self.store.commits.wait()
+                    continue
                 }
+                confirmed = try await self.publish(records)
+                let failed = records.count - confirmed.count
+                if failed == 0 {
+                    failures = 0
+                } else {
+                    failures += 1
+                    let delay = self.configuration.backoff.delay(attempt: failures - 1)
+                    self.logger.warning("outbox publish failed; retrying", metadata: [
+                        "outbox.failed": "\(failed)", "outbox.batch": "\(records.count)", "retry_in": "\(delay)",
+                    ])
+                    try await Task.sleep(for: delay)
+                }
+            } catch is CancellationError {
+                break
+            } catch {
+                // A claim that failed removed nothing either: `confirmed` goes with the next one.
+                failures += 1
+                let delay = self.configuration.backoff.delay(attempt: failures - 1)
+                self.logger.error("outbox relay error; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
+                try? await Task.sleep(for: delay)
             }
-            defer { group.cancelAll() }
-            return try await body()
+        }
+        guard !confirmed.isEmpty else { return }
+        // Not cancelled with the relay (GRDB refuses to start work in a cancelled task): a
+        // stopping producer must not leave confirmed rows to be sent twice.
+        do {
+            let (store, sequences) = (self.store, confirmed)
+            try await Task { try await store.removeOutbox(sequences) }.value
+        } catch {
+            self.logger.warning("could not remove confirmed outbox records; the next relay publishes them again",
+                                metadata: ["outbox.confirmed": "\(confirmed.count)", "error": "\(error)"])
         }
     }
 
-    /// Publishes one batch in order; removes the confirmed records; returns how many failed.
-    private func publish(_ records: [OutboxRecord]) async throws -> Int {
+    /// While the relay runs: wakes it every idle check, for commits by another process on the
+    /// same store (which signal nothing here), and renews the lease, so that a batch whose
+    /// publish or store work stalls keeps it. One timer for the relay's life: a timer per idle
+    /// wait and a renewal task per batch were most of the relay's thread wake-ups.
+    private func tick() async {
+        let renewal = self.configuration.leaseRenewal(publishTimeout: self.broker.publishTimeout)
+        var renewed = ContinuousClock.now
+        while true {
+            do {
+                try await Task.sleep(for: self.configuration.idleCheck)
+            } catch {
+                return
+            }
+            self.store.commits.signal()
+            guard ContinuousClock.now - renewed >= renewal else { continue }
+            renewed = .now
+            // Limit 0: renews (or, if it lapsed and nobody took it, retakes) the lease without
+            // reading records. Never takes a lease another relay holds.
+            do {
+                _ = try await self.store.claimOutbox(owner: self.owner, lease: self.lease, limit: 0)
+            } catch {
+                self.logger.warning("could not renew the outbox lease", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    /// Publishes one batch in order; returns the sequences the broker confirmed.
+    private func publish(_ records: [OutboxRecord]) async throws -> [Int64] {
         var items: [PublishItem] = []
         items.reserveCapacity(records.count)
         for record in records {
@@ -192,9 +216,11 @@ public final class OutboxRelay: Sendable {
                                      exchange: SyncTopology.exchange(for: record.kind)))
         }
         self.counters.add(published: records.count)
-        self.counters.backlog.record(try await self.store.outboxCount())
+        // A short batch was the whole outbox when claimed; only a full one needs counting.
+        self.counters.backlog.record(records.count < self.configuration.batchSize ? records.count : try await self.store.outboxCount())
         let results = await self.broker.publish(items)
         var confirmed: [Int64] = []
+        confirmed.reserveCapacity(records.count)
         var firstError: AMQPError?
         var returned = 0
         for (record, result) in zip(records, results) {
@@ -206,17 +232,12 @@ public final class OutboxRelay: Sendable {
                 firstError = firstError ?? error
             }
         }
-        // Removed even if the process dies right after: the broker has them; if it dies before,
-        // they are published again. Not cancelled with the relay (GRDB refuses to start work in a
-        // cancelled task): a stopping producer must not leave confirmed rows to be sent twice.
-        let (store, sequences) = (self.store, confirmed)
-        try await Task { try await store.removeOutbox(sequences) }.value
         self.counters.add(confirmed: confirmed.count, returned: returned, retried: records.count - confirmed.count)
         if let firstError {
             self.logger.warning("outbox publishes not confirmed", metadata: [
                 "outbox.unconfirmed": "\(records.count - confirmed.count)", "error": "\(firstError.message)",
             ])
         }
-        return records.count - confirmed.count
+        return confirmed
     }
 }

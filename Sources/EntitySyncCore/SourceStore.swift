@@ -25,10 +25,12 @@ public protocol SourceStore: Sendable {
     /// event that produces its current state (for bootstrapping a new consumer group).
     func snapshot(of kind: EntityKind, after: String?, limit: Int) async throws -> [EntityChange]
 
-    /// Up to `limit` outbox records in commit order, if `owner` holds (or can take) the relay
-    /// lease; empty while another relay holds it. Several producers on one store never publish
-    /// the same rows concurrently.
-    func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord]
+    /// Removes the `confirmed` records (published by this relay, whatever the lease says now),
+    /// then returns up to `limit` outbox records in commit order, if `owner` holds (or can take)
+    /// the relay lease; empty while another relay holds it. One transaction: a relay pays one
+    /// round trip to the store per batch. Several producers on one store never publish the same
+    /// rows concurrently.
+    func claimOutbox(owner: String, lease: Duration, limit: Int, removing confirmed: [Int64]) async throws -> [OutboxRecord]
     func removeOutbox(_ sequences: [Int64]) async throws
     /// Gives up the relay lease if `owner` holds it, so that a producer started next (a restart,
     /// a deploy) relays at once instead of waiting for the lease to run out.
@@ -36,4 +38,12 @@ public protocol SourceStore: Sendable {
     func outboxCount() async throws -> Int
     /// Signalled after every committed mutation in this process.
     var commits: WakeSignal { get }
+}
+
+extension SourceStore {
+    /// Up to `limit` outbox records in commit order, if `owner` holds (or can take) the relay
+    /// lease; empty while another relay holds it.
+    public func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord] {
+        try await self.claimOutbox(owner: owner, lease: lease, limit: limit, removing: [])
+    }
 }

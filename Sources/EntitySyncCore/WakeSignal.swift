@@ -26,37 +26,64 @@ public final class WakeSignal: Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
+    /// Returns after a signal, or at once if cancelled.
+    public func wait() async {
+        guard let id = self.begin() else { return }
+        await withTaskCancellationHandler {
+            await self.park(id)
+        } onCancel: {
+            self.resume(id)
+        }
+        self.state.withLock { _ = $0.ended.remove(id) }
+    }
+
     /// Returns after a signal or after `timeout`, whichever comes first (or at once if cancelled).
     public func wait(timeout: Duration) async {
-        let id = self.state.withLock { state -> Int in
-            state.nextID += 1
-            return state.nextID
-        }
+        guard let id = self.begin() else { return }
+        // One child, the timer; cancelling this task cancels it, which ends the wait too.
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 try? await Task.sleep(for: timeout)
                 self.resume(id)
             }
-            group.addTask {
-                await withCheckedContinuation { continuation in
-                    let resumeNow = self.state.withLock { state -> Bool in
-                        if state.ended.remove(id) != nil { return true }
-                        if state.pending {
-                            state.pending = false
-                            return true
-                        }
-                        state.waiters[id] = continuation
-                        return false
-                    }
-                    if resumeNow { continuation.resume() }
-                }
-            }
-            await group.next()
+            await self.park(id)
             group.cancelAll()
-            self.resume(id)
-            await group.waitForAll()
         }
+        // The timer's resume may have come after the signal's and left the id behind.
         self.state.withLock { _ = $0.ended.remove(id) }
+    }
+
+    /// Takes a pending signal (nil: return at once, no timer or task needed) or a waiter id.
+    private func begin() -> Int? {
+        self.state.withLock { state -> Int? in
+            if state.pending {
+                state.pending = false
+                return nil
+            }
+            state.nextID += 1
+            return state.nextID
+        }
+    }
+
+    /// Suspends until `resume(id)` or a signal; at once if either came first.
+    private func park(_ id: Int) async {
+        await withCheckedContinuation { continuation in
+            let resumeNow = self.state.withLock { state -> Bool in
+                if state.ended.remove(id) != nil { return true }
+                if state.pending {
+                    state.pending = false
+                    return true
+                }
+                state.waiters[id] = continuation
+                return false
+            }
+            if resumeNow { continuation.resume() }
+        }
+    }
+
+    /// Nobody waits and no ended wait left its id behind (for tests: ids must not pile up).
+    package var idleForTesting: Bool {
+        self.state.withLock { $0.waiters.isEmpty && $0.ended.isEmpty }
     }
 
     private func resume(_ id: Int) {

@@ -196,9 +196,12 @@ public final class PostgresSourceStore: SourceStore, PostgresEntityReads {
 
     // MARK: Outbox
 
-    public func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord] {
+    public func claimOutbox(owner: String, lease: Duration, limit: Int, removing confirmed: [Int64]) async throws -> [OutboxRecord] {
         let leaseMicroseconds = lease.components.seconds * 1_000_000 + lease.components.attoseconds / 1_000_000_000_000
         return try await self.database.transaction("claim outbox rows") { sql in
+            if !confirmed.isEmpty {
+                try await sql.execute("DELETE FROM outbox WHERE sequence = ANY(\(confirmed))")
+            }
             try await sql.execute("""
                 INSERT INTO relay_lease (id, owner, token, expires_at) VALUES (1, '', 0, '-infinity')
                 ON CONFLICT (id) DO NOTHING

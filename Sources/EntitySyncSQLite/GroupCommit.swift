@@ -29,21 +29,53 @@ final class GroupCommit: Sendable {
     }
 
     /// Runs `body` in the next group's transaction and returns its result once that committed.
+    /// A caller that finds no group committing leads one itself, in its own task: at low rates
+    /// each write would otherwise start a task of its own, and every task start wakes a thread.
     func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
-        let value = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<any Sendable, any Error>) in
-            let start = self.state.withLock { state -> Bool in
-                state.pending.append(Job(body: body, continuation: continuation))
-                guard !state.draining else { return false }
-                state.draining = true
-                return true
+        let lead = self.state.withLock { state -> Bool in
+            guard !state.draining else { return false }
+            state.draining = true
+            return true
+        }
+        let value: any Sendable
+        if lead {
+            value = try await self.lead(body)
+        } else {
+            value = try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<any Sendable, any Error>) in
+                let start = self.state.withLock { state -> Bool in
+                    state.pending.append(Job(body: body, continuation: continuation))
+                    guard !state.draining else { return false }
+                    state.draining = true
+                    return true
+                }
+                // The group that was committing finished meanwhile. Unstructured: a caller that
+                // gives up must not cancel the others' commit.
+                if start { Task { await self.drain() } }
             }
-            // Unstructured: a caller that gives up must not cancel the others' commit.
-            if start { Task { await self.drain() } }
         }
         guard let result = value as? T else {
             throw SyncError(.storeUnavailable, "a grouped write returned \(type(of: value)), not \(T.self)")
         }
         return result
+    }
+
+    /// Commits `body` first in a group with whatever is pending, then hands what came in
+    /// meanwhile to a drain task.
+    private func lead(_ body: @escaping @Sendable (Database) throws -> any Sendable) async throws -> any Sendable {
+        let others = self.state.withLock { state -> [Job] in
+            let count = min(self.limit - 1, state.pending.count)
+            defer { state.pending.removeFirst(count) }
+            return Array(state.pending.prefix(count))
+        }
+        let outcomes = await self.commit([body] + others.map(\.body))
+        for (job, outcome) in zip(others, outcomes.dropFirst()) { job.continuation.resume(with: outcome) }
+        let more = self.state.withLock { state -> Bool in
+            guard state.pending.isEmpty else { return true }
+            state.draining = false
+            return false
+        }
+        if more { Task { await self.drain() } }
+        return try outcomes[0].get()
     }
 
     private func drain() async {
@@ -58,26 +90,38 @@ final class GroupCommit: Sendable {
                 return Array(state.pending.prefix(count))
             }
             guard !jobs.isEmpty else { return }
-            let outcomes: [Result<any Sendable, any Error>]
-            do {
-                outcomes = try await self.pool.write { db in try Self.run(jobs, in: db) }
-            } catch {
-                // The transaction did not commit: none of its writes happened.
-                outcomes = jobs.map { _ in .failure(error) }
-            }
+            let outcomes = await self.commit(jobs.map(\.body))
             for (job, outcome) in zip(jobs, outcomes) { job.continuation.resume(with: outcome) }
         }
     }
 
+    /// One transaction for `bodies`, each in a savepoint; their outcomes in order. Not
+    /// cancellable: the leader's caller giving up must not fail the others' writes (GRDB's async
+    /// `write` refuses to start in a cancelled task), so it goes through the callback API.
+    private func commit(_ bodies: [@Sendable (Database) throws -> any Sendable]) async -> [Result<any Sendable, any Error>] {
+        await withCheckedContinuation { (done: CheckedContinuation<[Result<any Sendable, any Error>], Never>) in
+            self.pool.asyncWrite({ db in try Self.run(bodies, in: db) }) { _, result in
+                switch result {
+                case .success(let outcomes):
+                    done.resume(returning: outcomes)
+                case .failure(let error):
+                    // The transaction did not commit: none of its writes happened.
+                    done.resume(returning: bodies.map { _ in .failure(error) })
+                }
+            }
+        }
+    }
+
     /// Runs each job in a savepoint inside the group's transaction.
-    private static func run(_ jobs: [Job], in db: Database) throws -> [Result<any Sendable, any Error>] {
+    private static func run(_ bodies: [@Sendable (Database) throws -> any Sendable], in db: Database) throws
+        -> [Result<any Sendable, any Error>] {
         var outcomes: [Result<any Sendable, any Error>] = []
-        outcomes.reserveCapacity(jobs.count)
-        for job in jobs {
+        outcomes.reserveCapacity(bodies.count)
+        for body in bodies {
             var value: (any Sendable)?
             do {
                 try db.inSavepoint {
-                    value = try job.body(db)
+                    value = try body(db)
                     return .commit
                 }
                 outcomes.append(.success(value ?? ()))

@@ -15,6 +15,7 @@ final class SQLitePointReader: Sendable {
     fileprivate final class Connection: @unchecked Sendable {
         let handle: OpaquePointer
         let userWithGroups: OpaquePointer
+        let version: OpaquePointer
         let begin: OpaquePointer
         let commit: OpaquePointer
 
@@ -39,7 +40,8 @@ final class SQLitePointReader: Sendable {
                     WHERE m.user_id = ?1 AND e.deleted = 0 ORDER BY m.group_id LIMIT ?2)
                 """
             var statements: [OpaquePointer] = []
-            for text in [sql, "BEGIN", "COMMIT"] {
+            let version = "SELECT version, deleted FROM entities WHERE kind = ?1 AND id = ?2"
+            for text in [sql, version, "BEGIN", "COMMIT"] {
                 var statement: OpaquePointer?
                 guard sqlite3_prepare_v3(handle, text, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &statement, nil) == SQLITE_OK,
                       let statement else {
@@ -52,12 +54,13 @@ final class SQLitePointReader: Sendable {
             }
             self.handle = handle
             self.userWithGroups = statements[0]
-            self.begin = statements[1]
-            self.commit = statements[2]
+            self.version = statements[1]
+            self.begin = statements[2]
+            self.commit = statements[3]
         }
 
         deinit {
-            for statement in [self.userWithGroups, self.begin, self.commit] { sqlite3_finalize(statement) }
+            for statement in [self.userWithGroups, self.version, self.begin, self.commit] { sqlite3_finalize(statement) }
             sqlite3_close(self.handle)
         }
 
@@ -89,6 +92,15 @@ final class SQLitePointReader: Sendable {
         }
 
         func userWithGroupsEncoded(id: String, groupLimit: Int) throws -> [UInt8]? {
+            try self.read { try self.reader.userWithGroups(self.connection, id: id, groupLimit: groupLimit) }
+        }
+
+        /// One entity's version (nil if never seen), as `ReplicaStore.version(of:id:)`.
+        func version(of kind: EntityKind, id: String) throws -> EntityVersion? {
+            try self.read { try self.reader.version(self.connection, kind: kind, id: id) }
+        }
+
+        private func read<T>(_ body: () throws -> T) throws -> T {
             guard !self.ended else {
                 throw SyncError(.storeUnavailable, "a read session of the SQLite store at '\(self.reader.path)' was used after it ended")
             }
@@ -98,7 +110,7 @@ final class SQLitePointReader: Sendable {
             }
             self.reads += 1
             do {
-                return try self.reader.userWithGroups(self.connection, id: id, groupLimit: groupLimit)
+                return try body()
             } catch {
                 // A failed read leaves the rest of the session to transactions of their own.
                 self.finishTransaction()
@@ -185,6 +197,39 @@ final class SQLitePointReader: Sendable {
             }
             // Without a user row (a group names a member not replicated yet) the groups do not matter.
             return found ? reply.bytes : nil
+        }
+    }
+
+    fileprivate func version(_ connection: Connection, kind: EntityKind, id: String) throws -> EntityVersion? {
+        var id = id
+        return try id.withUTF8 { idBytes in
+            try kind.rawValue.utf8CString.withUnsafeBufferPointer { kindText in
+                let statement = connection.version
+                defer { sqlite3_reset(statement) }
+                let idPointer = UnsafeRawPointer(idBytes.baseAddress ?? Self.emptyText.utf8Start).assumingMemoryBound(to: CChar.self)
+                guard let kindPointer = kindText.baseAddress,
+                      sqlite3_bind_text(statement, 1, kindPointer, -1, nil) == SQLITE_OK,
+                      sqlite3_bind_text(statement, 2, idPointer, Int32(idBytes.count), nil) == SQLITE_OK else {
+                    throw self.failure(connection, "binding the id")
+                }
+                switch sqlite3_step(statement) {
+                case SQLITE_DONE:
+                    return nil
+                case SQLITE_ROW:
+                    let version = sqlite3_column_int64(statement, 0)
+                    // A damaged file must fail the read, not trap the process.
+                    guard let stored = UInt64(exactly: version) else {
+                        throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(String(decoding: idBytes, as: UTF8.self))' has a "
+                                        + "negative version (\(version)) in the SQLite store at '\(self.path)'")
+                    }
+                    return EntityVersion(version: stored, deleted: sqlite3_column_int(statement, 1) != 0)
+                case SQLITE_BUSY:
+                    throw SyncError(.storeUnavailable, "the SQLite store at '\(self.path)' is busy (another process is "
+                                    + "recovering its log): retry the call")
+                default:
+                    throw self.failure(connection, "reading the version of \(kind.rawValue) '\(String(decoding: idBytes, as: UTF8.self))'")
+                }
+            }
         }
     }
 

@@ -103,7 +103,7 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         return .apply
     }
 
-    /// Commits by any instance of the group wake the waiter within about a millisecond.
+    /// Commits by any instance of the group wake the waiter within a few milliseconds.
     public func waitForCommit(timeout: Duration) async {
         await self.commitWatch.wait(timeout: timeout)
     }
@@ -124,13 +124,19 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         try await self.database.read { db in try EntityTable.versions(db, kind: kind) }
     }
 
+    /// On the calling thread, through the point reader: `WaitForVersion` reads first, and a hop
+    /// to GRDB's reader queue and back was two thread wake-ups per call.
     public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
-        try await self.database.read { db in try EntityTable.version(db, kind: kind, id: id) }
+        let session = try self.pointReader.session()
+        defer { session.end() }
+        return try session.version(of: kind, id: id)
     }
 
-    /// In one read transaction: one hop to GRDB's reader for all of them.
+    /// On the calling thread, the reads after the first sharing one read transaction.
     public func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?] {
-        try await self.database.read { db in try entities.map { try EntityTable.version(db, kind: $0.kind, id: $0.id) } }
+        let session = try self.pointReader.session()
+        defer { session.end() }
+        return try entities.map { try session.version(of: $0.kind, id: $0.id) }
     }
 
     public func listUsers(after: String?, limit: Int) async throws -> [User] {

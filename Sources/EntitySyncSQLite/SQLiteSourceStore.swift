@@ -205,9 +205,10 @@ public final class SQLiteSourceStore: SourceStore {
 
     // MARK: Outbox
 
-    public func claimOutbox(owner: String, lease: Duration, limit: Int) async throws -> [OutboxRecord] {
+    public func claimOutbox(owner: String, lease: Duration, limit: Int, removing confirmed: [Int64]) async throws -> [OutboxRecord] {
         let leaseSeconds = Double(lease.components.seconds) + Double(lease.components.attoseconds) / 1e18
         return try await self.database.write { db -> [OutboxRecord] in
+            try Self.remove(db, confirmed)
             let now = Date().timeIntervalSince1970
             var renew = true
             if let row = try Row.fetchOne(db, sql: "SELECT owner, expires_at FROM relay_lease WHERE id = 1") {
@@ -247,9 +248,16 @@ public final class SQLiteSourceStore: SourceStore {
 
     public func removeOutbox(_ sequences: [Int64]) async throws {
         guard !sequences.isEmpty else { return }
-        try await self.database.write { db in
-            try db.execute(sql: "DELETE FROM outbox WHERE sequence IN (\(databaseQuestionMarks(count: sequences.count)))",
-                           arguments: StatementArguments(sequences))
+        try await self.database.write { db in try Self.remove(db, sequences) }
+    }
+
+    private static func remove(_ db: Database, _ sequences: [Int64]) throws {
+        // SQLite binds at most 32,766 parameters per statement; a batch is far below that, but
+        // a caller's list is not bounded here.
+        for start in stride(from: 0, to: sequences.count, by: 1000) {
+            let chunk = sequences[start..<min(start + 1000, sequences.count)]
+            try db.execute(sql: "DELETE FROM outbox WHERE sequence IN (\(databaseQuestionMarks(count: chunk.count)))",
+                           arguments: StatementArguments(chunk))
         }
     }
 

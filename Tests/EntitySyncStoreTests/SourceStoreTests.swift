@@ -148,6 +148,52 @@ func outboxEvents(_ store: any SourceStore) async throws -> [EntityChange] {
         #expect(try await store.claimOutbox(owner: "relay-b", lease: .seconds(30), limit: 10).count == 2)
     }
 
+    @Test(arguments: StoreBackend.available) func aClaimRemovesTheConfirmedRecordsFirst(backend: StoreBackend) async throws {
+        let store = try await backend.place("claim-removing").source()
+        for index in 0..<5 {
+            _ = try await store.createUser(UserDraft(id: "u\(index)", name: "N", email: "n\(index)@example.com"))
+        }
+        let first = try await store.claimOutbox(owner: "relay-a", lease: .seconds(30), limit: 2)
+        #expect(first.map(\.entityID) == ["u0", "u1"])
+        // One transaction: the confirmed records go, the next ones come.
+        let second = try await store.claimOutbox(owner: "relay-a", lease: .seconds(30), limit: 2, removing: first.map(\.sequence))
+        #expect(second.map(\.entityID) == ["u2", "u3"])
+        #expect(try await store.outboxCount() == 3)
+        // A relay whose lease another took still removes what it published; it claims nothing.
+        let removedByOther = try await store.claimOutbox(owner: "relay-b", lease: .seconds(30), limit: 10,
+                                                         removing: [second[0].sequence])
+        #expect(removedByOther.isEmpty)
+        #expect(try await store.outboxCount() == 2)
+        let rest = try await store.claimOutbox(owner: "relay-a", lease: .seconds(30), limit: 10, removing: [second[1].sequence])
+        #expect(rest.map(\.entityID) == ["u4"])
+    }
+
+    @Test(arguments: StoreBackend.available) func aCallerGivingUpFailsNoOtherWrite(backend: StoreBackend) async throws {
+        let store = try await backend.place("cancelled-writers").source()
+        // Cancelled at once, while they queue behind each other's commits: whichever leads a
+        // group, a caller that gives up may fail its own write, never another's.
+        let tasks = (0..<40).map { index in
+            Task { try await store.createUser(UserDraft(id: "u\(index)", name: "N", email: "n\(index)@example.com")) }
+        }
+        for task in tasks { task.cancel() }
+        var created = 0
+        for (index, task) in tasks.enumerated() {
+            do {
+                let user = try await task.value
+                #expect(user.id == "u\(index)" && user.version == 1)
+                created += 1
+            } catch is CancellationError {
+                // PostgreSQL gives a cancelled caller's transaction up; SQLite's group commit
+                // finishes every write it took (a leader's caller cannot cancel the group).
+                #expect(backend != .sqlite, "write \(index) failed although SQLite's group commit is not cancellable")
+            }
+        }
+        let stored = try await store.listUsers(after: nil, limit: 100).count
+        #expect(stored >= created)
+        #expect(try await store.outboxCount() == stored)
+        if backend == .sqlite { #expect(created == 40) }
+    }
+
     @Test(arguments: StoreBackend.available) func invalidInputIsRejectedWithTheField(backend: StoreBackend) async throws {
         let store = try await backend.place("invalid").source()
         do {
