@@ -19,6 +19,7 @@ let package = Package(
         .executable(name: "amqp-publish-bench", targets: ["AMQPPublishBench"]),
         .executable(name: "amqp-publish-bench-c", targets: ["AMQPPublishBenchC"]),
         .executable(name: "amqp-drain-bench-c", targets: ["AMQPDrainBenchC"]),
+        .executable(name: "ingest-latency", targets: ["IngestLatency"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.0"),
@@ -221,6 +222,16 @@ let package = Package(
             name: "AMQPDrainBenchC",
             dependencies: ["CRabbitMQ"],
             path: "Benchmarks/AMQPDrainBenchC"
+        ),
+        // The reply-to-visible latency client of `scripts/bench ingest`.
+        .executableTarget(
+            name: "IngestLatency",
+            dependencies: [
+                "HTTP2RPC", "EntitySyncProto", "EntitySyncGRPC",
+                .product(name: "GRPCCore", package: "grpc-swift-2"),
+            ],
+            path: "Benchmarks/IngestLatency",
+            swiftSettings: swiftSettings
         ),
         // Tests by cost (docs/TESTING.md). Unit: no broker, no processes (`scripts/test --unit`).
         .testTarget(

@@ -56,7 +56,9 @@ def main():
         latency.bar([f"p{p:g}" for p in points], values, color="#3b6ea5")
         for index, value in enumerate(values):
             latency.annotate(f"{value:.1f}", (index, value), ha="center", va="bottom", fontsize=8)
-        rate = ingest[0]["latency_rate"] if ingest else "?"
+        # Each round's rate is half its own import rate unless one was set: name their range.
+        rates = sorted(round(float(row["latency_rate"])) for row in ingest)
+        rate = "?" if not rates else f"{rates[0]:,}" if rates[0] == rates[-1] else f"{rates[0]:,}–{rates[-1]:,}"
         latency.set_title(f"Reply → visible in both groups\n({len(samples)} mutations at {rate}/s)")
         latency.set_ylabel("ms")
     figure.tight_layout()
