@@ -112,24 +112,30 @@ final class GroupCommit: Sendable {
         }
     }
 
-    /// Runs each job in a savepoint inside the group's transaction.
+    /// Runs each body in a savepoint inside the group's transaction. The savepoint statements
+    /// are prepared once: GRDB's `inSavepoint` parsed and prepared `SAVEPOINT` and `RELEASE` for
+    /// every write, about a tenth of the producer's CPU under a bulk import.
     private static func run(_ bodies: [@Sendable (Database) throws -> any Sendable], in db: Database) throws
         -> [Result<any Sendable, any Error>] {
+        let savepoint = try db.cachedStatement(sql: "SAVEPOINT grouped_write")
+        let release = try db.cachedStatement(sql: "RELEASE SAVEPOINT grouped_write")
+        let rollback = try db.cachedStatement(sql: "ROLLBACK TO SAVEPOINT grouped_write")
         var outcomes: [Result<any Sendable, any Error>] = []
         outcomes.reserveCapacity(bodies.count)
         for body in bodies {
-            var value: (any Sendable)?
+            try savepoint.execute()
             do {
-                try db.inSavepoint {
-                    value = try body(db)
-                    return .commit
-                }
-                outcomes.append(.success(value ?? ()))
+                let value = try body(db)
+                try release.execute()
+                outcomes.append(.success(value))
             } catch {
                 // Some SQLite errors (a full disk, an I/O error) roll back the whole
                 // transaction; the writes that succeeded before it are gone too, and the rest
                 // would run outside any transaction. Fail the group instead.
                 guard db.isInsideTransaction else { throw error }
+                // ROLLBACK TO keeps the savepoint open; RELEASE ends it.
+                try rollback.execute()
+                try release.execute()
                 outcomes.append(.failure(error))
             }
         }
