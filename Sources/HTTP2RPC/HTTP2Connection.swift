@@ -37,6 +37,10 @@ final class HTTP2Connection: ChannelDuplexHandler {
     /// or hash, and is found by id through the pointer nghttp2 keeps for it.
     private var streams = RPCStreamState.List()
     private var inCallbacks = false
+    /// Replies of finished tasks wait for one flush the loop runs after them: a group commit
+    /// ends many calls at once, and a socket write each was a tenth of the producer's CPU.
+    private var deferringFlush = false
+    private var flushScheduled = false
     private var closing = false
     private var quiescing = false
     private var goawaySent = false
@@ -596,7 +600,21 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.task = nil
         state.deadline?.cancel()
         state.deadline = nil
+        self.deferringFlush = true
         self.answer(state, outcome)
+        self.deferringFlush = false
+        self.scheduleFlush()
+    }
+
+    /// Flushes once the loop has run what is queued now (other tasks' replies among it).
+    private func scheduleFlush() {
+        guard !self.flushScheduled, let context = self.context else { return }
+        self.flushScheduled = true
+        let connection = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            connection.value.flushScheduled = false
+            connection.value.flushOutput()
+        }
     }
 
     private func failTask(_ state: RPCStreamState, code: Status.Code, message: String) {
@@ -673,7 +691,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         if result != 0 {
             self.shared.logger.debug("could not submit a response", metadata: ["stream": "\(state.id)", "error": "\(result)"])
         }
-        if !self.inCallbacks { self.flushOutput() }
+        if !self.inCallbacks && !self.deferringFlush { self.flushOutput() }
     }
 
     /// Asks nghttp2 to read a stream whose data provider had nothing to give.
@@ -681,7 +699,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         guard state.deferred, let session = self.session else { return }
         state.deferred = false
         _ = nghttp2_session_resume_data(session, state.id)
-        if !self.inCallbacks { self.flushOutput() }
+        if !self.inCallbacks && !self.deferringFlush { self.flushOutput() }
     }
 
     /// Ends a call with `code`: trailers-only if nothing was sent yet, else trailers after the data.
@@ -711,7 +729,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         // No RST_STREAM(NO_ERROR) follows for a request still being sent (RFC 9113 §8.1 allows
         // one): grpcio reads HEADERS and RST_STREAM arriving together as INTERNAL, losing the
         // status. The rest of such a request is dropped as it comes.
-        if !self.inCallbacks { self.flushOutput() }
+        if !self.inCallbacks && !self.deferringFlush { self.flushOutput() }
     }
 
     private func respondHTTPError(_ state: RPCStreamState, status: String, grpcStatus: Status.Code, message: String) {
@@ -724,7 +742,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
             ("grpc-status", "\(grpcStatus.rawValue)"), ("grpc-message", GRPCWire.percentEncoded(message)),
         ]
         _ = NGHTTP2Headers.with(headers) { nva, count in nghttp2_submit_response(session, state.id, nva, count, nil) }
-        if !self.inCallbacks { self.flushOutput() }
+        if !self.inCallbacks && !self.deferringFlush { self.flushOutput() }
     }
 
     // MARK: Calls handed to grpc-swift
