@@ -12,14 +12,29 @@ public enum ChangeCodec {
     /// The protobuf message for a change (message id from the change, persistent).
     public static func message(for change: EntityChange, serialized: [UInt8]? = nil) throws -> OutgoingMessage {
         let body: [UInt8] = try serialized ?? change.serializedBytes()
-        var message = OutgoingMessage(body: body, contentType: Self.protobufContentType, messageID: change.messageID,
+        return self.message(body: body, envelope: ChangeWire.Envelope(
+            messageID: change.messageID, entityType: change.entityType.rawValue, entityID: change.entityID,
+            version: change.version, producer: change.producer,
+            occurredAtSeconds: change.hasOccurredAt ? change.occurredAt.seconds : nil))
+    }
+
+    /// The protobuf message for a serialized change, as `message(for:)` makes it; the entity
+    /// state is not decoded unless the change is in a shape producers do not write.
+    public static func message(serialized body: [UInt8]) throws -> OutgoingMessage {
+        if let envelope = ChangeWire.envelope(body) { return self.message(body: body, envelope: envelope) }
+        return try self.message(for: EntityChange(serializedBytes: body), serialized: body)
+    }
+
+    private static func message(body: [UInt8], envelope: ChangeWire.Envelope) -> OutgoingMessage {
+        let kind = Entitysync_V1_EntityType(rawValue: envelope.entityType).flatMap(EntityKind.init)
+        var message = OutgoingMessage(body: body, contentType: Self.protobufContentType, messageID: envelope.messageID,
                                       headers: [
-                                          "entity-type": .string(EntityKind(change.entityType)?.rawValue ?? "unknown"),
-                                          "entity-id": .string(change.entityID),
-                                          "version": .int(Int64(clamping: change.version)),
+                                          "entity-type": .string(kind?.rawValue ?? "unknown"),
+                                          "entity-id": .string(envelope.entityID),
+                                          "version": .int(Int64(clamping: envelope.version)),
                                       ],
-                                      type: Self.messageType, appID: change.producer.isEmpty ? nil : change.producer)
-        if change.hasOccurredAt { message.properties.timestamp = UInt64(max(0, change.occurredAt.seconds)) }
+                                      type: Self.messageType, appID: envelope.producer.isEmpty ? nil : envelope.producer)
+        if let seconds = envelope.occurredAtSeconds { message.properties.timestamp = UInt64(max(0, seconds)) }
         return message
     }
 

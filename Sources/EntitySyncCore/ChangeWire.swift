@@ -17,6 +17,27 @@ enum ChangeWire {
         }
     }
 
+    /// What a change's AMQP message carries besides its body, read without decoding the entity
+    /// state: the outbox relay publishes stored changes and decoded each one only for these.
+    struct Envelope: Equatable {
+        var messageID = ""
+        var entityType = 0
+        var entityID = ""
+        var version: UInt64 = 0
+        var producer = ""
+        /// `occurred_at`'s seconds, if it is set.
+        var occurredAtSeconds: Int64?
+    }
+
+    /// The envelope of a change in the shape producers write; nil for anything else (the
+    /// caller decodes it whole).
+    static func envelope(_ body: [UInt8]) -> Envelope? {
+        body.withUnsafeBufferPointer { buffer -> Envelope? in
+            var reader = Reader(buffer)
+            return reader.envelope()
+        }
+    }
+
     /// Reads one message's fields; every failure is nil (the caller falls back).
     private struct Reader {
         let bytes: UnsafeBufferPointer<UInt8>
@@ -122,6 +143,29 @@ enum ChangeWire {
                 }
             }
             return change
+        }
+
+        mutating func envelope() -> Envelope? {
+            var envelope = Envelope()
+            var seen: UInt16 = 0
+            while !self.done {
+                guard let (field, wireType) = self.field(highest: 9, seen: &seen) else { return nil }
+                switch (field, wireType) {
+                case (1, 2): guard let value = self.string() else { return nil }; envelope.messageID = value
+                case (2, 0): guard let value = self.enumValue() else { return nil }; envelope.entityType = value
+                case (3, 2): guard let value = self.string() else { return nil }; envelope.entityID = value
+                case (4, 0): guard let value = self.varint() else { return nil }; envelope.version = value
+                case (5, 0): guard self.varint() != nil else { return nil }
+                // The state is skipped whole: only its framing is checked.
+                case (6, 2), (7, 2): guard seen & 0b1100_0000 != 0b1100_0000, self.nested() != nil else { return nil }
+                case (8, 2):
+                    guard var fields = self.nested(), let value = fields.timestamp() else { return nil }
+                    envelope.occurredAtSeconds = value.seconds
+                case (9, 2): guard let value = self.string() else { return nil }; envelope.producer = value
+                default: return nil
+                }
+            }
+            return envelope
         }
 
         mutating func user() -> User? {

@@ -211,9 +211,7 @@ public final class OutboxRelay: Sendable {
         var items: [PublishItem] = []
         items.reserveCapacity(records.count)
         for record in records {
-            let change = try EntityChange(serializedBytes: record.payload)
-            items.append(PublishItem(try ChangeCodec.message(for: change, serialized: record.payload),
-                                     exchange: SyncTopology.exchange(for: record.kind)))
+            items.append(PublishItem(try ChangeCodec.message(serialized: record.payload), exchange: SyncTopology.exchange(for: record.kind)))
         }
         self.counters.add(published: records.count)
         // A short batch was the whole outbox when claimed; only a full one needs counting.

@@ -32,18 +32,41 @@ enum EntityTable {
         var state: [UInt8]
     }
 
+    /// Bound and stepped on the raw cached statement: through GRDB's `Row` (existential
+    /// arguments, a row object, columns by name) it was 4% of a mutation's CPU on the producer.
     static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
-        let statement = try db.cachedStatement(sql: "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?")
-        guard let row = try Row.fetchOne(statement, arguments: [kind.rawValue, id]) else { return nil }
-        let version: Int64 = row["version"]
-        let deleted: Bool = row["deleted"]
-        let state: Data = row["state"]
-        // A damaged file must fail the read, not trap the process.
-        guard let stored = UInt64(exactly: version) else {
-            throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
-        }
-        return Stored(version: stored, deleted: deleted, state: [UInt8](state))
+        let statement = try db.cachedStatement(sql: Self.fetchSQL)
+        let raw = statement.sqliteStatement
+        let connection = db.sqliteConnection
+        return try kind.rawValue.withCString { kindText in try id.withCString { idText in
+            defer {
+                sqlite3_reset(raw)
+                sqlite3_clear_bindings(raw)
+            }
+            var code = sqlite3_reset(raw)
+            if code == SQLITE_OK { code = sqlite3_bind_text(raw, 1, kindText, -1, nil) }
+            if code == SQLITE_OK { code = sqlite3_bind_text(raw, 2, idText, Int32(clamping: id.utf8.count), nil) }
+            if code == SQLITE_OK { code = sqlite3_step(raw) }
+            switch code {
+            case SQLITE_DONE:
+                return nil
+            case SQLITE_ROW:
+                let version = sqlite3_column_int64(raw, 0)
+                // A damaged file must fail the read, not trap the process.
+                guard let stored = UInt64(exactly: version) else {
+                    throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+                }
+                let count = Int(sqlite3_column_bytes(raw, 2))
+                let state = count == 0 ? [] : [UInt8](UnsafeRawBufferPointer(start: sqlite3_column_blob(raw, 2), count: count))
+                return Stored(version: stored, deleted: sqlite3_column_int64(raw, 1) != 0, state: state)
+            default:
+                throw DatabaseError(resultCode: ResultCode(rawValue: code),
+                                    message: connection.map { String(cString: sqlite3_errmsg($0)) }, sql: Self.fetchSQL)
+            }
+        } }
     }
+
+    private static let fetchSQL = "SELECT version, deleted, state FROM entities WHERE kind = ? AND id = ?"
 
     static func save(_ db: Database, kind: EntityKind, id: String, version: UInt64, deleted: Bool, state: [UInt8]) throws {
         _ = try self.write(db, try Upsert(db, onlyIfNewer: false), kind: kind, id: id, version: version, deleted: deleted,

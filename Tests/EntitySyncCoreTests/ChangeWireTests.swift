@@ -106,6 +106,29 @@ import Testing
         #expect(answered > 1000 && refused > 1000)
     }
 
+    /// The relay's message from stored bytes, read without decoding the state, is the one a
+    /// full decode gives; on damaged bytes too, whenever both read them.
+    @Test func aStoredChangesMessageIsTheDecodedChangesMessage() throws {
+        var rng = SplitMix64(seed: 3)
+        var envelopes = 0
+        for index in 0..<20000 {
+            var bytes: [UInt8] = try Self.change(&rng, attributes: Int.random(in: 0..<4, using: &rng) == 0).serializedBytes()
+            if index % 2 == 1 && !bytes.isEmpty {
+                let at = Int.random(in: 0..<bytes.count, using: &rng)
+                bytes[at] ^= UInt8(1 << Int.random(in: 0..<8, using: &rng))
+            }
+            guard let reference = try? EntityChange(serializedBytes: bytes) else { continue }
+            if ChangeWire.envelope(bytes) != nil { envelopes += 1 }
+            var fast = try ChangeCodec.message(serialized: bytes)
+            let full = try ChangeCodec.message(for: reference, serialized: bytes)
+            // Without occurred_at both stamp the current time, which may tick between them.
+            if !reference.hasOccurredAt { fast.properties.timestamp = full.properties.timestamp }
+            #expect(fast.properties == full.properties, "\(bytes)")
+            #expect(fast.body == bytes)
+        }
+        #expect(envelopes > 5000)
+    }
+
     @Test func leavesUnusualShapesToSwiftProtobuf() throws {
         var user = User()
         user.id = "u1"
