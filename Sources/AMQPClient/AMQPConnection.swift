@@ -99,18 +99,24 @@ public final class AMQPConnection: MessageBroker {
     /// Publishes every message, sent in the given order and pipelined within the confirm window,
     /// and returns each one's outcome (same errors as `publish`) once all are known.
     public func publish(_ batch: [PublishItem]) async -> [Result<Void, AMQPError>] {
-        guard !batch.isEmpty else { return [] }
+        await self.submit(batch).outcomes()
+    }
+
+    /// Posts the batch to the connection thread before returning (the mailbox keeps the order
+    /// of posts), so batches submitted one after another are sent in that order.
+    public func submit(_ batch: [PublishItem]) -> PublishTicket {
+        guard !batch.isEmpty else { return PublishTicket(results: []) }
         let deadline = ContinuousClock.now + self.configuration.publishTimeout
-        return await withCheckedContinuation { reply in
-            let completion = BatchCompletion(count: batch.count, reply: reply)
-            let requests = batch.enumerated().map { index, item in
-                PublishRequest(exchange: item.exchange, routingKey: item.routingKey, mandatory: item.mandatory,
-                               message: item.message, deadline: deadline, completion: .batch(completion, index: index))
-            }
-            if !self.mailbox.post(.publishBatch(requests)) {
-                for request in requests { request.fail(ConnectionLoop.closedError) }
-            }
+        let ticket = PublishTicket()
+        let completion = BatchCompletion(count: batch.count, ticket: ticket)
+        let requests = batch.enumerated().map { index, item in
+            PublishRequest(exchange: item.exchange, routingKey: item.routingKey, mandatory: item.mandatory,
+                           message: item.message, deadline: deadline, completion: .batch(completion, index: index))
         }
+        if !self.mailbox.post(.publishBatch(requests)) {
+            for request in requests { request.fail(ConnectionLoop.closedError) }
+        }
+        return ticket
     }
 
     /// Starts consuming `queue` with manual acknowledgement and at most `prefetch` unsettled

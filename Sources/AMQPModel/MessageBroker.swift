@@ -28,6 +28,10 @@ public protocol MessageBroker: Sendable {
     func publish(_ message: OutgoingMessage, exchange: String, routingKey: String, mandatory: Bool) async throws
     /// Publishes every message in order and returns each one's outcome once all are known.
     func publish(_ batch: [PublishItem]) async -> [Result<Void, AMQPError>]
+    /// Hands every message over for publishing before it returns, in order and behind every
+    /// batch handed over before, without waiting for their confirms: a caller can hand over the
+    /// next batch while the broker confirms this one, and await each ticket in turn.
+    func submit(_ batch: [PublishItem]) -> PublishTicket
     /// Consumes `queue` with manual acknowledgement and at most `prefetch` unsettled deliveries.
     func consume(queue: String, prefetch: UInt16) async throws -> BrokerConsumer
 }

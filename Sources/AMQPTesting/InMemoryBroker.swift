@@ -117,13 +117,18 @@ public final class InMemoryBroker: MessageBroker, DeliverySettler {
     }
 
     public func publish(_ batch: [PublishItem]) async -> [Result<Void, AMQPError>] {
+        await self.submit(batch).outcomes()
+    }
+
+    /// Settles every publish at once: the ticket's outcomes are known when it is returned.
+    public func submit(_ batch: [PublishItem]) -> PublishTicket {
         let results = self.state.withLock { state in
             let results = batch.map { state.publish($0) }
             state.dispatchPending(settler: self)
             return results
         }
         self.scheduleExpiry()
-        return results
+        return PublishTicket(results: results)
     }
 
     public func consume(queue: String, prefetch: UInt16) async throws -> BrokerConsumer {

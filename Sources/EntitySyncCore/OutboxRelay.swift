@@ -13,8 +13,12 @@ import Metrics
 /// so a second relay never takes over a batch that is still being published.
 public final class OutboxRelay: Sendable {
     public struct Configuration: Sendable {
-        /// Records published per batch; also the most that are unconfirmed at once.
+        /// Records published per batch.
         public var batchSize: Int = 256
+        /// Batches handed to the broker and not yet confirmed, at most: the relay claims and
+        /// hands over the next batch while the broker confirms the last. 1 waits for each
+        /// batch's confirms before claiming the next.
+        public var pipelineDepth: Int = 2
         /// How long a claim on the outbox lasts without renewal (another producer on the same
         /// store takes over after that). `nil`, the default, derives it from the connection:
         /// its publish timeout plus `leaseMargin`.
@@ -45,6 +49,9 @@ public final class OutboxRelay: Sendable {
         public func validate(publishTimeout: Duration) throws(SyncError) {
             guard self.batchSize >= 1 else {
                 throw SyncError(.configuration, "the outbox relay's batch size must be at least 1, not \(self.batchSize)")
+            }
+            guard self.pipelineDepth >= 1 else {
+                throw SyncError(.configuration, "the outbox relay's pipeline depth must be at least 1, not \(self.pipelineDepth)")
             }
             guard self.lease != nil || self.leaseMargin > .zero else {
                 throw SyncError(.configuration, "the outbox relay's lease margin must be positive, not \(self.leaseMargin)")
@@ -130,34 +137,67 @@ public final class OutboxRelay: Sendable {
         self.logger.info("outbox relay stopped")
     }
 
-    /// Claims, publishes and removes batches until cancelled. A batch's confirmed records are
-    /// removed in the transaction that claims the next one: one store round trip per batch.
+    /// A batch handed to the broker whose confirms have not been looked at yet.
+    private struct InFlight {
+        let records: [OutboxRecord]
+        let ticket: PublishTicket
+    }
+
+    /// Claims, publishes and removes batches until cancelled. Up to `pipelineDepth` batches are
+    /// with the broker at once, handed over in commit order; a batch's confirmed records are
+    /// removed in the transaction that claims a later one, so a batch costs one store round trip.
     private func relay() async {
         var failures = 0
         var confirmed: [Int64] = []
+        var inFlight: [InFlight] = []
+        // Claims read past the batches in flight (still in the outbox) and leave them out.
+        var inFlightSequences = Set<Int64>()
         while !Task.isCancelled {
             do {
-                let records = try await self.store.claimOutbox(owner: self.owner, lease: self.lease,
-                                                               limit: self.configuration.batchSize, removing: confirmed)
-                confirmed = []
-                guard !records.isEmpty else {
-                    self.counters.backlog.record(0)
-                    // Woken by this process's next commit, or by the tick.
-                    await self.store.commits.wait()
+                if inFlight.count < self.configuration.pipelineDepth {
+                    let limit = self.configuration.batchSize + inFlightSequences.count
+                    let claimed = try await self.store.claimOutbox(owner: self.owner, lease: self.lease, limit: limit,
+                                                                   removing: confirmed)
+                    confirmed = []
+                    let records = Array(claimed.lazy.filter { !inFlightSequences.contains($0.sequence) }
+                        .prefix(self.configuration.batchSize))
+                    if !records.isEmpty {
+                        // A short claim was the whole outbox; only a full one needs counting.
+                        let backlog = claimed.count < limit ? claimed.count : try await self.store.outboxCount()
+                        inFlight.append(InFlight(records: records, ticket: try self.submit(records, backlog: backlog)))
+                        inFlightSequences.formUnion(records.lazy.map(\.sequence))
+                        continue
+                    }
+                    if inFlight.isEmpty {
+                        self.counters.backlog.record(0)
+                        // Woken by this process's next commit, or by the tick.
+                        await self.store.commits.wait()
+                        continue
+                    }
+                }
+                // Confirms are awaited whatever happens to this task: a batch handed over is
+                // seen through, so that what the broker took is removed.
+                let oldest = inFlight.removeFirst()
+                let outcome = await self.settle(oldest)
+                inFlightSequences.subtract(oldest.records.lazy.map(\.sequence))
+                confirmed += outcome
+                let failed = oldest.records.count - outcome.count
+                guard failed > 0 else {
+                    failures = 0
                     continue
                 }
-                confirmed = try await self.publish(records)
-                let failed = records.count - confirmed.count
-                if failed == 0 {
-                    failures = 0
-                } else {
-                    failures += 1
-                    let delay = self.configuration.backoff.delay(attempt: failures - 1)
-                    self.logger.warning("outbox publish failed; retrying", metadata: [
-                        "outbox.failed": "\(failed)", "outbox.batch": "\(records.count)", "retry_in": "\(delay)",
-                    ])
-                    try await Task.sleep(for: delay)
-                }
+                // The failed records are claimed again, after the batches behind them: those are
+                // settled first. A later version published before an earlier one is harmless
+                // (consumers keep the highest).
+                for batch in inFlight { confirmed += await self.settle(batch) }
+                inFlight = []
+                inFlightSequences = []
+                failures += 1
+                let delay = self.configuration.backoff.delay(attempt: failures - 1)
+                self.logger.warning("outbox publish failed; retrying", metadata: [
+                    "outbox.failed": "\(failed)", "outbox.batch": "\(oldest.records.count)", "retry_in": "\(delay)",
+                ])
+                try await Task.sleep(for: delay)
             } catch is CancellationError {
                 break
             } catch {
@@ -168,6 +208,7 @@ public final class OutboxRelay: Sendable {
                 try? await Task.sleep(for: delay)
             }
         }
+        for batch in inFlight { confirmed += await self.settle(batch) }
         guard !confirmed.isEmpty else { return }
         // Not cancelled with the relay (GRDB refuses to start work in a cancelled task): a
         // stopping producer must not leave confirmed rows to be sent twice.
@@ -206,22 +247,26 @@ public final class OutboxRelay: Sendable {
         }
     }
 
-    /// Publishes one batch in order; returns the sequences the broker confirmed.
-    private func publish(_ records: [OutboxRecord]) async throws -> [Int64] {
+    /// Hands one batch to the broker, in order; `backlog` is how many records the claim found.
+    private func submit(_ records: [OutboxRecord], backlog: Int) throws -> PublishTicket {
         var items: [PublishItem] = []
         items.reserveCapacity(records.count)
         for record in records {
             items.append(PublishItem(try ChangeCodec.message(serialized: record.payload), exchange: SyncTopology.exchange(for: record.kind)))
         }
         self.counters.add(published: records.count)
-        // A short batch was the whole outbox when claimed; only a full one needs counting.
-        self.counters.backlog.record(records.count < self.configuration.batchSize ? records.count : try await self.store.outboxCount())
-        let results = await self.broker.publish(items)
+        self.counters.backlog.record(backlog)
+        return self.broker.submit(items)
+    }
+
+    /// Waits for a batch's confirms; the sequences the broker confirmed.
+    private func settle(_ batch: InFlight) async -> [Int64] {
+        let results = await batch.ticket.outcomes()
         var confirmed: [Int64] = []
-        confirmed.reserveCapacity(records.count)
+        confirmed.reserveCapacity(batch.records.count)
         var firstError: AMQPError?
         var returned = 0
-        for (record, result) in zip(records, results) {
+        for (record, result) in zip(batch.records, results) {
             switch result {
             case .success:
                 confirmed.append(record.sequence)
@@ -230,10 +275,10 @@ public final class OutboxRelay: Sendable {
                 firstError = firstError ?? error
             }
         }
-        self.counters.add(confirmed: confirmed.count, returned: returned, retried: records.count - confirmed.count)
+        self.counters.add(confirmed: confirmed.count, returned: returned, retried: batch.records.count - confirmed.count)
         if let firstError {
             self.logger.warning("outbox publishes not confirmed", metadata: [
-                "outbox.unconfirmed": "\(records.count - confirmed.count)", "error": "\(firstError.message)",
+                "outbox.unconfirmed": "\(batch.records.count - confirmed.count)", "error": "\(firstError.message)",
             ])
         }
         return confirmed

@@ -46,6 +46,10 @@ import Testing
         #expect(throws: SyncError.self) { try configuration.validate(publishTimeout: Self.servicePublishTimeout) }
 
         configuration = OutboxRelay.Configuration()
+        configuration.pipelineDepth = 0
+        #expect(throws: SyncError.self) { try configuration.validate(publishTimeout: Self.servicePublishTimeout) }
+
+        configuration = OutboxRelay.Configuration()
         configuration.leaseMargin = .zero
         #expect(throws: SyncError.self) { try configuration.validate(publishTimeout: Self.servicePublishTimeout) }
 

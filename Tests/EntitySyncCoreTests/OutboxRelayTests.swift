@@ -19,12 +19,14 @@ import Testing
         let store: SQLiteSourceStore
         let relay: OutboxRelay
 
-        init(declare: Bool = true) async throws {
+        init(declare: Bool = true, batchSize: Int = 256, pipelineDepth: Int = 2) async throws {
             self.directory = try Fixtures.temporaryDirectory("relay")
             self.store = try SQLiteSourceStore(path: "\(self.directory)/source.sqlite", producer: "relay-test")
             var configuration = OutboxRelay.Configuration()
             configuration.backoff = Backoff(initial: .milliseconds(10), maximum: .milliseconds(50))
             configuration.idleCheck = .milliseconds(50)
+            configuration.batchSize = batchSize
+            configuration.pipelineDepth = pipelineDepth
             self.relay = OutboxRelay(store: self.store, broker: self.broker, owner: "relay-test",
                                      configuration: configuration, logger: Logger(label: "test.relay"))
             if declare {
@@ -63,6 +65,35 @@ import Testing
         #expect(try rig.queued() == ids)
         #expect(try rig.queued(SyncTopology.queue(for: .user, group: "consumer_org_rpc")) == ids)
         #expect(rig.relay.statistics.confirmed == 20)
+        rig.tearDown()
+    }
+
+    @Test func pipelinedBatchesGoOutInCommitOrder() async throws {
+        let rig = try await Rig(batchSize: 3, pipelineDepth: 3)
+        let ids = (1...20).map { "u\($0)" }
+        try await rig.createUsers(ids)
+        try await rig.run { try await rig.store.outboxCount() == 0 }
+        #expect(try rig.queued() == ids)
+        #expect(rig.relay.statistics.confirmed == 20)
+        rig.tearDown()
+    }
+
+    @Test func aFailedBatchAheadOfOthersInFlightIsSentAgainAfterThem() async throws {
+        let rig = try await Rig(batchSize: 4, pipelineDepth: 3)
+        let ids = (1...30).map { "u\($0)" }
+        try await rig.createUsers(ids)
+        // The first batch's first two publishes are refused while the next two batches are
+        // already with the broker.
+        rig.broker.failNextPublishes([.refuse(AMQPError(.nacked, "simulated nack")), .refuse(AMQPError(.nacked, "simulated nack"))])
+        try await rig.run { try await rig.store.outboxCount() == 0 }
+        let queued = try rig.queued()
+        // Every change exactly once: none lost, none doubled.
+        #expect(queued.sorted() == ids.sorted())
+        // The refused ones went out again after the batches that were in flight behind them.
+        let first = try #require(queued.firstIndex(of: "u1"))
+        let behind = try #require(queued.firstIndex(of: "u12"))
+        #expect(first > behind)
+        #expect(rig.relay.statistics.retried == 2)
         rig.tearDown()
     }
 

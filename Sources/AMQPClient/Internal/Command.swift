@@ -102,11 +102,11 @@ final class BatchCompletion: Sendable {
         var remaining: Int
     }
     private let state: Mutex<State>
-    private let reply: CheckedContinuation<[Result<Void, AMQPError>], Never>
+    private let ticket: PublishTicket
 
-    init(count: Int, reply: CheckedContinuation<[Result<Void, AMQPError>], Never>) {
+    init(count: Int, ticket: PublishTicket) {
         self.state = Mutex(State(results: Array(repeating: nil, count: count), remaining: count))
-        self.reply = reply
+        self.ticket = ticket
     }
 
     func complete(_ index: Int, _ result: Result<Void, AMQPError>) {
@@ -116,7 +116,7 @@ final class BatchCompletion: Sendable {
             state.remaining -= 1
             return state.remaining == 0 ? state.results.map { $0 ?? .failure(ConnectionLoop.closedError) } : nil
         }
-        if let finished { self.reply.resume(returning: finished) }
+        if let finished { self.ticket.complete(finished) }
     }
 }
 
