@@ -122,6 +122,7 @@ public final class OutboxRelay: Sendable {
         self.logger.info("outbox relay started", metadata: ["relay.lease": "\(self.lease)"])
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await self.tick() }
+            group.addTask { await self.renewLease() }
             await self.relay()
             group.cancelAll()
         }
@@ -201,7 +202,12 @@ public final class OutboxRelay: Sendable {
             } catch is CancellationError {
                 break
             } catch {
-                // A claim that failed removed nothing either: `confirmed` goes with the next one.
+                // A claim that failed removed nothing either: `confirmed` goes with the next one,
+                // with what the batches in flight settle to (they are not left unlooked-at for
+                // as long as the store is out).
+                for batch in inFlight { confirmed += await self.settle(batch) }
+                inFlight = []
+                inFlightSequences = []
                 failures += 1
                 let delay = self.configuration.backoff.delay(attempt: failures - 1)
                 self.logger.error("outbox relay error; retrying", metadata: ["error": "\(error)", "retry_in": "\(delay)"])
@@ -222,12 +228,9 @@ public final class OutboxRelay: Sendable {
     }
 
     /// While the relay runs: wakes it every idle check, for commits by another process on the
-    /// same store (which signal nothing here), and renews the lease, so that a batch whose
-    /// publish or store work stalls keeps it. One timer for the relay's life: a timer per idle
-    /// wait and a renewal task per batch were most of the relay's thread wake-ups.
+    /// same store (which signal nothing here). One timer for the relay's life: a timer per idle
+    /// wait was most of the relay's thread wake-ups.
     private func tick() async {
-        let renewal = self.configuration.leaseRenewal(publishTimeout: self.broker.publishTimeout)
-        var renewed = ContinuousClock.now
         while true {
             do {
                 try await Task.sleep(for: self.configuration.idleCheck)
@@ -235,8 +238,20 @@ public final class OutboxRelay: Sendable {
                 return
             }
             self.store.commits.signal()
-            guard ContinuousClock.now - renewed >= renewal else { continue }
-            renewed = .now
+        }
+    }
+
+    /// While the relay runs: renews the lease every third of it, so that a batch whose publish or
+    /// store work stalls keeps it. Apart from `tick`, so that a renewal waiting on the store (a
+    /// write lock another process holds) never delays the idle checks.
+    private func renewLease() async {
+        let renewal = self.configuration.leaseRenewal(publishTimeout: self.broker.publishTimeout)
+        while true {
+            do {
+                try await Task.sleep(for: renewal)
+            } catch {
+                return
+            }
             // Limit 0: renews (or, if it lapsed and nobody took it, retakes) the lease without
             // reading records. Never takes a lease another relay holds.
             do {

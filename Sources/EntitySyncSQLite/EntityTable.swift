@@ -37,6 +37,8 @@ enum EntityTable {
     static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
         let statement = try db.cachedStatement(sql: Self.fetchSQL)
         let raw = statement.sqliteStatement
+        // GRDB's statement cache keeps it alive too; this says so where the raw pointer is used.
+        defer { withExtendedLifetime(statement) {} }
         let connection = db.sqliteConnection
         return try kind.rawValue.withCString { kindText in try id.withCString { idText in
             defer {

@@ -312,6 +312,8 @@ public final class SQLiteSourceStore: SourceStore {
         }
         let statement = try db.cachedStatement(sql: Self.enqueueSQL)
         let raw = statement.sqliteStatement
+        // GRDB's statement cache keeps it alive too; this says so where the raw pointer is used.
+        defer { withExtendedLifetime(statement) {} }
         let connection = db.sqliteConnection
         // Every caller writes inside a transaction; outside one (SQLite rolled it back after an
         // I/O or disk-full error) the row would commit on its own, apart from its entity.

@@ -13,7 +13,12 @@ import Testing
     @Test func aWaitEndsOnSignal() async {
         let signal = WakeSignal()
         let waiter = Task { await signal.wait(timeout: .seconds(60)) }
-        // Keep signalling until the waiter has returned: proves wake-up without relying on timing.
+        await Self.signal(signal, until: waiter)
+    }
+
+    /// Signals until `waiter` has returned: proves a wake-up without relying on timing (a
+    /// signal sent before it parked is kept, one after wakes it).
+    private static func signal(_ signal: WakeSignal, until waiter: Task<Void, Never>) async {
         while !Task.isCancelled {
             signal.signal()
             let returned = await Task { () -> Bool in
@@ -47,20 +52,7 @@ import Testing
     @Test func aWaitWithoutTimeoutEndsOnSignal() async {
         let signal = WakeSignal()
         let waiter = Task { await signal.wait() }
-        // Until the waiter returns: a signal sent before it parked is kept, one after wakes it.
-        while true {
-            signal.signal()
-            let returned = await Task { () -> Bool in
-                await withTaskGroup(of: Bool.self) { group in
-                    group.addTask { await waiter.value; return true }
-                    group.addTask { try? await Task.sleep(for: .milliseconds(50)); return false }
-                    let first = await group.next() ?? false
-                    group.cancelAll()
-                    return first
-                }
-            }.value
-            if returned { break }
-        }
+        await Self.signal(signal, until: waiter)
     }
 
     @Test func aWaitWithoutTimeoutEndsWhenCancelled() async {
