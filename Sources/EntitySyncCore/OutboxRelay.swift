@@ -109,7 +109,7 @@ public final class OutboxRelay: Sendable {
     /// Published, confirmed, returned (unroutable) and retried publishes so far.
     public var statistics: RelayStatistics { self.counters.snapshot }
 
-    /// Runs until the task is cancelled; the batch in flight at cancellation is finished first.
+    /// Runs until the task is cancelled; the batches in flight at cancellation are seen through first.
     public func run() async {
         do {
             try self.validate()
