@@ -32,38 +32,30 @@ enum EntityTable {
         var state: [UInt8]
     }
 
-    /// Bound and stepped on the raw cached statement: through GRDB's `Row` (existential
-    /// arguments, a row object, columns by name) it was 4% of a mutation's CPU on the producer.
+    /// Stepped through `RawStep`: through GRDB's `Row` (existential arguments, a row object,
+    /// columns by name) it was 4% of a mutation's CPU on the producer.
     static func fetch(_ db: Database, kind: EntityKind, id: String) throws -> Stored? {
         let statement = try db.cachedStatement(sql: Self.fetchSQL)
-        let raw = statement.sqliteStatement
-        // GRDB's statement cache keeps it alive too; this says so where the raw pointer is used.
-        defer { withExtendedLifetime(statement) {} }
-        let connection = db.sqliteConnection
         return try kind.rawValue.withCString { kindText in try id.withCString { idText in
-            defer {
-                sqlite3_reset(raw)
-                sqlite3_clear_bindings(raw)
-            }
-            var code = sqlite3_reset(raw)
-            if code == SQLITE_OK { code = sqlite3_bind_text(raw, 1, kindText, -1, nil) }
-            if code == SQLITE_OK { code = sqlite3_bind_text(raw, 2, idText, Int32(clamping: id.utf8.count), nil) }
-            if code == SQLITE_OK { code = sqlite3_step(raw) }
-            switch code {
-            case SQLITE_DONE:
-                return nil
-            case SQLITE_ROW:
-                let version = sqlite3_column_int64(raw, 0)
-                // A damaged file must fail the read, not trap the process.
-                guard let stored = UInt64(exactly: version) else {
-                    throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+            try RawStep.run(statement, bind: { bind in
+                bind.text(1, kindText, count: kind.rawValue.utf8.count)
+                bind.text(2, idText, count: id.utf8.count)
+            }) { code, raw -> Stored? in
+                switch code {
+                case SQLITE_DONE:
+                    return nil
+                case SQLITE_ROW:
+                    let version = sqlite3_column_int64(raw, 0)
+                    // A damaged file must fail the read, not trap the process.
+                    guard let stored = UInt64(exactly: version) else {
+                        throw SyncError(.storeUnavailable, "\(kind.rawValue) '\(id)' has a negative version (\(version)) in the store")
+                    }
+                    let count = Int(sqlite3_column_bytes(raw, 2))
+                    let state = count == 0 ? [] : [UInt8](UnsafeRawBufferPointer(start: sqlite3_column_blob(raw, 2), count: count))
+                    return Stored(version: stored, deleted: sqlite3_column_int64(raw, 1) != 0, state: state)
+                default:
+                    throw RawStep.failure(code, db, sql: Self.fetchSQL)
                 }
-                let count = Int(sqlite3_column_bytes(raw, 2))
-                let state = count == 0 ? [] : [UInt8](UnsafeRawBufferPointer(start: sqlite3_column_blob(raw, 2), count: count))
-                return Stored(version: stored, deleted: sqlite3_column_int64(raw, 1) != 0, state: state)
-            default:
-                throw DatabaseError(resultCode: ResultCode(rawValue: code),
-                                    message: connection.map { String(cString: sqlite3_errmsg($0)) }, sql: Self.fetchSQL)
             }
         } }
     }
@@ -106,10 +98,8 @@ enum EntityTable {
         """
     private static let upsertIfNewerSQL = upsertSQL + " WHERE entities.version < excluded.version"
 
-    /// Binds and steps the cached statement directly: GRDB's `StatementArguments`, built from an
-    /// array of existentials and bound through nested closures, cost a consumer about a tenth of
-    /// its CPU per event in catch-up. What GRDB's `execute` adds around a step that matters here
-    /// is kept: a transaction SQLite aborted is refused, and a failure is a `DatabaseError`.
+    /// Stepped through `RawStep`: GRDB's `StatementArguments` cost a consumer about a tenth of
+    /// its CPU per event in catch-up.
     private static func write(_ db: Database, _ upsert: Upsert, kind: EntityKind, id: String, version: UInt64, deleted: Bool,
                               state: [UInt8]) throws -> Bool {
         // Validation keeps versions within Int64; this keeps a caller that skipped it from trapping.
@@ -118,43 +108,26 @@ enum EntityTable {
                             + "the largest the store can hold")
         }
         let sql = upsert.sql
-        // Every caller writes inside a transaction; outside one (SQLite rolled it back after an
-        // I/O or disk-full error) the write would commit on its own.
-        let raw = upsert.statement.sqliteStatement
-        let connection = db.sqliteConnection
-        guard sqlite3_get_autocommit(connection) == 0 else {
-            throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: sql)
-        }
-        let now = Date().timeIntervalSince1970
+        try RawStep.requireTransaction(db, sql: sql)
         // Validation bounds ids and messages far below this; a caller that skipped it gets an error, not a trap.
-        guard let idLength = Int32(exactly: id.utf8.count), Int32(exactly: state.count) != nil else {
+        guard Int32(exactly: id.utf8.count) != nil, Int32(exactly: state.count) != nil else {
             throw DatabaseError(resultCode: .SQLITE_TOOBIG, message: "\(kind.rawValue) '\(id.prefix(64))' is too large to store",
                                 sql: sql)
         }
+        let now = Date().timeIntervalSince1970
         return try kind.rawValue.withCString { kindText in try id.withCString { idText in
             try state.withUnsafeBytes { stateBytes in
-                defer {
-                    sqlite3_reset(raw)
-                    sqlite3_clear_bindings(raw)
+                try RawStep.run(upsert.statement, bind: { bind in
+                    bind.text(1, kindText, count: kind.rawValue.utf8.count)
+                    bind.text(2, idText, count: id.utf8.count)
+                    bind.int64(3, signed)
+                    bind.int64(4, deleted ? 1 : 0)
+                    bind.blob(5, stateBytes)
+                    bind.double(6, now)
+                }) { code, _ in
+                    guard code == SQLITE_DONE else { throw RawStep.failure(code, db, sql: sql) }
+                    return sqlite3_changes(db.sqliteConnection) > 0
                 }
-                // nil destructors (SQLITE_STATIC): the buffers outlive the step, and bindings are
-                // cleared before they go.
-                var code = sqlite3_reset(raw)
-                if code == SQLITE_OK { code = sqlite3_bind_text(raw, 1, kindText, -1, nil) }
-                if code == SQLITE_OK { code = sqlite3_bind_text(raw, 2, idText, idLength, nil) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(raw, 3, signed) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(raw, 4, deleted ? 1 : 0) }
-                if code == SQLITE_OK {
-                    code = stateBytes.isEmpty ? sqlite3_bind_zeroblob(raw, 5, 0)
-                        : sqlite3_bind_blob(raw, 5, stateBytes.baseAddress, Int32(stateBytes.count), nil)
-                }
-                if code == SQLITE_OK { code = sqlite3_bind_double(raw, 6, now) }
-                if code == SQLITE_OK { code = sqlite3_step(raw) }
-                guard code == SQLITE_DONE else {
-                    throw DatabaseError(resultCode: ResultCode(rawValue: code),
-                                        message: connection.map { String(cString: sqlite3_errmsg($0)) }, sql: sql)
-                }
-                return sqlite3_changes(connection) > 0
             }
         } }
     }

@@ -16,6 +16,13 @@ final class GroupCommit: Sendable {
     private struct State {
         var pending: [Job] = []
         var draining = false
+
+        /// The oldest `count` pending jobs at most, taken out of the queue.
+        mutating func take(_ count: Int) -> [Job] {
+            let count = min(count, self.pending.count)
+            defer { self.pending.removeFirst(count) }
+            return Array(self.pending.prefix(count))
+        }
     }
 
     private let state = Mutex(State())
@@ -62,11 +69,7 @@ final class GroupCommit: Sendable {
     /// Commits `body` first in a group with whatever is pending, then hands what came in
     /// meanwhile to a drain task.
     private func lead(_ body: @escaping @Sendable (Database) throws -> any Sendable) async throws -> any Sendable {
-        let others = self.state.withLock { state -> [Job] in
-            let count = min(self.limit - 1, state.pending.count)
-            defer { state.pending.removeFirst(count) }
-            return Array(state.pending.prefix(count))
-        }
+        let others = self.state.withLock { $0.take(self.limit - 1) }
         let outcomes = await self.commit([body] + others.map(\.body))
         for (job, outcome) in zip(others, outcomes.dropFirst()) { job.continuation.resume(with: outcome) }
         let more = self.state.withLock { state -> Bool in
@@ -81,13 +84,8 @@ final class GroupCommit: Sendable {
     private func drain() async {
         while true {
             let jobs = self.state.withLock { state -> [Job] in
-                guard !state.pending.isEmpty else {
-                    state.draining = false
-                    return []
-                }
-                let count = min(self.limit, state.pending.count)
-                defer { state.pending.removeFirst(count) }
-                return Array(state.pending.prefix(count))
+                if state.pending.isEmpty { state.draining = false }
+                return state.take(self.limit)
             }
             guard !jobs.isEmpty else { return }
             let outcomes = await self.commit(jobs.map(\.body))

@@ -299,9 +299,9 @@ public final class SQLiteSourceStore: SourceStore {
         try self.enqueue(db, kind: .group, id: group.id, version: group.version, state: .group(group), producer: producer)
     }
 
-    /// Inserts the change event into the outbox, in the caller's transaction. Bound and stepped
-    /// on the raw statement, as `EntityTable` writes entities: GRDB's `StatementArguments`, an
-    /// array of existentials bound through nested closures, was a tenth of a mutation's CPU.
+    /// Inserts the change event into the outbox, in the caller's transaction. Stepped through
+    /// `RawStep`, as `EntityTable` writes entities: GRDB's `StatementArguments` were a tenth of
+    /// a mutation's CPU.
     private static func enqueue(_ db: Database, kind: EntityKind, id: String, version: UInt64,
                                 state: EntityChange.OneOf_State?, producer: String) throws {
         let change = ChangeEvents.change(kind: kind, id: id, version: version, state: state, producer: producer)
@@ -311,41 +311,20 @@ public final class SQLiteSourceStore: SourceStore {
                             + "the largest the store can hold")
         }
         let statement = try db.cachedStatement(sql: Self.enqueueSQL)
-        let raw = statement.sqliteStatement
-        // GRDB's statement cache keeps it alive too; this says so where the raw pointer is used.
-        defer { withExtendedLifetime(statement) {} }
-        let connection = db.sqliteConnection
-        // Every caller writes inside a transaction; outside one (SQLite rolled it back after an
-        // I/O or disk-full error) the row would commit on its own, apart from its entity.
-        guard sqlite3_get_autocommit(connection) == 0 else {
-            throw DatabaseError(resultCode: .SQLITE_ABORT, message: "Transaction was aborted", sql: Self.enqueueSQL)
-        }
+        try RawStep.requireTransaction(db, sql: Self.enqueueSQL)
         let now = Date().timeIntervalSince1970
+        let messageID = change.messageID
         try kind.rawValue.withCString { kindText in try id.withCString { idText in
-            try change.messageID.withCString { messageID in try payload.withUnsafeBytes { payloadBytes in
-                defer {
-                    sqlite3_reset(raw)
-                    sqlite3_clear_bindings(raw)
-                }
-                // nil destructors (SQLITE_STATIC): the buffers outlive the step, and bindings are
-                // cleared before they go. A payload is never empty (it holds at least the id).
-                var code = sqlite3_reset(raw)
-                if code == SQLITE_OK { code = sqlite3_bind_text(raw, 1, kindText, -1, nil) }
-                // Explicit lengths: text holding a NUL is stored whole, not cut at it.
-                if code == SQLITE_OK { code = sqlite3_bind_text(raw, 2, idText, Int32(clamping: id.utf8.count), nil) }
-                if code == SQLITE_OK { code = sqlite3_bind_int64(raw, 3, signed) }
-                if code == SQLITE_OK {
-                    code = sqlite3_bind_text(raw, 4, messageID, Int32(clamping: change.messageID.utf8.count), nil)
-                }
-                if code == SQLITE_OK {
-                    code = payloadBytes.isEmpty ? sqlite3_bind_zeroblob(raw, 5, 0)
-                        : sqlite3_bind_blob(raw, 5, payloadBytes.baseAddress, Int32(clamping: payloadBytes.count), nil)
-                }
-                if code == SQLITE_OK { code = sqlite3_bind_double(raw, 6, now) }
-                if code == SQLITE_OK { code = sqlite3_step(raw) }
-                guard code == SQLITE_DONE else {
-                    throw DatabaseError(resultCode: ResultCode(rawValue: code),
-                                        message: connection.map { String(cString: sqlite3_errmsg($0)) }, sql: Self.enqueueSQL)
+            try messageID.withCString { messageIDText in try payload.withUnsafeBytes { payloadBytes in
+                try RawStep.run(statement, bind: { bind in
+                    bind.text(1, kindText, count: kind.rawValue.utf8.count)
+                    bind.text(2, idText, count: id.utf8.count)
+                    bind.int64(3, signed)
+                    bind.text(4, messageIDText, count: messageID.utf8.count)
+                    bind.blob(5, payloadBytes)
+                    bind.double(6, now)
+                }) { code, _ in
+                    guard code == SQLITE_DONE else { throw RawStep.failure(code, db, sql: Self.enqueueSQL) }
                 }
             } }
         } }
