@@ -28,9 +28,14 @@ struct Import: AsyncParsableCommand {
     @Argument(help: "The file to load (.jsonl or .csv; '-' reads standard input with --format).") var file: String
     @Option(help: "jsonl or csv (default: from the file name).") var format: String?
     @Option(help: "Requests in flight at once.") var concurrency: Int = 16
+    @Option(help: "Seconds a row's call may take before it is retried; a producer that answers no call in time ends the import.")
+    var callTimeout: Double = 30
 
     func run() async throws {
         guard (1...256).contains(self.concurrency) else { throw ValidationError("--concurrency must be from 1 to 256") }
+        guard self.callTimeout > 0, self.callTimeout <= 3600 else {
+            throw ValidationError("--call-timeout must be more than 0 and at most 3600 seconds")
+        }
         let format = try self.resolvedFormat()
         let text: String
         do {
@@ -56,7 +61,8 @@ struct Import: AsyncParsableCommand {
         let metadata = self.options.metadata
         var counts = (created: 0, updated: 0)
         let client = try RPCClient(host: producer.host, port: producer.port,
-                                   tls: try self.options.tls.map { try $0.clientConfiguration() })
+                                   tls: try self.options.tls.map { try $0.clientConfiguration() },
+                                   callTimeout: .milliseconds(Int64(self.callTimeout * 1000)))
         do {
             let admin = NativeAdminCalls(client: client)
             for batch in [users, groups] {
@@ -157,7 +163,8 @@ struct Import: AsyncParsableCommand {
                     return .fatal("\(error.code): \(error.message)")
                 } else if retryable.contains(error.code) && attempt < 5 {
                     try? await Task.sleep(for: .milliseconds(200 * (1 << attempt)))
-                } else if error.code == .unavailable {
+                } else if error.code == .unavailable || error.code == .deadlineExceeded {
+                    // A producer gone or stuck fails every further row the same way: stop, not crawl.
                     return .fatal("\(error.code): \(error.message)")
                 } else {
                     return .rejected(Rejection(line: line, id: record.id, reason: "\(error.code): \(error.message)"))

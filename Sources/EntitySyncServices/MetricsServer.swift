@@ -58,6 +58,9 @@ private final class MetricsHandler: ChannelInboundHandler, Sendable {
         context.write(self.wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: found ? .ok : .notFound,
                                                                   headers: headers))), promise: nil)
         context.write(self.wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
-        context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        // Closing through the channel, not the context: the completion may not capture the
+        // context (not Sendable), and the whole connection ends after one response anyway.
+        let channel = context.channel
+        context.writeAndFlush(self.wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 }

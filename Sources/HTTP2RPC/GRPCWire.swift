@@ -88,6 +88,30 @@ enum GRPCWire {
         }
     }
 
+    /// `duration` as a `grpc-timeout` value: the finest unit whose count fits in 8 digits, rounded
+    /// up so the server never sees a shorter deadline than the caller's.
+    static func timeoutHeader(_ duration: Duration) -> String {
+        let (seconds, attoseconds) = duration.components
+        guard seconds >= 0, attoseconds >= 0, seconds > 0 || attoseconds > 0 else { return "1n" }
+        let limit: Int64 = 99_999_999
+        // Past the longest timeout the header can say (also keeps the sums below from overflowing).
+        guard seconds < limit * 3600 else { return "\(limit)H" }
+        // Nanoseconds, rounded up; a duration too long for them goes by whole units below.
+        if seconds < 99 {
+            let nanoseconds = seconds * 1_000_000_000 + (attoseconds + 999_999_999) / 1_000_000_000
+            for (divisor, unit) in [(Int64(1), "n"), (1_000, "u"), (1_000_000, "m")] {
+                let count = (nanoseconds + divisor - 1) / divisor
+                if count <= limit { return "\(count)\(unit)" }
+            }
+        }
+        let wholeSeconds = seconds + (attoseconds > 0 ? 1 : 0)
+        for (divisor, unit) in [(Int64(1), "S"), (60, "M"), (3600, "H")] {
+            let count = (wholeSeconds + divisor - 1) / divisor
+            if count <= limit { return "\(count)\(unit)" }
+        }
+        return "\(limit)H"
+    }
+
     private static let base64Alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
 
     /// Base64 without padding, as gRPC sends binary metadata.

@@ -26,6 +26,8 @@ final class ClientCall {
     var grpcStatus: String?
     var grpcMessage: String?
     var streamID: Int32 = 0
+    /// The call's local deadline, cancelled once it ends.
+    var deadline: Scheduled<Void>?
     private var completion: CheckedContinuation<[UInt8], any Error>?
 
     init(request: [UInt8], completion: CheckedContinuation<[UInt8], any Error>) {
@@ -37,6 +39,8 @@ final class ClientCall {
     func complete(_ result: Result<[UInt8], RPCError>) {
         guard let completion = self.completion else { return }
         self.completion = nil
+        self.deadline?.cancel()
+        self.deadline = nil
         completion.resume(with: result.mapError { $0 as any Error })
     }
 
@@ -106,7 +110,15 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
     private var closeReason = "the connection to the server closed"
     private let authority: String
     private let scheme: String
+    /// Fulfilled by the server's first SETTINGS, failed if the connection ends before them: calls
+    /// wait for it, so that a burst of them meets the server's stream limit queued by nghttp2
+    /// instead of refused by the server.
+    private var settingsReceived: EventLoopPromise<Void>?
+    private var settingsTimer: Scheduled<Void>?
     let flags = ClientConnectionFlags()
+
+    /// How long a new connection waits for the server's SETTINGS before giving up on it.
+    static let settingsTimeout: TimeAmount = .seconds(10)
 
     init(authority: String, tls: Bool) {
         self.authority = authority
@@ -120,6 +132,7 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        self.settingsReceived = context.eventLoop.makePromise()
         var session: OpaquePointer?
         guard let callbacks = NGHTTP2Callbacks.client,
               nghttp2_session_client_new(&session, callbacks, Unmanaged.passUnretained(self).toOpaque()) == 0,
@@ -138,6 +151,28 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
         }
         _ = nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 8 << 20)
         self.flushOutput()
+    }
+
+    /// Succeeds once the server's first SETTINGS have arrived (at once if they have); fails with
+    /// UNAVAILABLE if the connection ends first or they take longer than `settingsTimeout`.
+    /// On the event loop only.
+    func ready(on loop: any EventLoop) -> EventLoopFuture<Void> {
+        guard let promise = self.settingsReceived else {
+            // Either they came already, or the connection ended before them.
+            return self.closed ? loop.makeFailedFuture(RPCError(code: .unavailable, message: self.closeReason)) : loop.makeSucceededVoidFuture()
+        }
+        if self.settingsTimer == nil {
+            // The timer is cancelled by the SETTINGS or the teardown, so it holds the handler no longer.
+            let connection = NIOLoopBound(self, eventLoop: loop)
+            self.settingsTimer = loop.scheduleTask(in: Self.settingsTimeout) {
+                let self_ = connection.value
+                guard let context = self_.context, self_.settingsReceived != nil else { return }
+                self_.closeReason = "the server sent no HTTP/2 SETTINGS within \(Self.settingsTimeout.nanoseconds / 1_000_000_000) s "
+                    + "of connecting: is it a gRPC server\(self_.scheme == "http" ? " (it may want TLS)" : "")?"
+                context.close(promise: nil)
+            }
+        }
+        return promise.futureResult
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
@@ -220,7 +255,17 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
 
     /// Cancels a call its caller gave up on: RST_STREAM(CANCEL) to the server.
     func cancel(_ call: ClientCall) {
-        call.complete(.failure(RPCError(code: .cancelled, message: "the call was cancelled")))
+        self.end(call, RPCError(code: .cancelled, message: "the call was cancelled"))
+    }
+
+    /// Ends a call whose local deadline passed before its status came; the server is told with
+    /// RST_STREAM(CANCEL), as gRPC clients do.
+    func expire(_ call: ClientCall, after timeout: Duration) {
+        self.end(call, RPCError(code: .deadlineExceeded, message: "the call did not finish within its deadline of \(timeout)"))
+    }
+
+    private func end(_ call: ClientCall, _ error: RPCError) {
+        call.complete(.failure(error))
         guard let session = self.session, call.streamID > 0, self.calls[call.streamID] != nil else { return }
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), call.streamID, NGHTTP2_CANCEL.rawValue)
         self.flushOutput()
@@ -254,6 +299,12 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
 
     func onFrameReceived(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         if frame.pointee.hd.type == UInt8(NGHTTP2_GOAWAY.rawValue) { self.flags.goingAway.store(true, ordering: .relaxed) }
+        if frame.pointee.hd.type == UInt8(NGHTTP2_SETTINGS.rawValue), let promise = self.settingsReceived {
+            self.settingsReceived = nil
+            self.settingsTimer?.cancel()
+            self.settingsTimer = nil
+            promise.succeed()
+        }
         return 0
     }
 
@@ -304,6 +355,12 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
     private func teardown() {
         guard !self.closed else { return }
         self.closed = true
+        self.settingsTimer?.cancel()
+        self.settingsTimer = nil
+        if let promise = self.settingsReceived {
+            self.settingsReceived = nil
+            promise.fail(RPCError(code: .unavailable, message: self.closeReason))
+        }
         let calls = self.calls.values
         self.calls.removeAll()
         if let session = self.session {

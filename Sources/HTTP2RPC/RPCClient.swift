@@ -36,15 +36,18 @@ public final class RPCClient: Sendable {
     private let tls: NIOSSLContext?
     private let group: any EventLoopGroup
     private let target: String
+    private let callTimeout: Duration?
     private let state = Mutex(State.idle)
 
     /// A client of `host:port`, over TLS with ALPN `h2` when `tls` is set (the server's
     /// certificate must name `host`), h2c with prior knowledge otherwise. It connects on its
-    /// first call, and again on the first call after the connection was lost.
-    public init(host: String, port: Int, tls: TLSConfiguration? = nil,
+    /// first call, and again on the first call after the connection was lost. `callTimeout` is
+    /// every call's deadline unless the call names its own; nil waits as long as the server takes.
+    public init(host: String, port: Int, tls: TLSConfiguration? = nil, callTimeout: Duration? = nil,
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         self.host = host
         self.port = port
+        self.callTimeout = callTimeout
         self.target = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         self.tls = try tls.map { configuration in
             var configuration = configuration
@@ -114,25 +117,50 @@ public final class RPCClient: Sendable {
             throw RPCError(code: .unavailable, message: "cannot connect to \(target): \(error)")
         }
         do {
-            return try await channel.eventLoop.submit {
-                let handler = try channel.pipeline.syncOperations.handler(type: HTTP2ClientConnection.self)
-                return Connection(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop), flags: handler.flags)
+            // Calls start once the server's SETTINGS are in: its stream limit is then known, and
+            // nghttp2 holds back what goes beyond it instead of the server refusing it.
+            return try await channel.eventLoop.flatSubmit {
+                do {
+                    let handler = try channel.pipeline.syncOperations.handler(type: HTTP2ClientConnection.self)
+                    let connection = Connection(channel: channel, handler: NIOLoopBound(handler, eventLoop: channel.eventLoop),
+                                                flags: handler.flags)
+                    return handler.ready(on: channel.eventLoop).map { connection }
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
             }.get()
+        } catch let error as RPCError {
+            channel.close(promise: nil)
+            throw RPCError(code: .unavailable, message: "cannot connect to \(target): \(error.message)")
         } catch {
             // The server closed the connection at once (it is shutting down).
+            channel.close(promise: nil)
             throw RPCError(code: .unavailable, message: "the connection to \(target) closed as it opened: \(error)")
         }
     }
 
     /// Calls the unary `method` with `request`; cancelling the caller's task cancels the call.
+    /// With a `timeout` (or the client's `callTimeout`), the server is sent it as `grpc-timeout`
+    /// and the call fails with DEADLINE_EXCEEDED once it passes, whatever the server does.
     public func unary<Request: SwiftProtobuf.Message, Response: SwiftProtobuf.Message>(
         _ method: MethodDescriptor, _ request: Request, metadata: [(name: String, value: String)] = [],
-        as response: Response.Type = Response.self
+        timeout: Duration? = nil, as response: Response.Type = Response.self
     ) async throws -> Response {
         let framed = try Self.framed(request)
         let path = "/\(method.service.fullyQualifiedService)/\(method.method)"
         let box = CallBox()
-        let current = try await self.connection()
+        let timeout = timeout ?? self.callTimeout
+        var metadata = metadata
+        if let timeout {
+            guard timeout > .zero else {
+                throw RPCError(code: .deadlineExceeded, message: "the call's deadline (\(timeout)) had passed before it started")
+            }
+            metadata.append(("grpc-timeout", GRPCWire.timeoutHeader(timeout)))
+        }
+        let headers = metadata
+        let started = ContinuousClock.now
+        // The deadline counts from here: a connect that takes long uses up the call's time.
+        let current = try await self.connectionWithin(timeout, since: started)
         let loop = current.channel.eventLoop
         let connection = current.handler
         let reply = try await withTaskCancellationHandler {
@@ -142,9 +170,17 @@ public final class RPCClient: Sendable {
                     box.call = call
                     if box.cancelled {
                         call.complete(.failure(RPCError(code: .cancelled, message: "the call was cancelled")))
-                    } else {
-                        connection.value.start(call, path: path, metadata: metadata)
+                        return
                     }
+                    if let timeout {
+                        let left = timeout - (ContinuousClock.now - started)
+                        let nanoseconds = left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000
+                        let expiring = NIOLoopBound(call, eventLoop: loop)
+                        call.deadline = loop.scheduleTask(in: .nanoseconds(max(0, nanoseconds))) {
+                            connection.value.expire(expiring.value, after: timeout)
+                        }
+                    }
+                    connection.value.start(call, path: path, metadata: headers)
                 }
             }
         } onCancel: {
@@ -157,6 +193,42 @@ public final class RPCClient: Sendable {
             return try Response(serializedBytes: reply)
         } catch {
             throw RPCError(code: .internalError, message: "\(self.target) sent a reply that is not a valid \(Response.protoMessageName): \(error)")
+        }
+    }
+
+    /// The connection, within what is left of a call's deadline. A connect that overruns it
+    /// goes on for later calls; this call stops waiting for it.
+    private func connectionWithin(_ timeout: Duration?, since started: ContinuousClock.Instant) async throws -> Connection {
+        guard let timeout else { return try await self.connection() }
+        let usable = self.state.withLock { state -> Connection? in
+            if case .connected(let connection) = state, connection.isUsable { return connection }
+            return nil
+        }
+        if let usable { return usable }
+        let waiter = Mutex<CheckedContinuation<Connection, any Error>?>(nil)
+        let finish = { @Sendable (result: Result<Connection, any Error>) in
+            waiter.withLock { $0.take() }?.resume(with: result)
+        }
+        let target = self.target
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Connection, any Error>) in
+                waiter.withLock { $0 = continuation }
+                let timer = Task {
+                    try await Task.sleep(until: started + timeout, clock: .continuous)
+                    finish(.failure(RPCError(code: .deadlineExceeded,
+                                             message: "the call's deadline of \(timeout) passed while connecting to \(target)")))
+                }
+                Task {
+                    let result: Result<Connection, any Error>
+                    do { result = .success(try await self.connection()) } catch { result = .failure(error) }
+                    timer.cancel()
+                    finish(result)
+                }
+                // A cancellation that came before the continuation was stored found nothing to end.
+                if Task.isCancelled { finish(.failure(RPCError(code: .cancelled, message: "the call was cancelled"))) }
+            }
+        } onCancel: {
+            finish(.failure(RPCError(code: .cancelled, message: "the call was cancelled")))
         }
     }
 
@@ -174,7 +246,10 @@ public final class RPCClient: Sendable {
         }
         switch previous {
         case .connected(let connection): try? await connection.channel.close()
-        case .connecting(let task): try? await task.value.channel.close()
+        case .connecting(let task):
+            // A connect still waiting for the server may take until its own timeout: it is closed
+            // when it ends, without holding the caller.
+            Task { try? await task.value.channel.close() }
         case .idle, .closed: break
         }
     }

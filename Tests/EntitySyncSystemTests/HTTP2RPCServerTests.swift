@@ -6,6 +6,8 @@ import GRPCCore
 import GRPCNIOTransportHTTP2
 import HTTP2RPC
 import Logging
+import NIOCore
+import NIOPosix
 import Synchronization
 import Testing
 
@@ -224,6 +226,73 @@ struct HTTP2RPCServerTests {
         #expect(check.succeeded && check.output.contains("h2 hostile: ok"), "\(check.output)")
         server.beginGracefulShutdown()
         try await serving.value
+    }
+
+    @Test func theNativeClientsDeadlineEndsACallAndTheServerCancelsIt() async throws {
+        let route = GatedRoute()
+        let (server, _, serving, port) = try await Self.serve(routes: route.routes, services: [GatedHealth()])
+        let client = try RPCClient(host: "127.0.0.1", port: port, callTimeout: .milliseconds(300))
+        let failure = await #expect(throws: RPCError.self) {
+            let _: Grpc_Health_V1_HealthCheckResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                                                                Grpc_Health_V1_HealthCheckRequest())
+        }
+        #expect(failure?.code == .deadlineExceeded, "\(String(describing: failure))")
+        try await eventually("the server cancelled the late call's task") { route.cancelled == 1 }
+        // A call's own timeout overrides the client's, and the connection serves on.
+        route.open()
+        let reply: Grpc_Health_V1_HealthCheckResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                                                                Grpc_Health_V1_HealthCheckRequest(), timeout: .seconds(30))
+        #expect(reply.status == .serving)
+        await client.close()
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
+    @Test func aFirstBurstBeyondTheServersStreamLimitWaitsInsteadOfBeingRefused() async throws {
+        let route = GatedRoute()
+        let (server, _, serving, port) = try await Self.serve({ $0.maxConcurrentStreams = 2 }, routes: route.routes,
+                                                              services: [GatedHealth()])
+        let client = try RPCClient(host: "127.0.0.1", port: port)
+        let calls = (0..<10).map { _ in
+            Task {
+                let reply: Grpc_Health_V1_HealthCheckResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                                                                        Grpc_Health_V1_HealthCheckRequest())
+                return reply.status
+            }
+        }
+        // The server runs two at a time; the others wait on the client's connection.
+        try await eventually("two calls reached the server") { route.entered == 2 }
+        route.open()
+        for call in calls { #expect(try await call.value == .serving) }
+        #expect(route.entered == 10)
+        await client.close()
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
+    @Test func aServerThatSpeaksNoHTTP2FailsTheCallWithinItsDeadline() async throws {
+        // Accepts connections and says nothing, as a wrong port or a hung process would.
+        let silent = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(silent.localAddress?.port)
+        let client = try RPCClient(host: "127.0.0.1", port: port, callTimeout: .milliseconds(500))
+        let failure = await #expect(throws: RPCError.self) {
+            let _: Grpc_Health_V1_HealthCheckResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                                                                Grpc_Health_V1_HealthCheckRequest())
+        }
+        #expect(failure?.code == .deadlineExceeded, "\(String(describing: failure))")
+        #expect(failure?.message.contains("while connecting") == true, "\(String(describing: failure))")
+        await client.close()
+        // ctl import retries such rows a few times, then stops with the reason instead of
+        // waiting forever or crawling through the file.
+        let rows = FileManager.default.temporaryDirectory.appendingPathComponent("silent-import-\(port).jsonl").path
+        try "{\"type\":\"user\",\"id\":\"s1\",\"name\":\"S\",\"email\":\"s1@example.com\"}\n"
+            .write(toFile: rows, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: rows) }
+        let imported = try ChildProcess.run(entitySyncBinary, ["ctl", "import", rows, "--producer", "127.0.0.1:\(port)",
+                                                               "--call-timeout", "0.1"])
+        #expect(!imported.succeeded && imported.output.contains("refused the import: deadlineExceeded"), "\(imported.output)")
+        try await silent.close()
     }
 
     /// Whether something accepts TCP connections on 127.0.0.1:port.

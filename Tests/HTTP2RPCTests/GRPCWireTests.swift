@@ -37,6 +37,19 @@ struct GRPCWireTests {
         #expect(GRPCWire.timeout(text) == nil)
     }
 
+    @Test(arguments: [Duration.nanoseconds(1), .nanoseconds(999), .microseconds(1500), .milliseconds(300), .seconds(30),
+                      .seconds(98) + .nanoseconds(1), .seconds(150), .seconds(3600 * 24 * 365), .seconds(Int64.max / 2), .seconds(Int64.max)])
+    func aTimeoutIsSentAsAValidHeaderNeverShorterThanItself(_ duration: Duration) throws {
+        let header = GRPCWire.timeoutHeader(duration)
+        let parsed = try #require(GRPCWire.timeout(header), "'\(header)' is not a valid grpc-timeout")
+        #expect(parsed >= duration || header == "99999999H", "\(header) < \(duration)")
+        // Rounded up by less than one of its unit: the finest unit that fits was chosen.
+        let units: [Character: Duration] = ["n": .nanoseconds(1), "u": .microseconds(1), "m": .milliseconds(1),
+                                            "S": .seconds(1), "M": .seconds(60), "H": .seconds(3600)]
+        let unit = try #require(header.last.flatMap { units[$0] })
+        #expect(parsed - duration < unit || header == "99999999H", "\(header) for \(duration)")
+    }
+
     @Test func base64RoundTripsEveryLength() {
         var generator = SystemRandomNumberGenerator()
         for length in 0..<64 {
