@@ -81,6 +81,25 @@ final class RPCCallRecorder: Sendable {
         }
     }
 
+    /// The server's admission check: without `token` (or with it empty) nothing is refused;
+    /// otherwise a call of `protectedMethods` without it is refused as soon as its headers are in,
+    /// before its request is read, and recorded and logged as any failed call.
+    func admission(token: String?, protectedMethods: Set<MethodDescriptor>) -> RPCRoutes.Admission? {
+        guard let token = BearerToken(token) else { return nil }
+        let protectedPaths = Set(protectedMethods.map { "/" + Self.name($0) })
+        return { call in
+            guard protectedPaths.contains(call.path) else { return nil }
+            do {
+                try token.check(call.metadata("authorization"))
+                return nil
+            } catch {
+                let refusal = error as? RPCError ?? RPCError(code: .unauthenticated, message: "\(error)")
+                self.record(method: String(call.path.dropFirst()), since: .now, failure: Self.failure(refusal))
+                return refusal
+            }
+        }
+    }
+
     static func name(_ method: MethodDescriptor) -> String {
         "\(method.service.fullyQualifiedService)/\(method.method)"
     }

@@ -507,6 +507,11 @@ final class HTTP2Connection: ChannelDuplexHandler {
                                   message: "content-type '\(state.contentType ?? "")' is not gRPC: send application/grpc")
             return
         }
+        if !state.isImmediate, let admission = self.shared.routes.admission,
+           let refusal = admission(RPCCallInfo(path: state.path, metadata: state.headers)) {
+            self.respondStatus(state, code: Status.Code(refusal.code), message: refusal.message)
+            return
+        }
         if let encoding = state.encoding {
             self.respondStatus(state, code: .unimplemented,
                                message: "grpc-encoding '\(encoding)' is not supported: send messages uncompressed",

@@ -59,6 +59,15 @@ public struct RPCRoutes: Sendable {
     /// `:path` and nothing is hashed.
     private(set) var routes: [Route] = []
 
+    /// Decides whether a call may go on, from its path and metadata alone; nil admits it.
+    public typealias Admission = @Sendable (RPCCallInfo) -> RPCError?
+
+    /// Asked once a call's headers are in, before any of its request is read, for every call
+    /// that keeps its metadata (task routes and the grpc-swift services; calls answered on the
+    /// loop carry none). A token check here answers a caller without the token UNAUTHENTICATED
+    /// whatever its request holds: no size, framing or decoding error tells it anything first.
+    public var admission: Admission?
+
     public init() {}
 
     /// Answers `method` on the event loop with `handler`; a thrown `RPCError` becomes the call's

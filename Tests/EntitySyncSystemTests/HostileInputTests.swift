@@ -105,6 +105,30 @@ struct HostileInputTests {
         try await system.stop()
     }
 
+    /// A caller without the token learns nothing from its request: a message over the size
+    /// limit or one that cannot be decoded gets UNAUTHENTICATED on every protected method, the
+    /// same as a valid one; with the token the same bodies meet their own errors.
+    @Test func aCallWithoutTheTokenIsRefusedBeforeItsRequestIsRead() async throws {
+        let system = try await RunningSystem.start("admission")
+        let oversized = [UInt8](repeating: 0x41, count: 4 * 1024 * 1024 + 16)
+        let undecodable: [UInt8] = [0x00, 0xFF, 0xFF]
+        for method in EntityAdminService.mutations.union(SyncInfoService.mutations) {
+            let port = try await Self.port(for: method, in: system)
+            try await system.withClient(port) { client in
+                for (name, body) in [("oversized", oversized), ("undecodable", undecodable)] {
+                    let anonymous = await Self.send(body, to: method, client: client, metadata: [:])
+                    #expect(anonymous == .unauthenticated, "\(method), \(name), no token: \(String(describing: anonymous))")
+                    let wrong = await Self.send(body, to: method, client: client, metadata: ["authorization": "Bearer not-it"])
+                    #expect(wrong == .unauthenticated, "\(method), \(name), wrong token: \(String(describing: wrong))")
+                }
+                let tooLarge = await Self.send(oversized, to: method, client: client, metadata: system.authorized)
+                #expect(tooLarge == .resourceExhausted, "\(method), oversized, with the token: \(String(describing: tooLarge))")
+            }
+        }
+        try await self.expectServingAndUnchanged(system, users: 0)
+        try await system.stop()
+    }
+
     /// Sizes a client controls: page sizes, page tokens, repeated fields, map entries, strings.
     @Test func enormousSizesAreRefusedWithTheLimitInTheMessage() async throws {
         let system = try await RunningSystem.start("sizes")
