@@ -245,6 +245,24 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         try await self.database.read("read a version") { sql in try await PostgresEntityTable.version(sql, kind: kind, id: id) }
     }
 
+    /// One query for all of them: a version sweep of many waiters costs one round trip, not one each.
+    public func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?] {
+        guard !entities.isEmpty else { return [] }
+        let kinds = entities.map(\.kind.rawValue)
+        let ids = entities.map(\.id)
+        let found = try await self.database.read("read versions") { sql in
+            try await sql.rows("""
+                SELECT e.kind, e.id, e.version, e.deleted FROM entities e
+                JOIN unnest(\(kinds)::text[], \(ids)::text[]) AS asked(kind, id) ON e.kind = asked.kind AND e.id = asked.id
+                """).map { row in
+                    let (kind, id, version, deleted) = try row.decode((String, String, Int64, Bool).self)
+                    return (key: "\(kind)/\(id)", version: EntityVersion(version: UInt64(clamping: version), deleted: deleted))
+                }
+        }
+        let byKey = Dictionary(found.map { ($0.key, $0.version) }, uniquingKeysWith: { first, _ in first })
+        return entities.map { byKey["\($0.kind.rawValue)/\($0.id)"] }
+    }
+
     public func users(ids: [String]) async throws -> [User] {
         guard !ids.isEmpty else { return [] }
         let found = try await self.database.read("read users") { sql in

@@ -33,6 +33,28 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
         #expect(statistics?.lastAppliedAt != nil)
     }
 
+    /// Versions read together come back in the order asked, repeats and unknown ids included, and
+    /// agree with one read each; a kind does not see another kind's entity of the same id.
+    @Test(arguments: StoreBackend.available) func versionsReadTogetherMatchOneReadEach(backend: StoreBackend) async throws {
+        let replica = try await backend.place("versions").replica()
+        _ = try await replica.apply(validated(Fixtures.userChange("u1", version: 2)))
+        _ = try await replica.apply(validated(Fixtures.userChange("u2", version: 1)))
+        var delete = Fixtures.userChange("u2", version: 3)
+        delete.operation = .delete
+        delete.state = nil
+        _ = try await replica.apply(validated(delete))
+        _ = try await replica.apply(validated(Fixtures.groupChange("g1", version: 4, members: ["u1"])))
+        let asked: [(kind: EntityKind, id: String)] = [(.user, "u1"), (.user, "nobody"), (.group, "g1"), (.user, "u2"),
+                                                        (.user, "u1"), (.group, "u1"), (.user, "")]
+        let together = try await replica.versions(of: asked)
+        var oneEach: [EntityVersion?] = []
+        for entity in asked { oneEach.append(try await replica.version(of: entity.kind, id: entity.id)) }
+        #expect(together == oneEach)
+        #expect(together == [EntityVersion(version: 2, deleted: false), nil, EntityVersion(version: 4, deleted: false),
+                             EntityVersion(version: 3, deleted: true), EntityVersion(version: 2, deleted: false), nil, nil])
+        #expect(try await replica.versions(of: []).isEmpty)
+    }
+
     /// A batch is applied in order under the version rule: several versions of one entity end at
     /// the newest, an older one after it is stale, and a group's members follow its last version.
     @Test(arguments: StoreBackend.available) func aBatchAppliesInOrderUnderTheVersionRule(backend: StoreBackend) async throws {
