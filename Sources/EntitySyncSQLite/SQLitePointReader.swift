@@ -71,9 +71,10 @@ final class SQLitePointReader: Sendable {
         }
     }
 
-    /// Reads sharing a connection until `end()`. The first read runs alone, in its own
-    /// transaction; a second one begins a transaction that the rest share, so a lone read pays
-    /// for no BEGIN and COMMIT, and a burst pays for one read lock instead of one each.
+    /// Reads sharing a connection, and one read transaction, until `end()`. The first read
+    /// begins it (DEFERRED, so the snapshot is that read's): a burst of reads pays for one WAL
+    /// read lock (two `fcntl` calls) instead of two transactions, the first read's own and the
+    /// rest's. A lone read pays for a BEGIN and a COMMIT it did not need: two tiny statements, no lock.
     final class Session: ImmediateReadSession {
         private let reader: SQLitePointReader
         private let connection: Connection
@@ -104,7 +105,7 @@ final class SQLitePointReader: Sendable {
             guard !self.ended else {
                 throw SyncError(.storeUnavailable, "a read session of the SQLite store at '\(self.reader.path)' was used after it ended")
             }
-            if self.reads == 1 {
+            if self.reads == 0 {
                 // DEFERRED: the snapshot is taken by the read below, not before it.
                 self.inTransaction = self.connection.run(self.connection.begin)
             }
