@@ -115,13 +115,18 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
     /// instead of refused by the server.
     private var settingsReceived: EventLoopPromise<Void>?
     private var settingsTimer: Scheduled<Void>?
+    /// The PING sent to learn whether the server is still there, and when it is given up on.
+    private var probe: Scheduled<Void>?
+    /// How long that PING may go unanswered before the connection is presumed dead.
+    private let probeTimeout: TimeAmount
     let flags = ClientConnectionFlags()
 
     /// How long a new connection waits for the server's SETTINGS before giving up on it.
     static let settingsTimeout: TimeAmount = .seconds(10)
 
-    init(authority: String, tls: Bool) {
+    init(authority: String, tls: Bool, probeTimeout: TimeAmount = .seconds(10)) {
         self.authority = authority
+        self.probeTimeout = probeTimeout
         self.scheme = tls ? "https" : "http"
         self.tlsReady = !tls
     }
@@ -259,9 +264,30 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
     }
 
     /// Ends a call whose local deadline passed before its status came; the server is told with
-    /// RST_STREAM(CANCEL), as gRPC clients do.
+    /// RST_STREAM(CANCEL), as gRPC clients do. A call that overran may mean a connection whose
+    /// peer is gone without a word (a host down, a dropped route): TCP would take many minutes to
+    /// tell, and every later call would overrun on it too. So the server is sent a PING, and the
+    /// connection is closed if no answer comes within `probeTimeout`; the next call connects anew.
     func expire(_ call: ClientCall, after timeout: Duration) {
         self.end(call, RPCError(code: .deadlineExceeded, message: "the call did not finish within its deadline of \(timeout)"))
+        self.sendProbe()
+    }
+
+    private func sendProbe() {
+        guard self.probe == nil, let session = self.session, let context = self.context, !self.closed else { return }
+        guard nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil) == 0 else { return }
+        let connection = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let timeout = self.probeTimeout
+        self.probe = context.eventLoop.scheduleTask(in: timeout) {
+            let self_ = connection.value
+            self_.probe = nil
+            guard let context = self_.context, !self_.closed else { return }
+            self_.closeReason = "the server answered no PING within \(timeout.nanoseconds / 1_000_000) ms after a call overran "
+                + "its deadline: the connection was presumed dead and closed"
+            self_.flags.goingAway.store(true, ordering: .relaxed)
+            context.close(promise: nil)
+        }
+        self.flushOutput()
     }
 
     private func end(_ call: ClientCall, _ error: RPCError) {
@@ -299,6 +325,10 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
 
     func onFrameReceived(_ frame: UnsafePointer<nghttp2_frame>) -> Int32 {
         if frame.pointee.hd.type == UInt8(NGHTTP2_GOAWAY.rawValue) { self.flags.goingAway.store(true, ordering: .relaxed) }
+        if frame.pointee.hd.type == UInt8(NGHTTP2_PING.rawValue), frame.pointee.hd.flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 {
+            self.probe?.cancel()
+            self.probe = nil
+        }
         if frame.pointee.hd.type == UInt8(NGHTTP2_SETTINGS.rawValue), let promise = self.settingsReceived {
             self.settingsReceived = nil
             self.settingsTimer?.cancel()
@@ -357,6 +387,8 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
         self.closed = true
         self.settingsTimer?.cancel()
         self.settingsTimer = nil
+        self.probe?.cancel()
+        self.probe = nil
         if let promise = self.settingsReceived {
             self.settingsReceived = nil
             promise.fail(RPCError(code: .unavailable, message: self.closeReason))

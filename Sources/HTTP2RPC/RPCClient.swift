@@ -37,17 +37,22 @@ public final class RPCClient: Sendable {
     private let group: any EventLoopGroup
     private let target: String
     private let callTimeout: Duration?
+    private let probeTimeout: Duration
     private let state = Mutex(State.idle)
 
     /// A client of `host:port`, over TLS with ALPN `h2` when `tls` is set (the server's
     /// certificate must name `host`), h2c with prior knowledge otherwise. It connects on its
     /// first call, and again on the first call after the connection was lost. `callTimeout` is
     /// every call's deadline unless the call names its own; nil waits as long as the server takes.
+    /// After a call overruns its deadline the server is sent a PING; with no answer within
+    /// `probeTimeout` the connection is closed, and the next call connects anew.
     public init(host: String, port: Int, tls: TLSConfiguration? = nil, callTimeout: Duration? = nil,
+                probeTimeout: Duration = .seconds(10),
                 group: any EventLoopGroup = MultiThreadedEventLoopGroup.singleton) throws {
         self.host = host
         self.port = port
         self.callTimeout = callTimeout
+        self.probeTimeout = probeTimeout
         self.target = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         self.tls = try tls.map { configuration in
             var configuration = configuration
@@ -97,6 +102,8 @@ public final class RPCClient: Sendable {
     private func open() async throws -> Connection {
         let target = self.target
         let context = self.tls
+        let probe = TimeAmount.nanoseconds(self.probeTimeout.components.seconds * 1_000_000_000
+                                           + self.probeTimeout.components.attoseconds / 1_000_000_000)
         // SNI carries names only; an address is checked against the certificate's IP entries.
         let serverHostname = (try? SocketAddress(ipAddress: self.host, port: 0)) == nil ? self.host : nil
         let bootstrap = ClientBootstrap(group: self.group)
@@ -107,7 +114,7 @@ public final class RPCClient: Sendable {
                     if let context {
                         try channel.pipeline.syncOperations.addHandler(NIOSSLClientHandler(context: context, serverHostname: serverHostname))
                     }
-                    try channel.pipeline.syncOperations.addHandler(HTTP2ClientConnection(authority: target, tls: context != nil))
+                    try channel.pipeline.syncOperations.addHandler(HTTP2ClientConnection(authority: target, tls: context != nil, probeTimeout: probe))
                 }
             }
         let channel: any Channel

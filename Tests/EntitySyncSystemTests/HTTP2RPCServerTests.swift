@@ -295,6 +295,59 @@ struct HTTP2RPCServerTests {
         try await silent.close()
     }
 
+    /// An HTTP/2 peer that sends its SETTINGS on every connection and then nothing, not even a
+    /// PING's answer: a host that went away after the connection was made, as the client sees it.
+    final class MuteAfterSettings: ChannelInboundHandler, Sendable {
+        typealias InboundIn = ByteBuffer
+        typealias OutboundOut = ByteBuffer
+        let connections = Atomic<Int>(0)
+        let closed = Atomic<Int>(0)
+
+        func channelActive(context: ChannelHandlerContext) {
+            self.connections.add(1, ordering: .relaxed)
+            // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+            context.writeAndFlush(self.wrapOutboundOut(context.channel.allocator.buffer(bytes: [0, 0, 0, 4, 0, 0, 0, 0, 0])),
+                                  promise: nil)
+        }
+
+        func channelRead(context: ChannelHandlerContext, data: NIOAny) {}
+
+        func channelInactive(context: ChannelHandlerContext) {
+            self.closed.add(1, ordering: .relaxed)
+        }
+    }
+
+    @Test func aConnectionWhosePeerStopsAnsweringIsDroppedAfterAnOverrunCall() async throws {
+        let handler = MuteAfterSettings()
+        let mute = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(handler) }
+            }
+            .bind(host: "127.0.0.1", port: 0).get()
+        let port = try #require(mute.localAddress?.port)
+        let client = try RPCClient(host: "127.0.0.1", port: port, callTimeout: .milliseconds(200), probeTimeout: .milliseconds(200))
+        func call() async -> RPCError? {
+            do {
+                let _: Grpc_Health_V1_HealthCheckResponse = try await client.unary(Grpc_Health_V1_Health.Method.Check.descriptor,
+                                                                                    Grpc_Health_V1_HealthCheckRequest())
+                return nil
+            } catch {
+                return error as? RPCError
+            }
+        }
+        let first = await call()
+        #expect(first?.code == .deadlineExceeded, "\(String(describing: first))")
+        #expect(first?.message.contains("while connecting") == false, "the connection was made: \(String(describing: first))")
+        // The overrun call's PING goes unanswered: the client closes the connection...
+        try await eventually("the client gave up on the mute connection") { handler.closed.load(ordering: .relaxed) == 1 }
+        // ...and the next call connects anew instead of overrunning on a dead one forever.
+        let second = await call()
+        #expect(second?.code == .deadlineExceeded, "\(String(describing: second))")
+        #expect(handler.connections.load(ordering: .relaxed) == 2)
+        await client.close()
+        try await mute.close()
+    }
+
     /// Whether something accepts TCP connections on 127.0.0.1:port.
     private static func accepts(_ port: Int) -> Bool {
         (try? ChildProcess.run("/bin/bash", ["-c", "exec 3<>/dev/tcp/127.0.0.1/\(port)"]))?.succeeded == true
