@@ -159,11 +159,17 @@ public final class ConsumerService: Service {
         }
     }
 
-    /// The producer's `Snapshot` stream over gRPC.
+    /// The producer's `Snapshot` stream over gRPC. A stream has no deadline (a large history
+    /// takes as long as it takes), so the connection is kept honest by keepalive PINGs instead: a
+    /// producer that vanishes mid-stream without a word fails the stream within about 40 s, as
+    /// a transient error the bootstrap retries, instead of holding the consumer's start forever.
     private static func snapshot(from producer: HostPort, tls: ClientTLS?) -> SnapshotBootstrap.SnapshotStream {
         { deliver in
             try await withGRPCClient(
-                transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: tls.transportSecurity)
+                transport: .http2NIOPosix(target: .dns(host: producer.host, port: producer.port), transportSecurity: tls.transportSecurity,
+                                          config: .defaults {
+                                              $0.connection.keepalive = .init(time: .seconds(30), timeout: .seconds(10), allowWithoutCalls: false)
+                                          })
             ) { client in
                 try await Entitysync_V1_EntityAdmin.Client(wrapping: client).snapshot(Entitysync_V1_SnapshotRequest()) { response in
                     for try await change in response.messages { try await deliver(change) }
