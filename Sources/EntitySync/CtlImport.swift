@@ -33,8 +33,8 @@ struct Import: AsyncParsableCommand {
 
     func run() async throws {
         guard (1...256).contains(self.concurrency) else { throw ValidationError("--concurrency must be from 1 to 256") }
-        guard self.callTimeout > 0, self.callTimeout <= 3600 else {
-            throw ValidationError("--call-timeout must be more than 0 and at most 3600 seconds")
+        guard self.callTimeout >= 0.001, self.callTimeout <= 3600 else {
+            throw ValidationError("--call-timeout must be from 0.001 to 3600 seconds")
         }
         let format = try self.resolvedFormat()
         let text: String
@@ -62,7 +62,7 @@ struct Import: AsyncParsableCommand {
         var counts = (created: 0, updated: 0)
         let client = try RPCClient(host: producer.host, port: producer.port,
                                    tls: try self.options.tls.map { try $0.clientConfiguration() },
-                                   callTimeout: .milliseconds(Int64(self.callTimeout * 1000)))
+                                   callTimeout: .seconds(self.callTimeout))
         do {
             let admin = NativeAdminCalls(client: client)
             for batch in [users, groups] {

@@ -89,7 +89,7 @@ public final class ConsumerService: Service {
                           around: recorder.around(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor, token: nil)) {
             (request: Entitysync_V1_WaitForVersionRequest, _) in try await syncInfo.waitForVersion(request)
         }
-        routes.admission = recorder.admission(token: self.configuration.token, protectedMethods: SyncInfoService.mutations)
+        ServiceRuntime.protect(SyncInfoService.mutations, in: &routes, token: self.configuration.token, recorder: recorder)
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             query,
             syncInfo,

@@ -47,7 +47,7 @@ public final class ProducerService: Service {
                                   })
         let admin = EntityAdminService(store: store)
         admin.register(in: &routes, recorder: recorder, token: self.configuration.token)
-        routes.admission = recorder.admission(token: self.configuration.token, protectedMethods: EntityAdminService.mutations)
+        ServiceRuntime.protect(EntityAdminService.mutations, in: &routes, token: self.configuration.token, recorder: recorder)
         let (server, transport) = try ServiceRuntime.makeServer(self.configuration, services: [
             admin,
             healthService,

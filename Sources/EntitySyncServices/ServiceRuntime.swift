@@ -22,6 +22,16 @@ enum ServiceRuntime {
         return (GRPCServer(transport: transport, services: services, interceptors: interceptors), transport)
     }
 
+    /// Requires the bearer token (when one is set) on `methods` from the moment a call's headers
+    /// are in. They must not be answered on the event loop, which checks no metadata.
+    static func protect(_ methods: Set<MethodDescriptor>, in routes: inout RPCRoutes, token: String?,
+                        recorder: RPCCallRecorder) {
+        for method in methods {
+            precondition(!routes.answersOnTheLoop(method), "\(method) needs a token but is answered on the event loop")
+        }
+        routes.admission = recorder.admission(token: token, protectedMethods: methods)
+    }
+
     static func connect(_ configuration: ServiceConfiguration, role: String, logger: Logger) async throws -> AMQPConnection {
         var amqp = try AMQPConfiguration(url: configuration.amqpURL, connectionName: "\(role):\(configuration.instanceName)")
         amqp.publishTimeout = configuration.publishTimeout

@@ -88,6 +88,9 @@ enum GRPCWire {
         }
     }
 
+    /// The longest timeout `grpc-timeout` can carry (99,999,999 hours).
+    static let longestTimeout = Duration.seconds(99_999_999 * 3600)
+
     /// `duration` as a `grpc-timeout` value: the finest unit whose count fits in 8 digits, rounded
     /// up so the server never sees a shorter deadline than the caller's.
     static func timeoutHeader(_ duration: Duration) -> String {

@@ -294,6 +294,10 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
         call.complete(.failure(error))
         guard let session = self.session, call.streamID > 0, self.calls[call.streamID] != nil else { return }
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), call.streamID, NGHTTP2_CANCEL.rawValue)
+        // A call still queued behind the server's stream limit has no stream yet: the reset marks
+        // its HEADERS cancelled, but nghttp2 drops them (and says the stream closed) only when a
+        // slot frees, which may be never; the call is forgotten now.
+        if nghttp2_session_find_stream(session, call.streamID) == nil { self.calls.removeValue(forKey: call.streamID) }
         self.flushOutput()
     }
 

@@ -102,8 +102,7 @@ public final class RPCClient: Sendable {
     private func open() async throws -> Connection {
         let target = self.target
         let context = self.tls
-        let probe = TimeAmount.nanoseconds(self.probeTimeout.components.seconds * 1_000_000_000
-                                           + self.probeTimeout.components.attoseconds / 1_000_000_000)
+        let probe = TimeAmount(max(.zero, self.probeTimeout))
         // SNI carries names only; an address is checked against the certificate's IP entries.
         let serverHostname = (try? SocketAddress(ipAddress: self.host, port: 0)) == nil ? self.host : nil
         let bootstrap = ClientBootstrap(group: self.group)
@@ -156,18 +155,24 @@ public final class RPCClient: Sendable {
         let framed = try Self.framed(request)
         let path = "/\(method.service.fullyQualifiedService)/\(method.method)"
         let box = CallBox()
-        let timeout = timeout ?? self.callTimeout
-        var metadata = metadata
-        if let timeout {
-            guard timeout > .zero else {
-                throw RPCError(code: .deadlineExceeded, message: "the call's deadline (\(timeout)) had passed before it started")
-            }
-            metadata.append(("grpc-timeout", GRPCWire.timeoutHeader(timeout)))
+        // Longer than grpc-timeout can say is as good as no end; clamped, the clock sums below cannot overflow.
+        let timeout = (timeout ?? self.callTimeout).map { min($0, GRPCWire.longestTimeout) }
+        if let timeout, timeout <= .zero {
+            throw RPCError(code: .deadlineExceeded, message: "the call's deadline (\(timeout)) had passed before it started")
         }
-        let headers = metadata
         let started = ContinuousClock.now
         // The deadline counts from here: a connect that takes long uses up the call's time.
         let current = try await self.connectionWithin(timeout, since: started)
+        var metadata = metadata
+        if let timeout {
+            // The server is told what is left, as gRPC clients do, not what the caller first gave.
+            let left = timeout - (ContinuousClock.now - started)
+            guard left > .zero else {
+                throw RPCError(code: .deadlineExceeded, message: "the call's deadline of \(timeout) passed while connecting to \(self.target)")
+            }
+            metadata.append(("grpc-timeout", GRPCWire.timeoutHeader(left)))
+        }
+        let headers = metadata
         let loop = current.channel.eventLoop
         let connection = current.handler
         let reply = try await withTaskCancellationHandler {
@@ -180,10 +185,9 @@ public final class RPCClient: Sendable {
                         return
                     }
                     if let timeout {
-                        let left = timeout - (ContinuousClock.now - started)
-                        let nanoseconds = left.components.seconds * 1_000_000_000 + left.components.attoseconds / 1_000_000_000
+                        let left = max(.zero, timeout - (ContinuousClock.now - started))
                         let expiring = NIOLoopBound(call, eventLoop: loop)
-                        call.deadline = loop.scheduleTask(in: .nanoseconds(max(0, nanoseconds))) {
+                        call.deadline = loop.scheduleTask(in: TimeAmount(left)) {
                             connection.value.expire(expiring.value, after: timeout)
                         }
                     }
@@ -212,23 +216,36 @@ public final class RPCClient: Sendable {
             return nil
         }
         if let usable { return usable }
-        let waiter = Mutex<CheckedContinuation<Connection, any Error>?>(nil)
+        // The waiting call, and the timer that ends its wait: whichever ends first (the connect,
+        // the timer, a cancellation) resumes the call once and stops the timer.
+        let waiter = Mutex<(call: CheckedContinuation<Connection, any Error>?, timer: Task<Void, any Error>?)>((nil, nil))
         let finish = { @Sendable (result: Result<Connection, any Error>) in
-            waiter.withLock { $0.take() }?.resume(with: result)
+            let (call, timer) = waiter.withLock { state in
+                defer { state = (nil, nil) }
+                return state
+            }
+            timer?.cancel()
+            call?.resume(with: result)
         }
         let target = self.target
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Connection, any Error>) in
-                waiter.withLock { $0 = continuation }
+                waiter.withLock { $0.call = continuation }
                 let timer = Task {
                     try await Task.sleep(until: started + timeout, clock: .continuous)
                     finish(.failure(RPCError(code: .deadlineExceeded,
                                              message: "the call's deadline of \(timeout) passed while connecting to \(target)")))
                 }
+                // Kept only while the call still waits; else the wait has ended already.
+                let kept = waiter.withLock { state -> Bool in
+                    guard state.call != nil else { return false }
+                    state.timer = timer
+                    return true
+                }
+                if !kept { timer.cancel() }
                 Task {
                     let result: Result<Connection, any Error>
                     do { result = .success(try await self.connection()) } catch { result = .failure(error) }
-                    timer.cancel()
                     finish(result)
                 }
                 // A cancellation that came before the continuation was stored found nothing to end.

@@ -167,6 +167,16 @@ public struct RPCRoutes: Sendable {
     }
 
     var isEmpty: Bool { self.routes.isEmpty }
+
+    /// Whether `method` is answered on the event loop, where no metadata is kept and so no
+    /// `admission` check runs: a method that needs a token must not be.
+    public func answersOnTheLoop(_ method: MethodDescriptor) -> Bool {
+        let path = "/\(method.service.fullyQualifiedService)/\(method.method)"
+        return self.routes.contains { route in
+            guard route.path == path, case .immediate = route.handler else { return false }
+            return true
+        }
+    }
 }
 
 /// Lets the immediate calls that arrived in one read from a connection's socket share something
