@@ -90,7 +90,8 @@ struct DeadLetters: AsyncParsableCommand {
             let metadata = self.options.metadata
             var failed: UInt64 = 0
             for (name, address) in try self.target.services(self.options) {
-                let response = try await self.options.withClient(address) { client in
+                // A redrive applies up to --limit events, each through the consumer's store.
+                let response = try await self.options.withClient(address, waits: .seconds(600)) { client in
                     try await Entitysync_V1_SyncInfo.Client(wrapping: client).redriveDeadLetters(sent, metadata: metadata)
                 }
                 failed += response.failed

@@ -98,7 +98,7 @@ struct Demo: AsyncParsableCommand {
         request.version = version
         request.timeoutMs = 10_000
         let sent = request
-        _ = try await options.withClient(address) { client in
+        _ = try await options.withClient(address, waits: .milliseconds(Int64(request.timeoutMs))) { client in
             try await Entitysync_V1_SyncInfo.Client(wrapping: client).waitForVersion(sent)
         }
     }

@@ -28,14 +28,10 @@ struct Import: AsyncParsableCommand {
     @Argument(help: "The file to load (.jsonl or .csv; '-' reads standard input with --format).") var file: String
     @Option(help: "jsonl or csv (default: from the file name).") var format: String?
     @Option(help: "Requests in flight at once.") var concurrency: Int = 16
-    @Option(help: "Seconds a row's call may take before it is retried; a producer that answers no call in time ends the import.")
-    var callTimeout: Double = 30
 
     func run() async throws {
         guard (1...256).contains(self.concurrency) else { throw ValidationError("--concurrency must be from 1 to 256") }
-        guard self.callTimeout >= 0.001, self.callTimeout <= 3600 else {
-            throw ValidationError("--call-timeout must be from 0.001 to 3600 seconds")
-        }
+        let callDeadline = try self.options.callDeadline
         let format = try self.resolvedFormat()
         let text: String
         do {
@@ -62,7 +58,7 @@ struct Import: AsyncParsableCommand {
         var counts = (created: 0, updated: 0)
         let client = try RPCClient(host: producer.host, port: producer.port,
                                    tls: try self.options.tls.map { try $0.clientConfiguration() },
-                                   callTimeout: .seconds(self.callTimeout))
+                                   callTimeout: callDeadline)
         do {
             let admin = NativeAdminCalls(client: client)
             for batch in [users, groups] {

@@ -7,6 +7,7 @@ import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
 import SwiftProtobuf
+import Synchronization
 
 struct CtlOptions: ParsableArguments {
     @Option(help: "Producer address (env: ENTITY_SYNC_PRODUCER; default: 127.0.0.1:50051).")
@@ -25,6 +26,8 @@ struct CtlOptions: ParsableArguments {
     var tlsKey: String?
     @Flag(help: "Print JSON instead of tables.")
     var json = false
+    @Option(help: "Seconds a call may take before ctl gives up on it (calls that wait on purpose, such as wait --timeout-ms, get that wait on top).")
+    var callTimeout: Double = 30
 
     /// TLS for every call when a CA is given. A client certificate without a CA would send the
     /// token in plaintext while the user meant TLS: refused.
@@ -59,22 +62,77 @@ struct CtlOptions: ParsableArguments {
         return metadata
     }
 
-    /// Runs `body` with a client connected to `address` (the command's session's connection, see
-    /// `CtlSession`); RPC failures print their status and message.
-    func withClient<T: Sendable>(_ address: HostPort, _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
-        do {
-            if let session = CtlSession.current {
-                return try await body(try session.client(for: address, tls: try self.tls))
+    /// `--call-timeout` as a duration, checked.
+    var callDeadline: Duration {
+        get throws {
+            guard self.callTimeout >= 0.001, self.callTimeout <= 3600 else {
+                throw ValidationError("--call-timeout must be from 0.001 to 3600 seconds")
             }
-            return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
-                                                                       transportSecurity: try self.tls.transportSecurity)) { client in
-                try await body(client)
+            return .seconds(self.callTimeout)
+        }
+    }
+
+    /// Runs `body` with a client connected to `address` (the command's session's connection, see
+    /// `CtlSession`); RPC failures print their status and message. `body` (usually one call) is
+    /// given `--call-timeout`, plus `waits` for a call that waits on purpose, then cancelled:
+    /// a service that accepts the connection and never answers must not hold ctl forever.
+    func withClient<T: Sendable>(_ address: HostPort, waits: Duration = .zero,
+                                 _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        let limit = try self.callDeadline + waits
+        do {
+            return try await withoutActuallyEscaping(body) { body in
+                try await Self.within(limit, address: address) {
+                    if let session = CtlSession.current {
+                        return try await body(try session.client(for: address, tls: try self.tls))
+                    }
+                    return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
+                                                                               transportSecurity: try self.tls.transportSecurity)) { client in
+                        try await body(client)
+                    }
+                }
             }
         } catch let error as RPCError where error.code == .unavailable {
             throw CtlError(description: "could not reach \(address) (\(error.message)). Is the service running there? "
                            + "scripts/run starts them all; --producer, --user-rpc and --org-rpc point ctl elsewhere")
         } catch let error as RPCError {
             throw CtlError(description: "\(address) answered \(error.code): \(error.message)")
+        }
+    }
+
+    /// Runs `work`, or throws once `limit` has passed (cancelling it, but not waiting for it:
+    /// grpc-swift's client can wait on a connection that never got the server's settings past
+    /// any cancellation, and the command must still end).
+    private static func within<T: Sendable>(_ limit: Duration, address: HostPort,
+                                            _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        let running = Task { try await work() }
+        let waiter = Mutex<(call: CheckedContinuation<T, any Error>?, timer: Task<Void, any Error>?)>((nil, nil))
+        let finish = { @Sendable (result: Result<T, any Error>) in
+            let (call, timer) = waiter.withLock { state in
+                defer { state = (nil, nil) }
+                return state
+            }
+            timer?.cancel()
+            call?.resume(with: result)
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
+                waiter.withLock { $0.call = continuation }
+                let timer = Task {
+                    try await Task.sleep(for: limit)
+                    running.cancel()
+                    finish(.failure(CtlError(description: "\(address) did not answer within \(limit) (--call-timeout): is the "
+                                             + "service there healthy? `ctl health` tells; a slow one may need a larger --call-timeout")))
+                }
+                let kept = waiter.withLock { state -> Bool in
+                    guard state.call != nil else { return false }
+                    state.timer = timer
+                    return true
+                }
+                if !kept { timer.cancel() }
+                Task { finish(await running.result) }
+            }
+        } onCancel: {
+            running.cancel()
         }
     }
 

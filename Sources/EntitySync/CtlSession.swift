@@ -36,14 +36,31 @@ final class CtlSession: Sendable {
         }
     }
 
-    /// Closes every connection once its calls have finished.
-    func close() async {
+    /// Closes every connection once its calls have finished, waiting `grace` at most: a
+    /// connection to a service that never answered (the reason a command gave up) may never
+    /// finish shutting down, and the command must still end.
+    func close(grace: Duration = .seconds(2)) async {
         let (clients, connections) = self.state.withLock { state in
             state.closed = true
             return (state.clients.values, state.connections)
         }
         for client in clients { client.beginGracefulShutdown() }
-        for connection in connections { await connection.value }
+        // Whichever comes first, all connections closed or the grace over, resumes the wait once.
+        let waiter = Mutex<CheckedContinuation<Void, Never>?>(nil)
+        let finish = { @Sendable in waiter.withLock { $0.take() }?.resume() }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            waiter.withLock { $0 = continuation }
+            let timer = Task {
+                try await Task.sleep(for: grace)
+                for connection in connections { connection.cancel() }
+                finish()
+            }
+            Task {
+                for connection in connections { await connection.value }
+                timer.cancel()
+                finish()
+            }
+        }
     }
 
     /// Runs `body` with a fresh session as `current` and closes it afterwards, whatever happens.

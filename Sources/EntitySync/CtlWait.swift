@@ -27,7 +27,7 @@ struct Wait: AsyncParsableCommand {
         request.timeoutMs = self.timeoutMs
         let address = self.service == .orgRPC ? try self.options.orgRPCAddress : try self.options.userRPCAddress
         let sent = request
-        let response = try await self.options.withClient(address) { client in
+        let response = try await self.options.withClient(address, waits: .milliseconds(Int64(self.timeoutMs))) { client in
             try await Entitysync_V1_SyncInfo.Client(wrapping: client).waitForVersion(sent)
         }
         try self.options.print(response) { "\(self.type) \(self.id) is at version \(response.version) on \(address)" }

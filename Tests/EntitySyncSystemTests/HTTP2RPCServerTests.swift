@@ -308,6 +308,11 @@ struct HTTP2RPCServerTests {
         // SETTINGS on a slow machine, the closed connection: both stop the import.
         #expect(!imported.succeeded && (imported.output.contains("refused the import: deadlineExceeded")
                                         || imported.output.contains("refused the import: unavailable")), "\(imported.output)")
+        // Every other ctl command (on grpc-swift's client) gives up after --call-timeout too.
+        // `timeout` turns a hang into a failure here instead of a stuck test run.
+        let read = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "user", "get", "s1",
+                                                             "--user-rpc", "127.0.0.1:\(port)", "--call-timeout", "0.5"])
+        #expect(read.exitCode != 124 && !read.succeeded && read.output.contains("did not answer within"), "\(read.output)")
         try await silent.close()
     }
 
