@@ -90,8 +90,9 @@ struct DeadLetters: AsyncParsableCommand {
             let metadata = self.options.metadata
             var failed: UInt64 = 0
             for (name, address) in try self.target.services(self.options) {
-                // A redrive applies up to --limit events, each through the consumer's store.
-                let response = try await self.options.withClient(address, waits: .seconds(600)) { client in
+                // A redrive applies up to --limit events (all with 0), each through the consumer's
+                // store: no deadline, however many there are.
+                let response = try await self.options.withClient(address, waits: nil) { client in
                     try await Entitysync_V1_SyncInfo.Client(wrapping: client).redriveDeadLetters(sent, metadata: metadata)
                 }
                 failed += response.failed

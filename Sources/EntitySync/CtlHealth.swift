@@ -50,24 +50,34 @@ struct Health: AsyncParsableCommand {
     /// The status word for one address: SERVING, NOT_SERVING, or why it could not be asked.
     static func check(_ target: HostPort, tls: ClientTLS?) async -> String {
         do {
-            return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: target.host, port: target.port),
-                                                                       transportSecurity: tls.transportSecurity)) { client in
-                var options = CallOptions.defaults
-                options.timeout = .seconds(2)
-                let response = try await Grpc_Health_V1_Health.Client(wrapping: client)
-                    .check(Grpc_Health_V1_HealthCheckRequest(), options: options)
-                switch response.status {
-                case .serving: return "SERVING"
-                case .notServing: return "NOT_SERVING"
-                default: return "UNKNOWN"
-                }
+            // Abandoned after 3 s: the call's own 2 s deadline ends it, but grpc-swift's client can
+            // then wait on a connection that never got the server's settings while it shuts down.
+            return try await CtlOptions.within(.seconds(3), address: target) {
+                try await Self.ask(target, tls: tls)
             }
         } catch let error as RPCError where error.code == .unavailable {
             return "UNREACHABLE"
         } catch let error as RPCError {
             return "\(error.code)"
+        } catch is CtlError {
+            return "\(RPCError.Code.deadlineExceeded)"
         } catch {
             return "UNREACHABLE"
+        }
+    }
+
+    private static func ask(_ target: HostPort, tls: ClientTLS?) async throws -> String {
+        try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: target.host, port: target.port),
+                                                           transportSecurity: tls.transportSecurity)) { client in
+            var options = CallOptions.defaults
+            options.timeout = .seconds(2)
+            let response = try await Grpc_Health_V1_Health.Client(wrapping: client)
+                .check(Grpc_Health_V1_HealthCheckRequest(), options: options)
+            switch response.status {
+            case .serving: return "SERVING"
+            case .notServing: return "NOT_SERVING"
+            default: return "UNKNOWN"
+            }
         }
     }
 }

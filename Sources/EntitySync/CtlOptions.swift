@@ -62,6 +62,10 @@ struct CtlOptions: ParsableArguments {
         return metadata
     }
 
+    mutating func validate() throws {
+        _ = try self.callDeadline
+    }
+
     /// `--call-timeout` as a duration, checked.
     var callDeadline: Duration {
         get throws {
@@ -74,23 +78,25 @@ struct CtlOptions: ParsableArguments {
 
     /// Runs `body` with a client connected to `address` (the command's session's connection, see
     /// `CtlSession`); RPC failures print their status and message. `body` (usually one call) is
-    /// given `--call-timeout`, plus `waits` for a call that waits on purpose, then cancelled:
-    /// a service that accepts the connection and never answers must not hold ctl forever.
-    func withClient<T: Sendable>(_ address: HostPort, waits: Duration = .zero,
-                                 _ body: @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
-        let limit = try self.callDeadline + waits
-        do {
-            return try await withoutActuallyEscaping(body) { body in
-                try await Self.within(limit, address: address) {
-                    if let session = CtlSession.current {
-                        return try await body(try session.client(for: address, tls: try self.tls))
-                    }
-                    return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
-                                                                               transportSecurity: try self.tls.transportSecurity)) { client in
-                        try await body(client)
-                    }
-                }
+    /// given `--call-timeout`, plus `waits` for a call that waits on purpose, then abandoned:
+    /// a service that accepts the connection and never answers must not hold ctl forever. With
+    /// `waits` nil the call has no limit (a redrive of every dead letter takes what it takes).
+    func withClient<T: Sendable>(_ address: HostPort, waits: Duration? = .zero,
+                                 _ body: @escaping @Sendable (GRPCClient<HTTP2ClientTransport.Posix>) async throws -> T) async throws -> T {
+        let limit = try waits.map { try self.callDeadline + $0 }
+        let tls = try self.tls
+        let call: @Sendable () async throws -> T = {
+            if let session = CtlSession.current {
+                return try await body(try session.client(for: address, tls: tls))
             }
+            return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
+                                                                       transportSecurity: tls.transportSecurity)) { client in
+                try await body(client)
+            }
+        }
+        do {
+            guard let limit else { return try await call() }
+            return try await Self.within(limit, address: address, call)
         } catch let error as RPCError where error.code == .unavailable {
             throw CtlError(description: "could not reach \(address) (\(error.message)). Is the service running there? "
                            + "scripts/run starts them all; --producer, --user-rpc and --org-rpc point ctl elsewhere")
@@ -101,8 +107,8 @@ struct CtlOptions: ParsableArguments {
 
     /// Runs `work`, or throws once `limit` has passed (cancelling it, but not waiting for it:
     /// grpc-swift's client can wait on a connection that never got the server's settings past
-    /// any cancellation, and the command must still end).
-    private static func within<T: Sendable>(_ limit: Duration, address: HostPort,
+    /// any cancellation, and the command must still end). `work` escapes: it may outlive this.
+    static func within<T: Sendable>(_ limit: Duration, address: HostPort,
                                             _ work: @escaping @Sendable () async throws -> T) async throws -> T {
         let running = Task { try await work() }
         let waiter = Mutex<(call: CheckedContinuation<T, any Error>?, timer: Task<Void, any Error>?)>((nil, nil))
@@ -120,8 +126,9 @@ struct CtlOptions: ParsableArguments {
                 let timer = Task {
                     try await Task.sleep(for: limit)
                     running.cancel()
-                    finish(.failure(CtlError(description: "\(address) did not answer within \(limit) (--call-timeout): is the "
-                                             + "service there healthy? `ctl health` tells; a slow one may need a larger --call-timeout")))
+                    finish(.failure(CtlError(description: "\(address) did not answer within \(limit) (--call-timeout); a change "
+                                             + "it was asked to make may still have been made. Is the service there healthy? "
+                                             + "`ctl health` tells; a slow one may need a larger --call-timeout")))
                 }
                 let kept = waiter.withLock { state -> Bool in
                     guard state.call != nil else { return false }
@@ -133,6 +140,7 @@ struct CtlOptions: ParsableArguments {
             }
         } onCancel: {
             running.cancel()
+            finish(.failure(CancellationError()))
         }
     }
 

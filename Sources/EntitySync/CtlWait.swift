@@ -27,7 +27,9 @@ struct Wait: AsyncParsableCommand {
         request.timeoutMs = self.timeoutMs
         let address = self.service == .orgRPC ? try self.options.orgRPCAddress : try self.options.userRPCAddress
         let sent = request
-        let response = try await self.options.withClient(address, waits: .milliseconds(Int64(self.timeoutMs))) { client in
+        // The service waits 5 s when asked for 0.
+        let waits = Duration.milliseconds(Int64(self.timeoutMs == 0 ? 5000 : self.timeoutMs))
+        let response = try await self.options.withClient(address, waits: waits) { client in
             try await Entitysync_V1_SyncInfo.Client(wrapping: client).waitForVersion(sent)
         }
         try self.options.print(response) { "\(self.type) \(self.id) is at version \(response.version) on \(address)" }

@@ -313,6 +313,10 @@ struct HTTP2RPCServerTests {
         let read = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "user", "get", "s1",
                                                              "--user-rpc", "127.0.0.1:\(port)", "--call-timeout", "0.5"])
         #expect(read.exitCode != 124 && !read.succeeded && read.output.contains("did not answer within"), "\(read.output)")
+        let health = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "health", "127.0.0.1:\(port)"])
+        #expect(health.exitCode != 124 && !health.succeeded && health.output.contains("not serving"), "\(health.output)")
+        let invalid = try ChildProcess.run(entitySyncBinary, ["ctl", "health", "127.0.0.1:\(port)", "--call-timeout", "0"])
+        #expect(!invalid.succeeded && invalid.output.contains("--call-timeout must be from 0.001 to 3600 seconds"), "\(invalid.output)")
         try await silent.close()
     }
 
