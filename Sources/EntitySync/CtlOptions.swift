@@ -6,8 +6,8 @@ import EntitySyncServices
 import Foundation
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import HTTP2RPC
 import SwiftProtobuf
-import Synchronization
 
 struct CtlOptions: ParsableArguments {
     @Option(help: "Producer address (env: ENTITY_SYNC_PRODUCER; default: 127.0.0.1:50051).")
@@ -107,41 +107,14 @@ struct CtlOptions: ParsableArguments {
 
     /// Runs `work`, or throws once `limit` has passed (cancelling it, but not waiting for it:
     /// grpc-swift's client can wait on a connection that never got the server's settings past
-    /// any cancellation, and the command must still end). `work` escapes: it may outlive this.
+    /// any cancellation, and the command must still end).
     static func within<T: Sendable>(_ limit: Duration, address: HostPort,
-                                            _ work: @escaping @Sendable () async throws -> T) async throws -> T {
-        let running = Task { try await work() }
-        let waiter = Mutex<(call: CheckedContinuation<T, any Error>?, timer: Task<Void, any Error>?)>((nil, nil))
-        let finish = { @Sendable (result: Result<T, any Error>) in
-            let (call, timer) = waiter.withLock { state in
-                defer { state = (nil, nil) }
-                return state
-            }
-            timer?.cancel()
-            call?.resume(with: result)
-        }
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<T, any Error>) in
-                waiter.withLock { $0.call = continuation }
-                let timer = Task {
-                    try await Task.sleep(for: limit)
-                    running.cancel()
-                    finish(.failure(CtlError(description: "\(address) did not answer within \(limit) (--call-timeout); a change "
-                                             + "it was asked to make may still have been made. Is the service there healthy? "
-                                             + "`ctl health` tells; a slow one may need a larger --call-timeout")))
-                }
-                let kept = waiter.withLock { state -> Bool in
-                    guard state.call != nil else { return false }
-                    state.timer = timer
-                    return true
-                }
-                if !kept { timer.cancel() }
-                Task { finish(await running.result) }
-            }
-        } onCancel: {
-            running.cancel()
-            finish(.failure(CancellationError()))
-        }
+                                    _ work: @escaping @Sendable () async throws -> T) async throws -> T {
+        try await abandoning(at: .now + limit, late: {
+            CtlError(description: "\(address) did not answer within \(limit) (--call-timeout); a change it was asked to "
+                     + "make may still have been made. Is the service there healthy? `ctl health` tells; a slow one may "
+                     + "need a larger --call-timeout")
+        }, cancelled: { CancellationError() }, work)
     }
 
     func print(_ message: some SwiftProtobuf.Message, table: () -> String) throws {

@@ -1,6 +1,7 @@
 import EntitySyncServices
 import GRPCCore
 import GRPCNIOTransportHTTP2
+import HTTP2RPC
 import Synchronization
 
 /// The gRPC connections of one command: one per service address, opened on first use and closed
@@ -45,21 +46,12 @@ final class CtlSession: Sendable {
             return (state.clients.values, state.connections)
         }
         for client in clients { client.beginGracefulShutdown() }
-        // Whichever comes first, all connections closed or the grace over, resumes the wait once.
-        let waiter = Mutex<CheckedContinuation<Void, Never>?>(nil)
-        let finish = { @Sendable in waiter.withLock { $0.take() }?.resume() }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            waiter.withLock { $0 = continuation }
-            let timer = Task {
-                try await Task.sleep(for: grace)
-                for connection in connections { connection.cancel() }
-                finish()
-            }
-            Task {
+        do {
+            try await abandoning(at: .now + grace, late: { CancellationError() }, cancelled: { CancellationError() }) {
                 for connection in connections { await connection.value }
-                timer.cancel()
-                finish()
             }
+        } catch {
+            for connection in connections { connection.cancel() }
         }
     }
 

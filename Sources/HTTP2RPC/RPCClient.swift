@@ -216,43 +216,15 @@ public final class RPCClient: Sendable {
             return nil
         }
         if let usable { return usable }
-        // The waiting call, and the timer that ends its wait: whichever ends first (the connect,
-        // the timer, a cancellation) resumes the call once and stops the timer.
-        let waiter = Mutex<(call: CheckedContinuation<Connection, any Error>?, timer: Task<Void, any Error>?)>((nil, nil))
-        let finish = { @Sendable (result: Result<Connection, any Error>) in
-            let (call, timer) = waiter.withLock { state in
-                defer { state = (nil, nil) }
-                return state
-            }
-            timer?.cancel()
-            call?.resume(with: result)
-        }
         let target = self.target
-        return try await withTaskCancellationHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Connection, any Error>) in
-                waiter.withLock { $0.call = continuation }
-                let timer = Task {
-                    try await Task.sleep(until: started + timeout, clock: .continuous)
-                    finish(.failure(RPCError(code: .deadlineExceeded,
-                                             message: "the call's deadline of \(timeout) passed while connecting to \(target)")))
-                }
-                // Kept only while the call still waits; else the wait has ended already.
-                let kept = waiter.withLock { state -> Bool in
-                    guard state.call != nil else { return false }
-                    state.timer = timer
-                    return true
-                }
-                if !kept { timer.cancel() }
-                Task {
-                    let result: Result<Connection, any Error>
-                    do { result = .success(try await self.connection()) } catch { result = .failure(error) }
-                    finish(result)
-                }
-                // A cancellation that came before the continuation was stored found nothing to end.
-                if Task.isCancelled { finish(.failure(RPCError(code: .cancelled, message: "the call was cancelled"))) }
-            }
-        } onCancel: {
-            finish(.failure(RPCError(code: .cancelled, message: "the call was cancelled")))
+        // A connect that overruns goes on for later calls (it is a task of the client's own,
+        // which cancelling this wait does not touch); this call stops waiting for it.
+        return try await abandoning(at: started + timeout, late: {
+            RPCError(code: .deadlineExceeded, message: "the call's deadline of \(timeout) passed while connecting to \(target)")
+        }, cancelled: {
+            RPCError(code: .cancelled, message: "the call was cancelled")
+        }) {
+            try await self.connection()
         }
     }
 
