@@ -87,16 +87,24 @@ struct CtlOptions: ParsableArguments {
         let tls = try self.tls
         let call: @Sendable () async throws -> T = {
             if let session = CtlSession.current {
-                return try await body(try session.client(for: address, tls: tls))
+                return try await body(try session.client(for: address, tls: tls, timeout: limit))
             }
             return try await withGRPCClient(transport: .http2NIOPosix(target: .dns(host: address.host, port: address.port),
-                                                                       transportSecurity: tls.transportSecurity)) { client in
+                                                                       transportSecurity: tls.transportSecurity,
+                                                                       serviceConfig: Self.serviceConfig(timeout: limit))) { client in
                 try await body(client)
             }
         }
         do {
             guard let limit else { return try await call() }
-            return try await Self.within(limit, address: address, call)
+            let start = ContinuousClock.now
+            do {
+                return try await Self.within(limit, address: address, call)
+            } catch let error as RPCError where error.code == .deadlineExceeded && ContinuousClock.now - start >= limit {
+                // grpc-swift's own end of the same deadline; a service's DEADLINE_EXCEEDED before
+                // it (WaitForVersion's wait running out) keeps its own message.
+                throw Self.late(address, limit)
+            }
         } catch let error as RPCError where error.code == .unavailable {
             throw CtlError(description: "could not reach \(address) (\(error.message)). Is the service running there? "
                            + "scripts/run starts them all; --producer, --user-rpc and --org-rpc point ctl elsewhere")
@@ -110,11 +118,20 @@ struct CtlOptions: ParsableArguments {
     /// any cancellation, and the command must still end).
     static func within<T: Sendable>(_ limit: Duration, address: HostPort,
                                     _ work: @escaping @Sendable () async throws -> T) async throws -> T {
-        try await abandoning(at: .now + limit, late: {
-            CtlError(description: "\(address) did not answer within \(limit) (--call-timeout); a change it was asked to "
-                     + "make may still have been made. Is the service there healthy? `ctl health` tells; a slow one may "
-                     + "need a larger --call-timeout")
-        }, cancelled: { CancellationError() }, work)
+        try await abandoning(at: .now + limit, late: { Self.late(address, limit) }, cancelled: { CancellationError() }, work)
+    }
+
+    private static func late(_ address: HostPort, _ limit: Duration) -> CtlError {
+        CtlError(description: "\(address) did not answer within \(limit) (--call-timeout); a change it was asked to "
+                 + "make may still have been made. Is the service there healthy? `ctl health` tells; a slow one may "
+                 + "need a larger --call-timeout")
+    }
+
+    /// Every method's default timeout on a client: grpc-swift sends it as `grpc-timeout`, so the
+    /// service ends a call the command has given up on instead of finishing work nobody waits for.
+    static func serviceConfig(timeout: Duration?) -> ServiceConfig {
+        guard let timeout else { return ServiceConfig() }
+        return ServiceConfig(methodConfig: [MethodConfig(names: [MethodConfig.Name(service: "")], timeout: timeout)])
     }
 
     func print(_ message: some SwiftProtobuf.Message, table: () -> String) throws {

@@ -6,31 +6,40 @@ import Synchronization
 
 /// The gRPC connections of one command: one per service address, opened on first use and closed
 /// when the command ends. A command that makes many calls (the demo makes about a dozen, an
-/// import thousands) connects once per service instead of once per call.
+/// import thousands) connects once per service instead of once per call. The calls' timeout
+/// is the client's (a default sent as `grpc-timeout`), so calls that wait on purpose get a
+/// client of their own.
 final class CtlSession: Sendable {
     typealias Client = GRPCClient<HTTP2ClientTransport.Posix>
 
     /// The session of the command running in this task, if any.
     @TaskLocal static var current: CtlSession?
 
+    private struct Key: Hashable {
+        let address: HostPort
+        let timeout: Duration?
+    }
+
     private struct State {
-        var clients: [HostPort: Client] = [:]
+        var clients: [Key: Client] = [:]
         var connections: [Task<Void, Never>] = []
         var closed = false
     }
     private let state = Mutex(State())
 
-    /// The client for `address`, connecting on first use.
-    func client(for address: HostPort, tls: ClientTLS?) throws -> Client {
-        try self.state.withLock { state in
-            if let client = state.clients[address] { return client }
+    /// The client for `address` whose calls time out after `timeout`, connecting on first use.
+    func client(for address: HostPort, tls: ClientTLS?, timeout: Duration?) throws -> Client {
+        let key = Key(address: address, timeout: timeout)
+        return try self.state.withLock { state in
+            if let client = state.clients[key] { return client }
             guard !state.closed else {
                 throw CtlError(description: "internal: a gRPC call was started after its command ended")
             }
             let transport = try HTTP2ClientTransport.Posix(target: .dns(host: address.host, port: address.port),
-                                                           transportSecurity: tls.transportSecurity)
+                                                           transportSecurity: tls.transportSecurity,
+                                                           serviceConfig: CtlOptions.serviceConfig(timeout: timeout))
             let client = GRPCClient(transport: transport)
-            state.clients[address] = client
+            state.clients[key] = client
             // A connection that fails surfaces in the calls made on it; nothing to report here.
             state.connections.append(Task { try? await client.runConnections() })
             return client

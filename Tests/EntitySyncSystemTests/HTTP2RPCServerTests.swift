@@ -320,6 +320,55 @@ struct HTTP2RPCServerTests {
         try await silent.close()
     }
 
+    /// ctl's calls on grpc-swift's client tell the service their deadline (`grpc-timeout`), so
+    /// a service stops work the command has given up on: `--call-timeout`, plus the wait of a
+    /// call that waits on purpose.
+    @Test func ctlSendsItsCallTimeoutToTheService() async throws {
+        let seen = Mutex<[String: String]>([:])
+        var routes = RPCRoutes()
+        routes.unaryAsync(Entitysync_V1_UserQuery.Method.GetUser.descriptor) { (request: Entitysync_V1_GetRequest, call) in
+            seen.withLock { $0["GetUser"] = call.metadata("grpc-timeout") ?? "none" }
+            var reply = Entitysync_V1_UserWithGroups()
+            reply.user.id = request.id
+            return reply
+        }
+        routes.unaryAsync(Entitysync_V1_SyncInfo.Method.WaitForVersion.descriptor) { (request: Entitysync_V1_WaitForVersionRequest, call) in
+            seen.withLock { $0["WaitForVersion"] = call.metadata("grpc-timeout") ?? "none" }
+            var reply = Entitysync_V1_WaitForVersionResponse()
+            reply.version = request.version
+            return reply
+        }
+        let (server, _, serving, port) = try await Self.serve(routes: routes, services: [GatedHealth()])
+        let read = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "user", "get", "u7",
+                                                             "--user-rpc", "127.0.0.1:\(port)", "--call-timeout", "7"])
+        #expect(read.succeeded && read.output.contains("u7"), "\(read.output)")
+        let wait = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "wait", "--service", "user-rpc",
+                                                             "--user-rpc", "127.0.0.1:\(port)", "--type", "user", "--id", "u7",
+                                                             "--version", "3", "--timeout-ms", "20000", "--call-timeout", "4"])
+        #expect(wait.succeeded, "\(wait.output)")
+        let timeouts = seen.withLock { $0 }
+        // Sent as the time left when the call started: at most the limit, and not much less.
+        // grpc-timeout: up to 8 digits and a unit (gRPC's HTTP/2 protocol).
+        func duration(_ header: String?) -> Duration? {
+            guard let header, let unit = header.last, let amount = Int64(header.dropLast()) else { return nil }
+            switch unit {
+            case "H": return .seconds(amount * 3600)
+            case "M": return .seconds(amount * 60)
+            case "S": return .seconds(amount)
+            case "m": return .milliseconds(amount)
+            case "u": return .microseconds(amount)
+            case "n": return .nanoseconds(amount)
+            default: return nil
+            }
+        }
+        let get = try #require(duration(timeouts["GetUser"]), "\(timeouts)")
+        #expect(get <= .seconds(7) && get > .seconds(5), "\(timeouts)")
+        let waited = try #require(duration(timeouts["WaitForVersion"]), "\(timeouts)")
+        #expect(waited <= .seconds(24) && waited > .seconds(22), "\(timeouts)")
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
     /// An HTTP/2 peer that sends its SETTINGS on every connection and then nothing, not even a
     /// PING's answer: a host that went away after the connection was made, as the client sees it.
     final class MuteAfterSettings: ChannelInboundHandler, Sendable {
