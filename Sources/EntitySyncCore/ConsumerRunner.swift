@@ -343,7 +343,7 @@ public final class ConsumerRunner: Sendable {
         }
         var attempt = 0
         while !self.stopping.read({ $0 }) {
-            await self.stopSignal.wait(timeout: self.configuration.storeCheckBackoff.delay(attempt: attempt))
+            await self.stopSignal.wait(timeout: self.configuration.storeCheckBackoff.delay(attempt: attempt)) { self.stopping.read { $0 } }
             attempt += 1
             guard !self.stopping.read({ $0 }) else { break }
             if (try? await self.store.checkReachable()) != nil {
@@ -413,8 +413,13 @@ public final class ConsumerRunner: Sendable {
                 "amqp.queue": "\(delivery.queue)", "target": "\(routingKey)", "error": "\(error)",
             ])
             if let fallbackDelay {
-                // Transient failure and the broker is unhappy too: wait instead of spinning.
-                try? await Task.sleep(for: fallbackDelay)
+                // Transient failure and the broker is unhappy too: wait instead of spinning, but
+                // not past a stop, which leaves the delivery to be redelivered instead.
+                await self.stopSignal.wait(timeout: fallbackDelay) { self.stopping.read { $0 } }
+                guard !self.stopping.read({ $0 }) else {
+                    self.leftUnsettled.update { $0 = true }
+                    return
+                }
                 await self.settle(delivery) { try await delivery.reject(requeue: true) }
             } else {
                 // Poison: the queue's own dead-letter exchange takes it (without our reason header).

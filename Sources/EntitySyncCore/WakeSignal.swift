@@ -6,7 +6,10 @@ public final class WakeSignal: Sendable {
     private struct State {
         var pending = false
         var waiters: [Int: CheckedContinuation<Void, Never>] = [:]
-        /// Waits ended (timeout or cancellation) before their continuation was registered.
+        /// Waits begun but not parked yet: a signal meanwhile is theirs too, or one of several
+        /// tasks about to wait would sleep through it while another took it.
+        var armed: Set<Int> = []
+        /// Waits ended (timeout, cancellation or a signal) before their continuation was registered.
         var ended: Set<Int> = []
         var nextID = 0
     }
@@ -16,10 +19,12 @@ public final class WakeSignal: Sendable {
 
     public func signal() {
         let waiters = self.state.withLock { state -> [CheckedContinuation<Void, Never>] in
-            guard !state.waiters.isEmpty else {
+            guard !state.waiters.isEmpty || !state.armed.isEmpty else {
                 state.pending = true
                 return []
             }
+            state.ended.formUnion(state.armed)
+            state.armed.removeAll()
             defer { state.waiters.removeAll() }
             return Array(state.waiters.values)
         }
@@ -34,12 +39,18 @@ public final class WakeSignal: Sendable {
         } onCancel: {
             self.resume(id)
         }
-        self.state.withLock { _ = $0.ended.remove(id) }
+        self.forget(id)
     }
 
-    /// Returns after a signal or after `timeout`, whichever comes first (or at once if cancelled).
-    public func wait(timeout: Duration) async {
+    /// Returns after a signal or after `timeout`, whichever comes first (or at once if cancelled),
+    /// or at once if `unless` holds once the wait is armed: a condition set before a signal is
+    /// sent (a stop flag) then cannot slip between the caller's check and the wait.
+    public func wait(timeout: Duration, unless: () -> Bool = { false }) async {
         guard let id = self.begin() else { return }
+        if unless() {
+            self.forget(id)
+            return
+        }
         // One child, the timer; cancelling this task cancels it, which ends the wait too.
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -50,7 +61,14 @@ public final class WakeSignal: Sendable {
             group.cancelAll()
         }
         // The timer's resume may have come after the signal's and left the id behind.
-        self.state.withLock { _ = $0.ended.remove(id) }
+        self.forget(id)
+    }
+
+    private func forget(_ id: Int) {
+        self.state.withLock { state in
+            state.ended.remove(id)
+            state.armed.remove(id)
+        }
     }
 
     /// Takes a pending signal (nil: return at once, no timer or task needed) or a waiter id.
@@ -61,6 +79,7 @@ public final class WakeSignal: Sendable {
                 return nil
             }
             state.nextID += 1
+            state.armed.insert(state.nextID)
             return state.nextID
         }
     }
@@ -69,6 +88,7 @@ public final class WakeSignal: Sendable {
     private func park(_ id: Int) async {
         await withCheckedContinuation { continuation in
             let resumeNow = self.state.withLock { state -> Bool in
+                state.armed.remove(id)
                 if state.ended.remove(id) != nil { return true }
                 if state.pending {
                     state.pending = false
@@ -81,9 +101,14 @@ public final class WakeSignal: Sendable {
         }
     }
 
+    /// Waits parked now (for tests).
+    package var parkedForTesting: Int {
+        self.state.withLock { $0.waiters.count }
+    }
+
     /// Nobody waits and no ended wait left its id behind (for tests: ids must not pile up).
     package var idleForTesting: Bool {
-        self.state.withLock { $0.waiters.isEmpty && $0.ended.isEmpty }
+        self.state.withLock { $0.waiters.isEmpty && $0.ended.isEmpty && $0.armed.isEmpty }
     }
 
     private func resume(_ id: Int) {

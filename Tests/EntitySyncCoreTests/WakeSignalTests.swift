@@ -65,6 +65,36 @@ import Testing
         await signal.wait()
     }
 
+    /// A signal sent while one task is parked and another is about to park wakes both: the
+    /// second must not sleep through it (it would wait out its whole timeout).
+    @Test func aSignalWakesAWaitAboutToParkBesideAParkedOne() async throws {
+        let signal = WakeSignal()
+        let parked = Task { await signal.wait() }
+        while signal.parkedForTesting == 0 { try await Task.sleep(for: .milliseconds(1)) }
+        let late = Task { () -> Bool in
+            await withTaskGroup(of: Bool.self) { group in
+                // `unless` runs once the wait is armed, before it parks: the signal comes then.
+                group.addTask { await signal.wait(timeout: .seconds(3600)) { signal.signal(); return false }; return true }
+                group.addTask { try? await Task.sleep(for: .seconds(20)); return false }
+                let first = await group.next() ?? false
+                group.cancelAll()
+                return first
+            }
+        }
+        #expect(await late.value, "the wait about to park slept through the signal")
+        await parked.value
+        #expect(signal.idleForTesting)
+    }
+
+    @Test func aWaitWhoseConditionHoldsReturnsAtOnceAndKeepsNoSignal() async {
+        let signal = WakeSignal()
+        await signal.wait(timeout: .seconds(3600)) { true }
+        #expect(signal.idleForTesting)
+        // The wait took no signal: one sent now is kept for the next wait.
+        signal.signal()
+        await signal.wait(timeout: .seconds(3600))
+    }
+
     @Test func manyWaitsLeaveNothingBehind() async {
         let signal = WakeSignal()
         for _ in 0..<200 {
