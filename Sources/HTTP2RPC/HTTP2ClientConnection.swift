@@ -250,9 +250,13 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
             nghttp2_submit_request(session, nil, nva, count, &provider, nil)
         }
         guard id > 0 else {
+            // Out of stream ids (2^30 calls on one connection): the next call needs a new one.
+            if id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue { self.flags.goingAway.store(true, ordering: .relaxed) }
             call.complete(.failure(RPCError(code: .unavailable, message: "could not start the call: \(String(cString: nghttp2_strerror(id)))")))
             return
         }
+        // The last ids: calls after this one go to a new connection before they run out.
+        if id >= Int32.max - 2 * 1024 { self.flags.goingAway.store(true, ordering: .relaxed) }
         call.streamID = id
         self.calls[id] = call
         self.flushOutput()

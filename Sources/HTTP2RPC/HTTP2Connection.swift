@@ -479,10 +479,17 @@ final class HTTP2Connection: ChannelDuplexHandler {
             if let trailers = state.trailers {
                 flags.pointee |= NGHTTP2_DATA_FLAG_EOF.rawValue | NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
                 if let session = self.session {
+                    let submitted: Int32
                     switch trailers {
-                    case .ok: _ = nghttp2_submit_trailer(session, streamID, StaticHeaders.okTrailers.pairs, StaticHeaders.okTrailers.count)
+                    case .ok: submitted = nghttp2_submit_trailer(session, streamID, StaticHeaders.okTrailers.pairs, StaticHeaders.okTrailers.count)
                     case .custom(let trailers):
-                        NGHTTP2Headers.with(trailers) { nva, count in _ = nghttp2_submit_trailer(session, streamID, nva, count) }
+                        submitted = NGHTTP2Headers.with(trailers) { nva, count in nghttp2_submit_trailer(session, streamID, nva, count) }
+                    }
+                    if submitted != 0 {
+                        // Without trailers the stream would stay open until the client gave up:
+                        // end the data with the stream instead (the client sees the status missing).
+                        self.shared.logger.debug("could not submit trailers", metadata: ["stream": "\(streamID)", "error": "\(submitted)"])
+                        flags.pointee &= ~NGHTTP2_DATA_FLAG_NO_END_STREAM.rawValue
                     }
                 }
                 state.trailers = nil
@@ -665,7 +672,8 @@ final class HTTP2Connection: ChannelDuplexHandler {
                         + "\(self.shared.configuration.maxRequestBytes) bytes: send smaller requests")
     }
 
-    /// Ends a call the server will not take further: a handed-over one is also cancelled.
+    /// Ends a call the server will not take further: a handed-over one is also cancelled. What
+    /// its request held is released at once: the rest of it is dropped as it comes.
     private func refuse(_ state: RPCStreamState, code: Status.Code, message: String) {
         switch state.kind {
         case .bridged:
@@ -675,7 +683,31 @@ final class HTTP2Connection: ChannelDuplexHandler {
         default:
             self.respondStatus(state, code: code, message: message)
         }
+        state.body = []
+        state.bodyOffset = 0
+        self.releaseRequestBytes(state)
+        self.resetIfStillSending(state)
     }
+
+    /// A refused call whose client keeps its request open would hold a stream slot (and keep
+    /// the connection from ever being idle) until the client ends it: after a grace period that
+    /// lets the status arrive on its own (grpcio reads a RST_STREAM arriving with it as
+    /// INTERNAL, losing the status), RST_STREAM(NO_ERROR) asks it to stop (RFC 9113 §8.1).
+    private func resetIfStillSending(_ state: RPCStreamState) {
+        guard !state.requestEnded, let context = self.context else { return }
+        let loopBound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let id = state.id
+        context.eventLoop.scheduleTask(in: Self.refusedRequestGrace) {
+            let connection = loopBound.value
+            guard let state = connection.stream(id), state.isListed, !state.requestEnded,
+                  let session = connection.session else { return }
+            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_NO_ERROR.rawValue)
+            connection.flushOutput()
+        }
+    }
+
+    /// How long a refused call's client may go on sending before its stream is reset.
+    static let refusedRequestGrace = TimeAmount.seconds(2)
 
     // MARK: Responses
 
@@ -814,14 +846,15 @@ final class HTTP2Connection: ChannelDuplexHandler {
             let length = Int(state.body[offset + 1]) << 24 | Int(state.body[offset + 2]) << 16
                 | Int(state.body[offset + 3]) << 8 | Int(state.body[offset + 4])
             if flag != 0 {
-                self.failBridged(state, code: .unimplemented, message: "the request message is compressed, which this server does not support: send it uncompressed")
+                self.refuse(state, code: .unimplemented, message: "the request message is compressed, which this server does not support: send it uncompressed")
                 return
             }
             if length > self.shared.configuration.maxRequestBytes {
                 self.reject(state, tooLarge: length)
                 return
             }
-            guard state.unreadBody >= GRPCWire.prefixLength + length else { return }
+            // The rest of this message has not arrived: what came before it is still accounted below.
+            guard state.unreadBody >= GRPCWire.prefixLength + length else { break }
             let start = offset + GRPCWire.prefixLength
             state.inbound?.yield(.message(Array(state.body[start..<start + length])))
             state.bodyOffset = start + length
@@ -927,9 +960,17 @@ final class HTTP2Connection: ChannelDuplexHandler {
 
     // MARK: Headers
 
+    private static let reservedHeaders: Set<String> = ["content-type", "grpc-status", "grpc-message", "grpc-encoding",
+                                                       "grpc-accept-encoding", "te", "connection", "transfer-encoding"]
+
     private static func headers(from metadata: Metadata) -> [(name: String, value: String)] {
         var headers: [(name: String, value: String)] = []
         for (key, value) in metadata {
+            // HTTP/2 header names are lowercase (an uppercase one makes the block malformed and
+            // the peer resets the stream, losing the status), and the server writes its own
+            // status, content type and pseudo-headers.
+            let key = key.lowercased()
+            guard !key.hasPrefix(":"), !Self.reservedHeaders.contains(key) else { continue }
             switch value {
             case .string(let text): headers.append((key, text))
             case .binary(let bytes): headers.append((key.hasSuffix("-bin") ? key : key + "-bin", GRPCWire.base64(bytes)))

@@ -217,6 +217,18 @@ struct HTTP2RPCServerTests {
         try await pingServing.value
     }
 
+    /// A call refused while its client is still sending (here a message claiming 2 GiB) gets
+    /// its status, then a RST_STREAM(NO_ERROR): a client that never ends its request does not
+    /// hold the stream, and the connection can still go idle.
+    @Test func aRefusedCallWhoseClientKeepsSendingIsReset() async throws {
+        let (server, _, serving, port) = try await Self.serve(services: [GatedHealth()])
+        let refused = try ChildProcess.run("/usr/bin/env", ["python3", Self.python.appendingPathComponent("h2_idle_check.py").path,
+                                                            "127.0.0.1:\(port)", "refused", "15"])
+        #expect(refused.succeeded && refused.output.contains("h2 refused: ok"), "\(refused.output)")
+        server.beginGracefulShutdown()
+        try await serving.value
+    }
+
     @Test func floodsOfPingsSettingsAndResetsLoseTheirConnection() async throws {
         let health = GatedHealth()
         health.open()
