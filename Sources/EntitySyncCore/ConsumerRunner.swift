@@ -307,7 +307,7 @@ public final class ConsumerRunner: Sendable {
     }
 
     /// Whether `error` came from an unreachable store rather than from this change: the store
-    /// failed, and a plain read fails too.
+    /// failed, and a probe write of its own fails too (`checkReachable`).
     private func storeIsDown(after error: any Error) async -> Bool {
         guard let error = error as? SyncError, error.code == .storeUnavailable else { return false }
         do {

@@ -14,6 +14,10 @@ public protocol ReplicaStore: Sendable {
     /// any time before, spuriously), or after `timeout`: how read-your-writes waits learn of
     /// changes other instances applied.
     func waitForCommit(timeout: Duration) async
+    /// Throws if the store cannot take a write now (a server down, a file gone, a full disk, a
+    /// read-only database, a write lock held by another past its wait): how a consumer tells an
+    /// outage, which pauses it, from a failure of one change, which it retries.
+    func checkReachable() async throws
     func user(id: String) async throws -> User?
     func group(id: String) async throws -> Group?
     func versions(of kind: EntityKind) async throws -> [String: EntityVersion]
@@ -68,8 +72,8 @@ extension ReplicaStore {
         try? await Task.sleep(for: timeout)
     }
 
-    /// Throws if the store cannot be read at all (a server down, a file gone): how a consumer
-    /// tells an outage from a failure of one change.
+    /// A store that cannot probe a write: a read that fails (a server down, a file gone) is the
+    /// outage it can tell.
     public func checkReachable() async throws {
         _ = try await self.version(of: .user, id: "")
     }

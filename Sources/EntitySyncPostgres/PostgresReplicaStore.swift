@@ -241,6 +241,20 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
         try await self.database.read("count a dead letter") { sql in try await Self.count(sql, kind, column: "dead_lettered") }
     }
 
+    /// Commits a write of one row of its own (its time, in `sync_statistics` under a kind no
+    /// entity has), so a read-only server, a full disk or a table locked past the deadline shows
+    /// here as it does to an apply: a store that can only be read is down for a consumer.
+    public func checkReachable() async throws {
+        let now = Date().timeIntervalSince1970
+        let kind = "store-probe"
+        try await self.database.read("check the store takes writes") { sql in
+            try await sql.execute("""
+                INSERT INTO sync_statistics (kind, last_applied_at) VALUES (\(kind), \(now))
+                ON CONFLICT (kind) DO UPDATE SET last_applied_at = EXCLUDED.last_applied_at
+                """)
+        }
+    }
+
     public func version(of kind: EntityKind, id: String) async throws -> EntityVersion? {
         try await self.database.read("read a version") { sql in try await PostgresEntityTable.version(sql, kind: kind, id: id) }
     }

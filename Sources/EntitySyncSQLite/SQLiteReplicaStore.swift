@@ -132,6 +132,22 @@ public final class SQLiteReplicaStore: ReplicaStore, ImmediateReplicaReads {
         return try session.version(of: kind, id: id)
     }
 
+    /// Commits a write of one row of its own (its time, in `sync_statistics` under a kind no
+    /// entity has), so a full disk, a read-only file or a write lock held past its wait shows
+    /// here as it does to an apply: a store that can only be read is down for a consumer.
+    public func checkReachable() async throws {
+        let now = Date().timeIntervalSince1970
+        try await self.database.write { db in
+            try db.execute(sql: """
+                INSERT INTO sync_statistics (kind, last_applied_at) VALUES (?, ?)
+                ON CONFLICT (kind) DO UPDATE SET last_applied_at = excluded.last_applied_at
+                """, arguments: [Self.probeKind, now])
+        }
+    }
+
+    /// The `sync_statistics` row the write probe touches; statistics are read per entity kind.
+    static let probeKind = "store-probe"
+
     /// On the calling thread, the reads after the first sharing one read transaction.
     public func versions(of entities: [(kind: EntityKind, id: String)]) async throws -> [EntityVersion?] {
         let session = try self.pointReader.session()

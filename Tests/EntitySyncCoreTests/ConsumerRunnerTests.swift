@@ -203,6 +203,30 @@ import Testing
         try await rig.stop()
     }
 
+    /// A store that reads but cannot commit (a full disk, a read-only database) is an outage
+    /// too: the runner pauses on its write probe instead of spending the changes' attempts
+    /// and dead-lettering them, and applies them once writes commit again.
+    @Test func aStoreThatReadsButCannotWriteIsAnOutageNotAFailureOfTheChanges() async throws {
+        let rig = try await Rig(store: { FlakyStore(wrapping: $0) }, configure: { configuration in
+            configuration.maxAttempts = 2
+            configuration.storeCheckBackoff = Backoff(initial: .milliseconds(5), maximum: .milliseconds(10))
+        })
+        let flaky = try #require(rig.store as? FlakyStore)
+        await flaky.set(readOnly: true)
+        for index in 1...3 { try await rig.publish(Fixtures.userChange("u\(index)", version: 1)) }
+        try await eventually("the paused runner probed the store 20 times") { await flaky.probesWhileUnwritable >= 20 }
+        #expect(rig.runner.handled == 0)
+        #expect(rig.broker.unsettledCount(in: Self.queue) == 3)
+        #expect(rig.broker.messages(in: SyncTopology.retryQueue(forQueue: Self.queue)).isEmpty)
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+
+        await flaky.set(readOnly: false)
+        try await rig.settled(handled: 3)
+        for index in 1...3 { #expect(try await rig.store.user(id: "u\(index)")?.version == 1) }
+        #expect(rig.broker.messages(in: SyncTopology.deadLetterQueue(forQueue: Self.queue)).isEmpty)
+        try await rig.stop()
+    }
+
     /// Stopping during an outage must not wait for the store: the held deliveries go back to
     /// the queue unsettled.
     @Test func stoppingDuringAnOutageLeavesTheDeliveriesForTheBroker() async throws {

@@ -1,4 +1,5 @@
 import EntitySyncCore
+import EntitySyncPostgres
 import EntitySyncProto
 import EntitySyncTestSupport
 import Foundation
@@ -121,6 +122,53 @@ func validated(_ change: EntityChange) throws -> ValidatedChange {
 
     /// A group's members follow its newest version: replaced by an upsert, cleared by its
     /// deletion, and not brought back by an older upsert arriving late.
+    /// A store that can be read but not written is down for a consumer: the write probe fails
+    /// while another connection holds the write lock past the store's wait (as a full disk or a
+    /// read-only database would fail it), passes once the lock is released, and leaves nothing
+    /// in the statistics.
+    @Test(arguments: StoreBackend.available) func theWriteProbeFailsWhileWritesCannotCommit(backend: StoreBackend) async throws {
+        let place = try backend.place("probe")
+        let store = try await place.replica()
+        _ = try await store.apply(try validated(Fixtures.userChange("ada", version: 1)))
+        try await store.checkReachable()
+        let directory = try Fixtures.temporaryDirectory("probe")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let log = directory + "/lock-holder.log"
+        let holder: ChildProcess
+        switch backend {
+        case .sqlite:
+            let marker = log + ".held"
+            holder = try ChildProcess("/usr/bin/env", ["python3", "-c", """
+                import sqlite3, sys, time
+                connection = sqlite3.connect(sys.argv[1], isolation_level=None)
+                connection.execute("BEGIN IMMEDIATE")
+                open(sys.argv[2], "w").close()
+                time.sleep(14)
+                connection.execute("COMMIT")
+                """, place.location, marker], log: log)
+            try await eventually("the other connection holds the write lock") { FileManager.default.fileExists(atPath: marker) }
+        case .postgres:
+            let url = try PostgresURL(place.location)
+            holder = try PostgresAdmin.start(url, "BEGIN; LOCK TABLE sync_statistics IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(14); COMMIT;",
+                                             log: log)
+            try await eventually("the other session holds the table lock") {
+                let held = try? await PostgresAdmin.execute(url, """
+                    SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                    WHERE c.relname = 'sync_statistics' AND l.mode = 'AccessExclusiveLock' AND l.granted
+                    """)
+                return held?.trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+            }
+        }
+        // Reads still work: only the probe tells this store cannot take the next change.
+        #expect(try await store.version(of: .user, id: "ada")?.version == 1)
+        await #expect(throws: SyncError.self) { try await store.checkReachable() }
+        try await holder.waitForExit("the lock holder", timeout: .seconds(60))
+        try await store.checkReachable()
+        let statistics = try await store.statistics()
+        #expect(Set(statistics.keys) == Set(EntityKind.allCases), "\(statistics)")
+        #expect(statistics[.user]?.applied == 1)
+    }
+
     @Test(arguments: StoreBackend.available) func groupMembersFollowTheNewestVersion(backend: StoreBackend) async throws {
         let replica = try await backend.place("members").replica()
         for user in ["u1", "u2", "u3"] { _ = try await replica.apply(validated(Fixtures.userChange(user, version: 1))) }

@@ -23,9 +23,25 @@ public actor FlakyStore: ReplicaStore {
     /// While down, applying and reading a version fail as an unreachable server does.
     public func set(down: Bool) { self.down = down }
 
+    /// While read-only, applying fails and reads work, as on a full disk or a read-only database.
+    public func set(readOnly: Bool) { self.readOnly = readOnly }
+    private var readOnly = false
+    /// Write probes that failed: how often a paused consumer has checked on the store.
+    public private(set) var probesWhileUnwritable = 0
+
+    public func checkReachable() async throws {
+        if self.down || self.readOnly {
+            self.probesWhileUnwritable += 1
+            if self.down { self.readsWhileDown += 1 }
+            throw SyncError(.storeUnavailable, self.down ? "simulated: the database server is down" : "simulated: the disk is full")
+        }
+        try await self.wrapped.checkReachable()
+    }
+
     public func apply(_ change: ValidatedChange) async throws -> VersionRule.Decision {
         self.attemptsByEntity[change.entityID, default: 0] += 1
         if self.down { throw SyncError(.storeUnavailable, "simulated: the database server is down") }
+        if self.readOnly { throw SyncError(.storeUnavailable, "simulated: the disk is full") }
         if let remaining = self.remainingFailures[change.entityID], remaining > 0 {
             self.remainingFailures[change.entityID] = remaining - 1
             throw SyncError(.storeUnavailable, "simulated: database is locked")
@@ -38,6 +54,7 @@ public actor FlakyStore: ReplicaStore {
     /// at a time, and those attempts are the ones its retry rule counts.
     public func apply(batch changes: [ValidatedChange]) async throws -> [VersionRule.Decision] {
         if self.down { throw SyncError(.storeUnavailable, "simulated: the database server is down") }
+        if self.readOnly { throw SyncError(.storeUnavailable, "simulated: the disk is full") }
         if changes.contains(where: { (self.remainingFailures[$0.entityID] ?? 0) > 0 }) {
             throw SyncError(.storeUnavailable, "simulated: database is locked")
         }

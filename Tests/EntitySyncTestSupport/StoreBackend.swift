@@ -71,6 +71,21 @@ public enum PostgresAdmin {
     }
 }
 
+extension PostgresAdmin {
+    /// Starts psql running `statement` in the background (a lock held for a while), its output
+    /// appended to `log`.
+    public static func start(_ url: PostgresURL, _ statement: String, log: String) throws -> ChildProcess {
+        var environment = ProcessInfo.processInfo.environment
+        environment["PGPASSWORD"] = url.password ?? ""
+        environment["PGOPTIONS"] = "-c search_path=\(url.schema ?? "public")"
+        environment["PGSSLMODE"] = url.tls.rawValue
+        return try ChildProcess("/usr/bin/psql", [
+            "-v", "ON_ERROR_STOP=1", "-tA", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
+            "-U", url.user, "-d", url.database, "-c", statement,
+        ], environment: environment, log: log)
+    }
+}
+
 /// The private PostgreSQL server scripts/test started (`ENTITY_SYNC_TEST_POSTGRES_DIR`), for
 /// outage scenarios.
 public enum TestPostgres {
