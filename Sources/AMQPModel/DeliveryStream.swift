@@ -59,6 +59,8 @@ public final class DeliveryStream: AsyncSequence, Sendable {
         var termination: Termination?
         var waiter: CheckedContinuation<Void, Never>?
         var onTermination: (@Sendable (Termination) -> Void)?
+        /// The channel incarnation of the last delivery yielded.
+        var channel: ChannelRef?
     }
 
     fileprivate final class Storage: Sendable {
@@ -67,6 +69,16 @@ public final class DeliveryStream: AsyncSequence, Sendable {
         func yield(_ delivery: Delivery) -> YieldResult {
             let result = self.state.withLock { state -> (YieldResult, CheckedContinuation<Void, Never>?) in
                 guard state.termination == nil else { return (.terminated, nil) }
+                // A consumer has one channel at a time: a delivery on a new incarnation means the
+                // old one is gone, and the broker has requeued what it delivered there. Those
+                // copies can no longer be acked; applying them would only repeat work, and a
+                // consumer paused on its store would otherwise hold a prefetch more per reconnect.
+                if let previous = state.channel, previous != delivery.channelRef {
+                    state.buffer.removeFirst(state.head)
+                    state.head = 0
+                    state.buffer.removeAll { $0.channelRef != delivery.channelRef }
+                }
+                state.channel = delivery.channelRef
                 state.buffer.append(delivery)
                 defer { state.waiter = nil }
                 return (.enqueued, state.waiter)

@@ -10,9 +10,28 @@ import Testing
         func settle(_ settlement: Settlement, tag: UInt64, channel: ChannelRef) async throws {}
     }
 
-    private static func delivery(_ tag: UInt64) -> Delivery {
+    private static func delivery(_ tag: UInt64, epoch: UInt64 = 1) -> Delivery {
         Delivery(body: [], properties: AMQPProperties(), exchange: "", routingKey: "", queue: "q", redelivered: false,
-                 deliveryTag: tag, channelRef: ChannelRef(number: 1, epoch: 1), settler: NoSettler())
+                 deliveryTag: tag, channelRef: ChannelRef(number: 1, epoch: epoch), settler: NoSettler())
+    }
+
+    /// Deliveries of a channel incarnation that is gone (the consumer re-subscribed on a new
+    /// one) are dropped from the buffer once the new one delivers: the broker requeued them,
+    /// they can no longer be acked, and a reader paused on its store must not hold a prefetch
+    /// more per reconnect. What the reader already took is its own.
+    @Test func deliveriesOfAChannelThatIsGoneAreDroppedWhenItsSuccessorDelivers() async {
+        let (stream, continuation) = DeliveryStream.makeStream()
+        for tag: UInt64 in 1...4 { continuation.yield(Self.delivery(tag, epoch: 1)) }
+        #expect(await stream.nextBatch(maximum: 1)?.map(\.deliveryTag) == [1])
+        // The channel was lost and the broker redelivers on the new incarnation, from tag 1.
+        for tag: UInt64 in 1...3 { continuation.yield(Self.delivery(tag, epoch: 2)) }
+        let batch = await stream.nextBatch(maximum: 10)
+        #expect(batch?.map(\.deliveryTag) == [1, 2, 3])
+        #expect(batch?.allSatisfy { $0.channelRef.epoch == 2 } == true)
+        // Again, with nothing taken in between.
+        for tag: UInt64 in 4...5 { continuation.yield(Self.delivery(tag, epoch: 2)) }
+        continuation.yield(Self.delivery(1, epoch: 3))
+        #expect(await stream.nextBatch(maximum: 10)?.map(\.channelRef.epoch) == [3])
     }
 
     private final class Terminations: Sendable {
