@@ -12,6 +12,30 @@ import Testing
         #expect(FieldTableDecoder.decode(arena.table(table)) == table)
     }
 
+    /// A header nested thousands of levels deep (which fits in one frame) decodes with its
+    /// nesting cut at the limit, not by recursing as deep as the publisher likes.
+    @Test func nestingBeyondTheLimitDecodesAsEmpty() {
+        func nested(_ depth: Int, array: Bool) -> AMQPFieldValue {
+            var value: AMQPFieldValue = "leaf"
+            for level in 0..<depth { value = array && level.isMultiple(of: 2) ? .array([value]) : .table(["k": value]) }
+            return value
+        }
+        func depth(_ value: AMQPFieldValue?) -> Int {
+            switch value {
+            case .table(let table)?: return table.isEmpty ? 1 : 1 + depth(table["k"])
+            case .array(let array)?: return array.isEmpty ? 1 : 1 + depth(array.first)
+            default: return 0
+            }
+        }
+        let arena = CArena()
+        for array in [false, true] {
+            let shallow: AMQPTable = ["h": nested(FieldTableDecoder.depthLimit - 1, array: array)]
+            #expect(FieldTableDecoder.decode(arena.table(shallow)) == shallow)
+            let decoded = FieldTableDecoder.decode(arena.table(["h": nested(5000, array: array)]))
+            #expect(depth(decoded["h"]) == FieldTableDecoder.depthLimit)
+        }
+    }
+
     @Test func queueArgumentsMapToRabbitMQNames() {
         let arguments = QueueArguments(queueType: .quorum, deadLetterExchange: "dlx", deadLetterRoutingKey: "q.dlq",
                                        deliveryLimit: 5, overflow: .rejectPublish, deadLetterStrategy: .atLeastOnce,

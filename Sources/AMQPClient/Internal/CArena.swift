@@ -123,18 +123,23 @@ extension amqp_bytes_t {
 }
 
 enum FieldTableDecoder {
-    static func decode(_ table: amqp_table_t) -> AMQPTable {
-        guard table.num_entries > 0, let entries = table.entries else { return [:] }
+    /// Tables and arrays nested deeper than this decode as empty. A publisher can nest thousands
+    /// of levels in one frame; decoding (and later releasing) them recursively would run the
+    /// connection's thread out of stack. Headers anyone uses nest two or three levels.
+    static let depthLimit = 32
+
+    static func decode(_ table: amqp_table_t, depth: Int = 0) -> AMQPTable {
+        guard depth < Self.depthLimit, table.num_entries > 0, let entries = table.entries else { return [:] }
         // Sized once: growing from empty rehashed the table at each doubling, for every message.
         var result = AMQPTable(minimumCapacity: Int(table.num_entries))
         for index in 0..<Int(table.num_entries) {
             let entry = entries[index]
-            result[entry.key.string] = self.decode(entry.value)
+            result[entry.key.string] = self.decode(entry.value, depth: depth + 1)
         }
         return result
     }
 
-    static func decode(_ field: amqp_field_value_t) -> AMQPFieldValue {
+    static func decode(_ field: amqp_field_value_t, depth: Int = 0) -> AMQPFieldValue {
         switch field.kind {
         case CArena.kind(AMQP_FIELD_KIND_BOOLEAN): return .bool(field.value.boolean != 0)
         case CArena.kind(AMQP_FIELD_KIND_I8): return .int(Int64(field.value.i8))
@@ -150,11 +155,11 @@ enum FieldTableDecoder {
         case CArena.kind(AMQP_FIELD_KIND_UTF8): return .string(field.value.bytes.string)
         case CArena.kind(AMQP_FIELD_KIND_BYTES): return .bytes(field.value.bytes.array)
         case CArena.kind(AMQP_FIELD_KIND_TIMESTAMP): return .timestamp(field.value.u64)
-        case CArena.kind(AMQP_FIELD_KIND_TABLE): return .table(self.decode(field.value.table))
+        case CArena.kind(AMQP_FIELD_KIND_TABLE): return .table(self.decode(field.value.table, depth: depth))
         case CArena.kind(AMQP_FIELD_KIND_ARRAY):
             let array = field.value.array
-            guard array.num_entries > 0, let entries = array.entries else { return .array([]) }
-            return .array((0..<Int(array.num_entries)).map { self.decode(entries[$0]) })
+            guard depth < Self.depthLimit, array.num_entries > 0, let entries = array.entries else { return .array([]) }
+            return .array((0..<Int(array.num_entries)).map { self.decode(entries[$0], depth: depth + 1) })
         case CArena.kind(AMQP_FIELD_KIND_DECIMAL):
             let decimal = field.value.decimal
             return .double(Double(decimal.value) / pow(10, Double(decimal.decimals)))
