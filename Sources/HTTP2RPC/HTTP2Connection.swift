@@ -43,6 +43,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
     private var flushScheduled = false
     private var closing = false
     private var quiescing = false
+    private var quiesceStartedAt: NIODeadline?
     private var goawaySent = false
     // Times the once-a-second tick needs, to that precision: reads and stream closes only set
     // a flag, as reading the clock for each was a measurable part of a call.
@@ -274,6 +275,13 @@ final class HTTP2Connection: ChannelDuplexHandler {
             self.streamClosedSinceTick = false
             self.lastStreamActivity = now
         }
+        // Before the keepalive's early return, and timed from the notice, not from the last
+        // stream's end: a peer that never answers PINGs and keeps closing streams must not
+        // hold a graceful shutdown open.
+        if self.quiescing, !self.goawaySent, let started = self.quiesceStartedAt, now - started > .seconds(1) {
+            self.sendGoaway()
+            self.flushOutput()
+        }
         if let sent = self.pingSentAt {
             if now - sent > TimeAmount(configuration.keepaliveTimeout) {
                 self.shared.logger.debug("closing a connection whose peer did not answer a keepalive PING",
@@ -294,10 +302,6 @@ final class HTTP2Connection: ChannelDuplexHandler {
             _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
             self.flushOutput()
         }
-        if self.quiescing, !self.goawaySent, now - self.lastStreamActivity > .seconds(1) {
-            self.sendGoaway()
-            self.flushOutput()
-        }
     }
 
     /// Graceful shutdown: a shutdown notice now, the final GOAWAY once the peer has answered a
@@ -305,6 +309,13 @@ final class HTTP2Connection: ChannelDuplexHandler {
     func quiesce() {
         guard let session = self.session, !self.quiescing else { return }
         self.quiescing = true
+        // A TLS connection still in its handshake carries no call, and nothing can be sent on
+        // it until the handshake ends (which a stalled peer may never finish).
+        guard self.tlsReady else {
+            self.close()
+            return
+        }
+        self.quiesceStartedAt = .now()
         self.lastStreamActivity = .now()
         self.streamClosedSinceTick = false
         _ = nghttp2_submit_shutdown_notice(session)
@@ -859,9 +870,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
             state.inbound?.yield(.message(Array(state.body[start..<start + length])))
             state.bodyOffset = start + length
         }
-        // What is left is at most one unfinished message; the rest now belongs to the handler.
-        self.bufferedRequestBytes -= state.heldRequestBytes - state.unreadBody
-        state.heldRequestBytes = state.unreadBody
+        // Messages handed over stay counted against the connection until the stream ends:
+        // grpc-swift's request stream buffers without limit and nghttp2 opens the flow-control
+        // window as bytes arrive, so a peer sending message after message faster than the
+        // handler reads (or to a method that takes one) would otherwise grow memory without
+        // bound. Every bridged method takes one request message; a client-streaming one would
+        // have its whole request bounded by the connection's budget.
     }
 
     /// Ends a handed-over call from this side (deadline, bad input): the status goes out now and
