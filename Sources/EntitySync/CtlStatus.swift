@@ -50,29 +50,45 @@ struct Status: AsyncParsableCommand {
         if let failure = view.failures.first { throw CtlError(description: failure) }
     }
 
-    /// Asks the producer and each consumer group; a service that cannot be asked is part of the view.
+    /// Asks the producer and each consumer group, all at once: a service that does not answer
+    /// costs the view one `--call-timeout`, not one each. A service that cannot be asked is
+    /// part of the view.
     static func view(options: CtlOptions) async -> StatusView {
+        async let producer = Self.producerLine(options: options)
+        let addresses = [try? options.userRPCAddress, try? options.orgRPCAddress].compactMap { $0 }
+        let groups = await withTaskGroup(of: (Int, StatusView.GroupStatus).self) { tasks in
+            for (index, address) in addresses.enumerated() {
+                tasks.addTask {
+                    do {
+                        let status = try await options.withClient(address) { client in
+                            try await Entitysync_V1_SyncInfo.Client(wrapping: client).getSyncStatus(Entitysync_V1_GetSyncStatusRequest())
+                        }
+                        return (index, .init(address: address, outcome: .success(status)))
+                    } catch {
+                        return (index, .init(address: address, outcome: .failure(CtlError(description: "\(error)"))))
+                    }
+                }
+            }
+            var answered: [(Int, StatusView.GroupStatus)] = []
+            for await answer in tasks { answered.append(answer) }
+            return answered.sorted { $0.0 < $1.0 }.map(\.1)
+        }
         var view = StatusView()
+        view.producer = await producer
+        view.groups = groups
+        return view
+    }
+
+    private static func producerLine(options: CtlOptions) async -> StatusView.ProducerLine {
         do {
             let producer = try options.producerAddress
             let outbox = try await options.withClient(producer) { client in
                 try await Entitysync_V1_EntityAdmin.Client(wrapping: client).getOutboxStatus(Entitysync_V1_GetOutboxStatusRequest())
             }
-            view.producer = .outbox(address: producer, pending: outbox.pendingEvents)
+            return .outbox(address: producer, pending: outbox.pendingEvents)
         } catch {
             // The consumer groups' view is still worth showing without the producer.
-            view.producer = .failed("\(error)")
+            return .failed("\(error)")
         }
-        for address in [try? options.userRPCAddress, try? options.orgRPCAddress].compactMap({ $0 }) {
-            do {
-                let status = try await options.withClient(address) { client in
-                    try await Entitysync_V1_SyncInfo.Client(wrapping: client).getSyncStatus(Entitysync_V1_GetSyncStatusRequest())
-                }
-                view.groups.append(.init(address: address, outcome: .success(status)))
-            } catch {
-                view.groups.append(.init(address: address, outcome: .failure(CtlError(description: "\(error)"))))
-            }
-        }
-        return view
     }
 }

@@ -325,6 +325,12 @@ struct HTTP2RPCServerTests {
         let read = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "user", "get", "s1",
                                                              "--user-rpc", "127.0.0.1:\(port)", "--call-timeout", "0.5"])
         #expect(read.exitCode != 124 && !read.succeeded && read.output.contains("did not answer within"), "\(read.output)")
+        // `status` asks every service at once and shows each that did not answer.
+        let status = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "status", "--producer", "127.0.0.1:\(port)",
+                                                               "--user-rpc", "127.0.0.1:\(port)", "--org-rpc", "127.0.0.1:\(port)",
+                                                               "--call-timeout", "0.5"])
+        #expect(status.exitCode != 124 && !status.succeeded
+                && status.output.components(separatedBy: "did not answer within").count - 1 >= 3, "\(status.output)")
         let health = try ChildProcess.run("/usr/bin/timeout", ["60", entitySyncBinary, "ctl", "health", "127.0.0.1:\(port)"])
         #expect(health.exitCode != 124 && !health.succeeded && health.output.contains("not serving"), "\(health.output)")
         let invalid = try ChildProcess.run(entitySyncBinary, ["ctl", "health", "127.0.0.1:\(port)", "--call-timeout", "0"])
