@@ -33,5 +33,8 @@ public protocol MessageBroker: Sendable {
     /// next batch while the broker confirms this one, and await each ticket in turn.
     func submit(_ batch: [PublishItem]) -> PublishTicket
     /// Consumes `queue` with manual acknowledgement and at most `prefetch` unsettled deliveries.
+    /// A consumer's deliveries come over one channel incarnation at a time, in order: once one
+    /// arrives on a new `ChannelRef`, the old incarnation is gone (its stream drops what it
+    /// still buffers from it, see `DeliveryStream`).
     func consume(queue: String, prefetch: UInt16) async throws -> BrokerConsumer
 }

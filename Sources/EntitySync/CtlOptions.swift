@@ -100,9 +100,10 @@ struct CtlOptions: ParsableArguments {
             let start = ContinuousClock.now
             do {
                 return try await Self.within(limit, address: address, call)
-            } catch let error as RPCError where error.code == .deadlineExceeded && ContinuousClock.now - start >= limit {
-                // grpc-swift's own end of the same deadline; a service's DEADLINE_EXCEEDED before
-                // it (WaitForVersion's wait running out) keeps its own message.
+            } catch where Self.endedByDeadline(error) && ContinuousClock.now - start >= limit && !Task.isCancelled {
+                // grpc-swift's own end of the same deadline (DEADLINE_EXCEEDED, or the
+                // cancellation of the call it ends with, whichever its race lets out); a service's
+                // DEADLINE_EXCEEDED before it (WaitForVersion's wait running out) keeps its message.
                 throw Self.late(address, limit)
             }
         } catch let error as RPCError where error.code == .unavailable {
@@ -119,6 +120,10 @@ struct CtlOptions: ParsableArguments {
     static func within<T: Sendable>(_ limit: Duration, address: HostPort,
                                     _ work: @escaping @Sendable () async throws -> T) async throws -> T {
         try await abandoning(at: .now + limit, late: { Self.late(address, limit) }, cancelled: { CancellationError() }, work)
+    }
+
+    private static func endedByDeadline(_ error: any Error) -> Bool {
+        error is CancellationError || (error as? RPCError)?.code == .deadlineExceeded
     }
 
     private static func late(_ address: HostPort, _ limit: Duration) -> CtlError {

@@ -242,12 +242,15 @@ public final class PostgresReplicaStore: ReplicaStore, PostgresEntityReads {
     }
 
     /// Commits a write of one row of its own (its time, in `sync_statistics` under a kind no
-    /// entity has), so a read-only server, a full disk or a table locked past the deadline shows
-    /// here as it does to an apply: a store that can only be read is down for a consumer.
+    /// entity has) after taking the lock an apply takes on every table it writes, so a
+    /// read-only server, a full disk or a table locked past the deadline (a migration, a
+    /// `VACUUM FULL`) shows here as it does to an apply: a store that can only be read is down
+    /// for a consumer.
     public func checkReachable() async throws {
         let now = Date().timeIntervalSince1970
         let kind = "store-probe"
-        try await self.database.read("check the store takes writes") { sql in
+        try await self.database.transaction("check the store takes writes") { sql in
+            try await sql.execute("LOCK TABLE entities, group_members, sync_statistics IN ROW EXCLUSIVE MODE")
             try await sql.execute("""
                 INSERT INTO sync_statistics (kind, last_applied_at) VALUES (\(kind), \(now))
                 ON CONFLICT (kind) DO UPDATE SET last_applied_at = EXCLUDED.last_applied_at

@@ -251,12 +251,21 @@ final class HTTP2ClientConnection: ChannelDuplexHandler {
         }
         guard id > 0 else {
             // Out of stream ids (2^30 calls on one connection): the next call needs a new one.
-            if id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue { self.flags.goingAway.store(true, ordering: .relaxed) }
+            if id == NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE.rawValue {
+                self.flags.goingAway.store(true, ordering: .relaxed)
+                _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, NGHTTP2_NO_ERROR.rawValue, nil, 0)
+                self.flushOutput()
+            }
             call.complete(.failure(RPCError(code: .unavailable, message: "could not start the call: \(String(cString: nghttp2_strerror(id)))")))
             return
         }
-        // The last ids: calls after this one go to a new connection before they run out.
-        if id >= Int32.max - 2 * 1024 { self.flags.goingAway.store(true, ordering: .relaxed) }
+        // The last ids: calls after this one go to a new connection before they run out, and
+        // this one says GOAWAY itself, so it closes once its calls are done (nghttp2 then
+        // wants neither to read nor to write) instead of lingering unreachable.
+        if id >= Int32.max - 2 * 1024, !self.flags.goingAway.load(ordering: .relaxed) {
+            self.flags.goingAway.store(true, ordering: .relaxed)
+            _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, NGHTTP2_NO_ERROR.rawValue, nil, 0)
+        }
         call.streamID = id
         self.calls[id] = call
         self.flushOutput()

@@ -439,6 +439,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
             }
             guard self.reserveRequestBytes(state, data.count) else { return 0 }
             state.appendBody(data)
+            // Refused as soon as the length prefix says the message is too large, not once
+            // that many bytes came (a client that never sends them would hold the stream).
+            if state.unreadBody >= GRPCWire.prefixLength {
+                let length = state.declaredLength
+                if length > self.shared.configuration.maxRequestBytes { self.reject(state, tooLarge: length) }
+            }
         case .bridged:
             guard self.reserveRequestBytes(state, data.count) else { return 0 }
             state.appendBody(data)
@@ -697,10 +703,9 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.body = []
         state.bodyOffset = 0
         self.releaseRequestBytes(state)
-        self.resetIfStillSending(state)
     }
 
-    /// A refused call whose client keeps its request open would hold a stream slot (and keep
+    /// A call answered while its client keeps its request open would hold a stream slot (and keep
     /// the connection from ever being idle) until the client ends it: after a grace period that
     /// lets the status arrive on its own (grpcio reads a RST_STREAM arriving with it as
     /// INTERNAL, losing the status), RST_STREAM(NO_ERROR) asks it to stop (RFC 9113 §8.1).
@@ -712,6 +717,12 @@ final class HTTP2Connection: ChannelDuplexHandler {
             let connection = loopBound.value
             guard let state = connection.stream(id), state.isListed, !state.requestEnded,
                   let session = connection.session else { return }
+            // The status must be out first: a reset drops trailers still queued behind a
+            // flow-control window the client has not opened. Look again later.
+            guard nghttp2_session_get_stream_local_close(session, id) == 1 else {
+                connection.resetIfStillSending(state)
+                return
+            }
             _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, NGHTTP2_NO_ERROR.rawValue)
             connection.flushOutput()
         }
@@ -762,6 +773,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         if !message.isEmpty { trailers.append(("grpc-message", GRPCWire.percentEncoded(message))) }
         trailers += extra
         trailers += Self.headers(from: metadata)
+        self.resetIfStillSending(state)
         if state.responseStarted {
             state.trailers = .custom(trailers)
             self.resume(state)
@@ -785,6 +797,7 @@ final class HTTP2Connection: ChannelDuplexHandler {
         state.finished = true
         state.kind = .rejected
         state.responseStarted = true
+        self.resetIfStillSending(state)
         let headers: [(name: String, value: String)] = [
             (":status", status), ("content-type", "application/grpc"),
             ("grpc-status", "\(grpcStatus.rawValue)"), ("grpc-message", GRPCWire.percentEncoded(message)),

@@ -197,4 +197,11 @@ final class RPCStreamState {
     }
 
     var unreadBody: Int { self.body.count - self.bodyOffset }
+
+    /// The length the next message's prefix declares (at least `GRPCWire.prefixLength` unread).
+    var declaredLength: Int {
+        let offset = self.bodyOffset
+        return Int(self.body[offset + 1]) << 24 | Int(self.body[offset + 2]) << 16
+            | Int(self.body[offset + 3]) << 8 | Int(self.body[offset + 4])
+    }
 }

@@ -58,31 +58,27 @@ public enum PostgresAdmin {
     /// Runs `statement`; returns psql's unaligned, tuples-only output.
     @discardableResult
     public static func execute(_ url: PostgresURL, _ statement: String) async throws -> String {
-        var environment = ProcessInfo.processInfo.environment
-        environment["PGPASSWORD"] = url.password ?? ""
-        environment["PGOPTIONS"] = "-c search_path=\(url.schema ?? "public")"
-        environment["PGSSLMODE"] = url.tls.rawValue
-        let completion = try ChildProcess.run("/usr/bin/psql", [
-            "-v", "ON_ERROR_STOP=1", "-tA", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
-            "-U", url.user, "-d", url.database, "-c", statement,
-        ], environment: environment)
+        let (arguments, environment) = self.psql(url, statement)
+        let completion = try ChildProcess.run("/usr/bin/psql", arguments, environment: environment)
         guard completion.succeeded else { throw HarnessError("psql failed (\(completion.termination)): \(completion.output)") }
         return completion.output
     }
-}
 
-extension PostgresAdmin {
     /// Starts psql running `statement` in the background (a lock held for a while), its output
     /// appended to `log`.
     public static func start(_ url: PostgresURL, _ statement: String, log: String) throws -> ChildProcess {
+        let (arguments, environment) = self.psql(url, statement)
+        return try ChildProcess("/usr/bin/psql", arguments, environment: environment, log: log)
+    }
+
+    /// psql's arguments and environment for `statement` in `url`'s schema.
+    private static func psql(_ url: PostgresURL, _ statement: String) -> ([String], [String: String]) {
         var environment = ProcessInfo.processInfo.environment
         environment["PGPASSWORD"] = url.password ?? ""
         environment["PGOPTIONS"] = "-c search_path=\(url.schema ?? "public")"
         environment["PGSSLMODE"] = url.tls.rawValue
-        return try ChildProcess("/usr/bin/psql", [
-            "-v", "ON_ERROR_STOP=1", "-tA", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
-            "-U", url.user, "-d", url.database, "-c", statement,
-        ], environment: environment, log: log)
+        return (["-v", "ON_ERROR_STOP=1", "-tA", "-h", url.socketDirectory ?? url.host ?? "localhost", "-p", "\(url.port)",
+                 "-U", url.user, "-d", url.database, "-c", statement], environment)
     }
 }
 

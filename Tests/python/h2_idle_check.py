@@ -19,6 +19,19 @@ def frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload))[1:] + bytes([kind, flags]) + struct.pack(">I", stream) + payload
 
 
+def split_frames(buffer: bytes) -> tuple[list[tuple[int, int, int, bytes]], bytes]:
+    """The whole frames at the start of `buffer` as (type, flags, stream, payload), and the rest."""
+    frames = []
+    while len(buffer) >= 9:
+        length = int.from_bytes(buffer[:3], "big")
+        if len(buffer) < 9 + length:
+            break
+        stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+        frames.append((buffer[3], buffer[4], stream, buffer[9:9 + length]))
+        buffer = buffer[9 + length:]
+    return frames, buffer
+
+
 def literal(name: bytes, value: bytes) -> bytes:
     """An HPACK literal header field without indexing, new name, no Huffman coding."""
     return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
@@ -39,14 +52,8 @@ def refused(connection: socket.socket, seconds: float) -> None:
             continue
         if not chunk:
             raise SystemExit(f"refused: the server closed the connection (stream 1 frames: {stream_frames})")
-        buffer += chunk
-        while len(buffer) >= 9:
-            length = int.from_bytes(buffer[:3], "big")
-            if len(buffer) < 9 + length:
-                break
-            kind, flags, payload = buffer[3], buffer[4], buffer[9:9 + length]
-            stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
-            buffer = buffer[9 + length:]
+        frames, buffer = split_frames(buffer + chunk)
+        for kind, flags, stream, payload in frames:
             if kind == 4 and not flags & 1:
                 connection.sendall(frame(4, 1, 0, b""))
             if kind == 6 and not flags & 1:
@@ -85,18 +92,13 @@ def main() -> None:
             continue
         if not chunk:
             break
-        buffer += chunk
-        while len(buffer) >= 9:
-            length = int.from_bytes(buffer[:3], "big")
-            if len(buffer) < 9 + length:
-                break
-            kind, flags, payload = buffer[3], buffer[4], buffer[9:9 + length]
+        frames, buffer = split_frames(buffer + chunk)
+        for kind, flags, _, payload in frames:
             kinds.append(kind)
             if kind == 4 and not flags & 1:
                 connection.sendall(frame(4, 1, 0, b""))
             if kind == 6 and not flags & 1 and mode == "idle":
                 connection.sendall(frame(6, 1, 0, payload))
-            buffer = buffer[9 + length:]
     elapsed = time.monotonic() - started
     if mode == "idle":
         assert 7 in kinds, f"idle: closed without GOAWAY (frames seen: {kinds})"
